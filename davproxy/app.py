@@ -1,0 +1,99 @@
+"""The aiohttp application: state, lifecycles, one catch-all route, error rendering."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config
+from .errors import DavError, PlainError
+from .identity import Authenticator
+from .logs import log_access
+from .proxy import StreamAborted
+from .routes import Router, Site
+from .store import Store
+from .upstream import Upstream
+
+log = logging.getLogger("davproxy.app")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+ROUTER = web.AppKey("router", Router)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except (DavError, PlainError) as exc:
+        status = exc.status
+        if exc.status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
+        return exc.to_response()
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except StreamAborted:
+        status = 502
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return PlainError(500, "Internal error in davproxy (see its log)").to_response()
+    finally:
+        log_access(
+            request.method,
+            request.path,
+            request.get("route", "-"),
+            request.get("user"),
+            status,
+            time.perf_counter() - started,
+        )
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=config.server.max_body_bytes,
+        handler_args={"max_field_size": 16 * 1024},
+    )
+    app[CONFIG] = config
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        store = Store.open(config.store.path)
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=60)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must never keep cookies
+        )
+        sites = []
+        for upstream_config in config.upstreams:
+            upstream = Upstream(upstream_config, config.server, session)
+            sites.append(Site(upstream, Authenticator(upstream_config.identity, upstream)))
+        app[STORE] = store
+        app[SESSION] = session
+        app[ROUTER] = Router(sites, config.server.max_body_bytes, config.server.forwarded_allow_ips)
+        try:
+            yield
+        finally:
+            await session.close()
+            store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        return await request.app[ROUTER].dispatch(request)
+
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app

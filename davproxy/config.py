@@ -1,0 +1,480 @@
+"""Configuration: one main TOML file plus one mapping file per upstream.
+
+The main file says where davproxy listens, where its store lives, how it logs and
+which upstreams it fronts (public path prefix, upstream URL, mapping file).  A mapping
+file says how one upstream lays out its users (principal and home templates), how
+clients prove who they are, which access backend enforces shares, and who the users
+are.  Both are parsed into frozen dataclasses; every error names the file, the table
+and the key.  Secrets are read from files or the environment, never required inline.
+
+The documented examples with every key and its default are in ``config/``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from yarl import URL
+
+IdentityMode = Literal["upstream-basic", "proxy-auth"]
+HrefMapping = Literal["none", "script-name", "rewrite"]
+UpstreamKind = Literal["radicale", "xandikos", "generic"]
+
+_KINDS = ("radicale", "xandikos", "generic")
+_IDENTITY_MODES = ("upstream-basic", "proxy-auth")
+_HREF_MAPPINGS = ("auto", "none", "script-name", "rewrite")
+_ACCESS_BACKENDS = ("proxy-enforced",)
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("text", "json")
+
+# Where each known server keeps principals and homes, relative to the upstream root.
+_LAYOUT_DEFAULTS: dict[str, dict[str, str]] = {
+    "radicale": {
+        "principal": "{user}/",
+        "calendar_home": "{user}/",
+        "addressbook_home": "{user}/",
+    },
+    "xandikos": {
+        "principal": "{user}/",
+        "calendar_home": "{user}/calendars/",
+        "addressbook_home": "{user}/contacts/",
+    },
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator: file, table, key, what is wrong."""
+
+
+class Secret:
+    """A string that never shows itself in reprs, logs or check-config output."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 10 * 1024 * 1024
+    upstream_connect_timeout: float = 5.0
+    upstream_timeout: float = 60.0
+    shutdown_timeout: float = 10.0
+    forwarded_allow_ips: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "text"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Templates, relative to the upstream root, with ``{user}`` for the user id."""
+
+    principal: str
+    calendar_home: str
+    addressbook_home: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    mode: IdentityMode
+    htpasswd: Path | None = None
+    trusted_header: str = "X-Remote-User"
+    cache_seconds: float = 60.0
+    realm: str = "davproxy"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessConfig:
+    backend: str = "proxy-enforced"
+    service_user: str | None = None
+    service_password: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryUser:
+    id: str
+    emails: tuple[str, ...] = ()
+    display_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    prefix: str  # public path prefix, always starts and ends with "/"
+    url: URL  # upstream base URL; its path always ends with "/"
+    mapping_file: Path
+    kind: UpstreamKind
+    href_mapping: HrefMapping
+    layout: Layout
+    identity: IdentityConfig
+    access: AccessConfig
+    users: tuple[DirectoryUser, ...] = ()
+    feeds: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def upstream_prefix(self) -> str:
+        return self.url.path
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path
+    server: ServerConfig
+    store: StoreConfig
+    logging: LoggingConfig
+    upstreams: tuple[UpstreamConfig, ...] = field(default_factory=tuple)
+
+
+class _Table:
+    """Typed, checked access to one TOML table, naming file/table/key on every error."""
+
+    def __init__(self, file: Path, name: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: [{name}] must be a table")
+        self.file, self.name, self.data = file, name, data
+        self._used: set[str] = set()
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.file}: [{self.name}] {key}: {message}")
+
+    def _get(self, key: str, types: tuple[type, ...], default: Any, what: str) -> Any:
+        self._used.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise self.error(key, "is required")
+            return default
+        value = self.data[key]
+        # bool is an int in Python; a port of `true` is a mistake, not 1.
+        if isinstance(value, bool) and bool not in types:
+            raise self.error(key, f"must be {what}, got {value!r}")
+        if not isinstance(value, types):
+            raise self.error(key, f"must be {what}, got {value!r}")
+        return value
+
+    def text(self, key: str, default: Any = None, choices: tuple[str, ...] = ()) -> Any:
+        value = self._get(key, (str,), default, "a string")
+        if choices and value is not None and value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def integer(self, key: str, default: Any, minimum: int = 0, maximum: int | None = None) -> int:
+        value = self._get(key, (int,), default, "an integer")
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise self.error(key, f"must be {bounds}; got {value}")
+        return int(value)
+
+    def number(self, key: str, default: Any, minimum: float = 0.0) -> float:
+        value = self._get(key, (int, float), default, "a number")
+        if value <= minimum:
+            raise self.error(key, f"must be > {minimum}; got {value}")
+        return float(value)
+
+    def flag(self, key: str, default: Any) -> bool:
+        return bool(self._get(key, (bool,), default, "true or false"))
+
+    def strings(self, key: str, default: Any = ()) -> tuple[str, ...]:
+        value = self._get(key, (list,), default, "a list of strings")
+        if not all(isinstance(item, str) for item in value):
+            raise self.error(key, "must be a list of strings")
+        return tuple(value)
+
+    def table(self, key: str) -> _Table:
+        self._used.add(key)
+        return _Table(self.file, f"{self.name}.{key}" if self.name else key, self.data.get(key, {}))
+
+    def tables(self, key: str) -> list[_Table]:
+        self._used.add(key)
+        value = self.data.get(key, [])
+        if not isinstance(value, list):
+            raise self.error(key, "must be an array of tables ([[" + key + "]])")
+        return [_Table(self.file, f"{key}[{i}]", item) for i, item in enumerate(value)]
+
+    def secret(self, key: str) -> Secret | None:
+        """A secret given as ``<key>_file`` (path) or ``<key>_env`` (variable name)."""
+        path = self.text(f"{key}_file")
+        env = self.text(f"{key}_env")
+        if key in self.data:
+            raise self.error(key, f"inline secrets are refused; use {key}_file or {key}_env")
+        if path and env:
+            raise self.error(f"{key}_file", f"give either {key}_file or {key}_env, not both")
+        if path:
+            resolved = _resolve(self.file, path)
+            try:
+                return Secret(resolved.read_text(encoding="utf-8").strip())
+            except OSError as exc:
+                raise self.error(f"{key}_file", f"cannot read {resolved}: {exc.strerror}") from None
+        if env:
+            if env not in os.environ:
+                raise self.error(f"{key}_env", f"environment variable {env} is not set")
+            return Secret(os.environ[env])
+        return None
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self._used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key (check the spelling against config/)")
+
+
+_REQUIRED = object()
+
+
+def _resolve(base_file: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base_file.parent / path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _normalise_prefix(table: _Table, key: str, value: str) -> str:
+    if not value.startswith("/"):
+        raise table.error(key, f"must start with '/'; got {value!r}")
+    if "//" in value or "/../" in value + "/" or "/./" in value + "/":
+        raise table.error(key, f"must be a plain path; got {value!r}")
+    return value if value.endswith("/") else value + "/"
+
+
+def _parse_url(table: _Table, key: str, value: str) -> URL:
+    try:
+        url = URL(value)
+    except (ValueError, TypeError) as exc:
+        raise table.error(key, f"is not a valid URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise table.error(key, f"must be an http:// or https:// URL with a host; got {value!r}")
+    try:
+        url.port  # noqa: B018 - raises on an out-of-range port
+    except ValueError as exc:
+        raise table.error(key, f"has an invalid port: {exc}") from None
+    if url.query_string or url.fragment:
+        raise table.error(key, "must not carry a query or a fragment")
+    path = url.path if url.path.endswith("/") else url.path + "/"
+    return url.with_path(path)
+
+
+def load(path: str | Path) -> Config:
+    """Load and validate the main file and every mapping file it names."""
+    source = Path(path).resolve()
+    root = _Table(source, "", _read_toml(source))
+
+    server_t = root.table("server")
+    server = ServerConfig(
+        host=server_t.text("host", "127.0.0.1"),
+        port=server_t.integer("port", 8080, 0, 65535),
+        max_body_bytes=server_t.integer("max_body_bytes", 10 * 1024 * 1024, 1024),
+        upstream_connect_timeout=server_t.number("upstream_connect_timeout", 5.0),
+        upstream_timeout=server_t.number("upstream_timeout", 60.0),
+        shutdown_timeout=server_t.number("shutdown_timeout", 10.0),
+        forwarded_allow_ips=server_t.strings("forwarded_allow_ips"),
+    )
+    server_t.finish()
+
+    store_t = root.table("store")
+    store = StoreConfig(path=_resolve(source, store_t.text("path", "davproxy.sqlite3")))
+    store_t.finish()
+
+    log_t = root.table("logging")
+    logging_cfg = LoggingConfig(
+        level=log_t.text("level", "info", _LOG_LEVELS),
+        format=log_t.text("format", "text", _LOG_FORMATS),
+        access_log=log_t.flag("access_log", True),
+    )
+    log_t.finish()
+
+    upstreams = tuple(_load_upstream(source, t) for t in root.tables("upstream"))
+    root.finish()
+    if not upstreams:
+        raise ConfigError(f"{source}: at least one [[upstream]] table is required")
+    _check_unique(source, upstreams)
+    return Config(source, server, store, logging_cfg, upstreams)
+
+
+def _check_unique(source: Path, upstreams: tuple[UpstreamConfig, ...]) -> None:
+    names: set[str] = set()
+    prefixes: set[str] = set()
+    for i, up in enumerate(upstreams):
+        if up.name in names:
+            raise ConfigError(f"{source}: [upstream[{i}]] name: {up.name!r} is used twice")
+        if up.prefix in prefixes:
+            raise ConfigError(f"{source}: [upstream[{i}]] prefix: {up.prefix!r} is used twice")
+        names.add(up.name)
+        prefixes.add(up.prefix)
+
+
+def _load_upstream(source: Path, table: _Table) -> UpstreamConfig:
+    name = table.text("name", _REQUIRED)
+    prefix = _normalise_prefix(table, "prefix", table.text("prefix", "/"))
+    url = _parse_url(table, "url", table.text("url", _REQUIRED))
+    mapping_path = _resolve(source, table.text("mapping", _REQUIRED))
+    table.finish()
+
+    mapping = _Table(mapping_path, "", _read_toml(mapping_path))
+    kind = mapping.text("kind", "generic", _KINDS)
+
+    href_t = mapping.text("href_mapping", "auto", _HREF_MAPPINGS)
+    href_mapping = _choose_href_mapping(mapping, href_t, kind, prefix, url)
+
+    layout_t = mapping.table("layout")
+    defaults = _LAYOUT_DEFAULTS.get(kind, {})
+    layout = Layout(
+        **{
+            key: _check_template(layout_t, key, layout_t.text(key, defaults.get(key, _REQUIRED)))
+            for key in ("principal", "calendar_home", "addressbook_home")
+        }
+    )
+    layout_t.finish()
+
+    ident_t = mapping.table("identity")
+    mode = ident_t.text("mode", _REQUIRED, _IDENTITY_MODES)
+    htpasswd = ident_t.text("htpasswd", None)
+    if mode == "proxy-auth" and not htpasswd:
+        raise ident_t.error("htpasswd", "is required when mode = 'proxy-auth'")
+    htpasswd_path = _resolve(mapping_path, htpasswd) if htpasswd else None
+    if htpasswd_path is not None and not htpasswd_path.is_file():
+        raise ident_t.error("htpasswd", f"file not found: {htpasswd_path}")
+    trusted_header = ident_t.text("trusted_header", "X-Remote-User")
+    if not trusted_header or not all(c.isalnum() or c in "-_" for c in trusted_header):
+        raise ident_t.error("trusted_header", f"is not a valid header name: {trusted_header!r}")
+    identity = IdentityConfig(
+        mode=mode,
+        htpasswd=htpasswd_path,
+        trusted_header=trusted_header,
+        cache_seconds=ident_t.number("cache_seconds", 60.0, minimum=-1e-9),
+        realm=ident_t.text("realm", "davproxy"),
+    )
+    ident_t.finish()
+
+    access_t = mapping.table("access")
+    access = AccessConfig(
+        backend=access_t.text("backend", "proxy-enforced", _ACCESS_BACKENDS),
+        service_user=access_t.text("service_user", None),
+        service_password=access_t.secret("service_password"),
+    )
+    access_t.finish()
+
+    users = tuple(_load_user(t) for t in mapping.tables("users"))
+    seen: set[str] = set()
+    for i, user in enumerate(users):
+        if user.id in seen:
+            raise ConfigError(f"{mapping_path}: [users[{i}]] id: {user.id!r} is listed twice")
+        seen.add(user.id)
+
+    feeds_raw = mapping.data.get("feeds", [])
+    mapping._used.add("feeds")  # the subscription feature validates these
+    if not isinstance(feeds_raw, list):
+        raise mapping.error("feeds", "must be an array of tables ([[feeds]])")
+    mapping.finish()
+
+    return UpstreamConfig(
+        name=name,
+        prefix=prefix,
+        url=url,
+        mapping_file=mapping_path,
+        kind=kind,
+        href_mapping=href_mapping,
+        layout=layout,
+        identity=identity,
+        access=access,
+        users=users,
+        feeds=tuple(feeds_raw),
+    )
+
+
+def _choose_href_mapping(
+    table: _Table, wanted: str, kind: str, prefix: str, url: URL
+) -> HrefMapping:
+    if prefix == url.path:
+        return "none"  # nothing to map, whatever was asked
+    if wanted == "none":
+        raise table.error(
+            "href_mapping",
+            f"'none' needs the public prefix ({prefix}) to equal the upstream path ({url.path})",
+        )
+    if wanted == "script-name" and (kind != "radicale" or url.path != "/"):
+        raise table.error(
+            "href_mapping", "'script-name' works only with kind = 'radicale' served at '/'"
+        )
+    if wanted == "auto":
+        return "script-name" if kind == "radicale" and url.path == "/" else "rewrite"
+    return wanted  # type: ignore[return-value]
+
+
+def _check_template(table: _Table, key: str, value: str) -> str:
+    if value.startswith("/"):
+        raise table.error(key, "is relative to the upstream root; drop the leading '/'")
+    if "{user}" not in value:
+        raise table.error(key, "must contain {user}")
+    if not value.endswith("/"):
+        raise table.error(key, "must end with '/'")
+    return value
+
+
+def _load_user(table: _Table) -> DirectoryUser:
+    user = DirectoryUser(
+        id=table.text("id", _REQUIRED),
+        emails=tuple(e.lower() for e in table.strings("emails")),
+        display_name=table.text("display_name", ""),
+    )
+    table.finish()
+    return user
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets masked (for check-config)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Secret):
+            return "***"
+        if isinstance(value, Path | URL):
+            return str(value)
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if hasattr(value, "__dataclass_fields__"):
+            return {k: plain(getattr(value, k)) for k in value.__dataclass_fields__}
+        return value
+
+    result = plain(config)
+    assert isinstance(result, dict)
+    return result

@@ -1,0 +1,237 @@
+"""Who is asking: credential checks before anything davproxy owns is unlocked.
+
+Two modes (chosen per upstream in its mapping file):
+
+* ``upstream-basic`` — clients keep their upstream passwords.  davproxy forwards
+  passthrough requests untouched (the upstream checks them) and, before serving or
+  rewriting anything itself, proves the credentials with a PROPFIND on the user's
+  principal at the upstream.
+* ``proxy-auth`` — davproxy checks Basic credentials against its own htpasswd file
+  (bcrypt, SHA-crypt or APR1 hashes) and tells the upstream who the user is in a
+  trusted header.  The upstream must listen on loopback only; any client-sent copy of
+  that header is stripped by the proxy.
+
+Verdicts are cached briefly under an HMAC of the credentials with a per-process random
+key, so neither passwords nor reversible forms of them are kept in memory tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from passlib.context import CryptContext
+
+from .config import IdentityConfig
+from .errors import unauthorized
+from .upstream import Upstream
+
+log = logging.getLogger("davproxy.identity")
+
+# Schemes accepted in davproxy's own htpasswd file.  Plain text and DES crypt are
+# refused on purpose: a leaked file must not hand out passwords.
+_CONTEXT = CryptContext(schemes=["bcrypt", "sha512_crypt", "sha256_crypt", "apr_md5_crypt"])
+# Verified when the user is unknown, so timing does not reveal which users exist.
+_DUMMY_HASH = _CONTEXT.hash("davproxy-dummy-password", scheme="sha256_crypt", rounds=5000)
+_NEGATIVE_TTL = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    user: str
+    password: str
+    authorization: str  # the header value, for forwarding in upstream-basic mode
+
+
+def parse_basic(header: str | None) -> Credentials | None:
+    """Decode an ``Authorization: Basic`` header; None when absent or not Basic."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return None
+    try:
+        raw = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    user, sep, password = text.partition(":")
+    if not sep or not valid_user_id(user):
+        return None
+    return Credentials(user, password, header.strip())
+
+
+def valid_user_id(user: str) -> bool:
+    """A user id must be usable as one path segment and in a trusted header."""
+    return (
+        0 < len(user) <= 256
+        and user not in (".", "..")
+        and not user.startswith(".")
+        and not any(c in user for c in "/\\")
+        and all(c.isprintable() for c in user)
+    )
+
+
+class Htpasswd:
+    """An htpasswd file, re-read when it changes so users can be added live."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._hashes: dict[str, str] = {}
+        self._load()
+
+    def _load(self) -> None:
+        with self._lock:
+            stat = self.path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            if stamp == self._stamp:
+                return
+            hashes: dict[str, str] = {}
+            text = self.path.read_text(encoding="utf-8")
+            for number, line in enumerate(text.splitlines(), 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                user, sep, hashed = line.partition(":")
+                if not sep or not _CONTEXT.identify(hashed, required=False):
+                    log.warning(
+                        "%s line %d (user %r): not a bcrypt/SHA-crypt/APR1 hash; entry ignored",
+                        self.path,
+                        number,
+                        user,
+                    )
+                    continue
+                hashes[user] = hashed
+            self._hashes, self._stamp = hashes, stamp
+            log.info("loaded %d users from %s", len(hashes), self.path)
+
+    def verify(self, user: str, password: str) -> bool:
+        """Blocking (hashes are slow on purpose): call from a worker thread."""
+        try:
+            self._load()
+        except OSError as exc:
+            log.error("cannot read htpasswd file %s: %s", self.path, exc.strerror)
+            return False
+        hashed = self._hashes.get(user)
+        if hashed is None:
+            _CONTEXT.verify(password, _DUMMY_HASH)
+            return False
+        return bool(_CONTEXT.verify(password, hashed))
+
+
+class VerdictCache:
+    """Short-lived memory of credential verdicts, keyed by a keyed hash."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._key = secrets.token_bytes(32)
+        self._entries: dict[bytes, tuple[bool, float]] = {}
+
+    def _digest(self, credentials: Credentials) -> bytes:
+        material = credentials.user.encode() + b"\0" + credentials.password.encode()
+        return hmac.new(self._key, material, hashlib.sha256).digest()
+
+    def get(self, credentials: Credentials) -> bool | None:
+        digest = self._digest(credentials)
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        verdict, expires = entry
+        if self.clock() >= expires:
+            del self._entries[digest]
+            return None
+        return verdict
+
+    def put(self, credentials: Credentials, verdict: bool) -> None:
+        ttl = self.ttl if verdict else min(self.ttl, _NEGATIVE_TTL)
+        if ttl <= 0:
+            return
+        if len(self._entries) > 10_000:  # bounded: drop expired, then everything
+            now = self.clock()
+            self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+        self._entries[self._digest(credentials)] = (verdict, self.clock() + ttl)
+
+
+class Authenticator:
+    """Verifies a request's credentials for one upstream, in its configured mode."""
+
+    def __init__(self, config: IdentityConfig, upstream: Upstream) -> None:
+        self.config = config
+        self.upstream = upstream
+        self.cache = VerdictCache(config.cache_seconds)
+        self.htpasswd = Htpasswd(config.htpasswd) if config.htpasswd is not None else None
+        # One verification in flight per credential digest: a burst of parallel
+        # requests from one client costs one hash (or one upstream probe), not N.
+        self._inflight: dict[bytes, asyncio.Future[bool]] = {}
+
+    @property
+    def proxy_auth(self) -> bool:
+        return self.config.mode == "proxy-auth"
+
+    async def verify(self, credentials: Credentials) -> bool:
+        cached = self.cache.get(credentials)
+        if cached is not None:
+            return cached
+        key = self.cache._digest(credentials)
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            verdict = await self._verify_uncached(credentials)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        future.set_result(verdict)
+        self.cache.put(credentials, verdict)
+        if not verdict:
+            log.info("rejected credentials for user %r (%s)", credentials.user, self.config.mode)
+        return verdict
+
+    async def _verify_uncached(self, credentials: Credentials) -> bool:
+        if self.htpasswd is not None and self.proxy_auth:
+            return await asyncio.to_thread(
+                self.htpasswd.verify, credentials.user, credentials.password
+            )
+        return await self.upstream.probe_credentials(credentials.user, credentials.authorization)
+
+    async def require_user(self, authorization: str | None) -> str:
+        """The verified user id, or a 401 challenge."""
+        credentials = parse_basic(authorization)
+        if credentials is None or not await self.verify(credentials):
+            raise unauthorized(self.config.realm)
+        return credentials.user
+
+
+def hash_password(password: str, scheme: str = "sha512_crypt") -> str:
+    """A hash for davproxy's htpasswd file (used by the demo and the admin docs)."""
+    if scheme == "bcrypt":
+        return str(_CONTEXT.hash(password, scheme="bcrypt", rounds=10))
+    return str(_CONTEXT.hash(password, scheme=scheme, rounds=5000))
+
+
+def random_password() -> str:
+    return base64.urlsafe_b64encode(os.urandom(12)).decode().rstrip("=")

@@ -1,0 +1,74 @@
+"""Logging set-up and the one access line per request.
+
+Lines name the route (or ``passthrough``), the user davproxy took the caller to be,
+status and durations.  Headers and bodies are never logged, so Authorization values,
+passwords and tokens cannot leak into logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from .config import LoggingConfig
+
+access_log = logging.getLogger("davproxy.access")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup(config: LoggingConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.level.upper())
+    # aiohttp's own access log would duplicate ours (and its format can include headers).
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    access_log.disabled = not config.access_log
+
+
+def log_access(
+    method: str, path: str, route: str, user: str | None, status: int, seconds: float
+) -> None:
+    if access_log.disabled or not access_log.isEnabledFor(logging.INFO):
+        return
+    fields = {
+        "method": method,
+        "path": path,
+        "route": route,
+        "user": user or "-",
+        "status": status,
+        "duration_ms": round(seconds * 1000, 2),
+    }
+    access_log.info(
+        "%s %s route=%s user=%s status=%d %.1fms",
+        method,
+        path,
+        route,
+        user or "-",
+        status,
+        seconds * 1000,
+        extra={"fields": fields},
+    )

@@ -1,0 +1,244 @@
+"""Streaming forward of one request to an upstream, and its answer back to the client.
+
+Passthrough must be invisible (DESIGN.md): the upstream's status, reason, body bytes
+and headers reach the client unchanged apart from hop-by-hop headers (RFC 9110 §7.6.1).
+Bodies are streamed both ways; Content-Encoding is never undone.  Only when the public
+prefix differs from the upstream's and the upstream cannot be told the public prefix
+(``href_mapping = "rewrite"``) are hrefs in XML bodies and URL headers mapped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from . import davxml
+from .errors import PlainError, payload_too_large
+from .upstream import Upstream
+
+log = logging.getLogger("davproxy.proxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "expect",  # aiohttp answers 100-continue to the client itself
+    }
+)
+CHUNK = 64 * 1024
+# XML answers are buffered for href mapping up to this size; larger ones pass as they are.
+MAX_MAPPED_RESPONSE = 64 * 1024 * 1024
+# Methods whose request bodies may carry hrefs (calendar-multiget, addressbook-multiget).
+_HREF_BODY_METHODS = frozenset({"REPORT"})
+
+
+def hop_by_hop_names(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    names = set(HOP_BY_HOP)
+    for value in headers.getall("Connection", []):
+        names.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return names
+
+
+def end_to_end(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], also_drop: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    """Copy headers without hop-by-hop ones (including Proxy-* and Connection-named)."""
+    drop = hop_by_hop_names(headers) | also_drop
+    result: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in drop or lower.startswith("proxy-"):
+            continue
+        result.add(name, value)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """What to send where: the decisions a route made before forwarding."""
+
+    upstream: Upstream
+    path: str  # upstream path, percent-encoded, with query string
+    set_headers: dict[str, str] = field(default_factory=dict)
+    drop_headers: frozenset[str] = frozenset()  # lower-case names
+    rewrite_hrefs: bool = False
+
+
+def _trusted_peer(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    peer = request.remote
+    if not peer or not allowed:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    for entry in allowed:
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def public_origin(request: web.Request, allowed: tuple[str, ...]) -> str:
+    """Scheme and host as the client sees them (a trusted TLS front may tell us)."""
+    scheme, host = request.scheme, request.host
+    if _trusted_peer(request, allowed):
+        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    return f"{scheme}://{host}"
+
+
+def forwarded_headers(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    peer = request.remote or "unknown"
+    trusted = _trusted_peer(request, allowed)
+    prior = request.headers.get("X-Forwarded-For") if trusted else None
+    headers = {
+        "X-Forwarded-For": f"{prior}, {peer}" if prior else peer,
+        "X-Forwarded-Host": request.host,
+        "X-Forwarded-Proto": request.scheme,
+    }
+    if trusted:
+        for name in ("X-Forwarded-Host", "X-Forwarded-Proto"):
+            if name in request.headers:
+                headers[name] = request.headers[name]
+    return headers
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read a whole request body, refusing (413) as soon as it passes ``limit``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise payload_too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise payload_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _stream_request_body(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(CHUNK):
+        yield chunk
+
+
+async def forward(
+    request: web.Request, spec: Forward, max_body: int, allowed: tuple[str, ...]
+) -> web.StreamResponse:
+    upstream = spec.upstream
+    drop = spec.drop_headers | {"host", "content-length"}
+    headers = end_to_end(request.headers, frozenset(drop))
+    headers.update(forwarded_headers(request, allowed))
+    headers.update(spec.set_headers)
+    origin = public_origin(request, allowed)
+
+    if spec.rewrite_hrefs and "Destination" in headers:
+        headers["Destination"] = upstream.paths.href_to_upstream(headers["Destination"])
+
+    data: bytes | AsyncIterator[bytes] | None = None
+    if request.body_exists:
+        chunked = request.content_length is None
+        needs_mapping = (
+            spec.rewrite_hrefs
+            and request.method in _HREF_BODY_METHODS
+            and davxml.is_xml_content_type(request.headers.get("Content-Type", ""))
+        )
+        if chunked or needs_mapping:
+            # Radicale's HTTP/1.0 server cannot read chunked bodies, and a mapped body
+            # changes length: both need the whole body (under the cap) first.
+            data = await read_body(request, max_body)
+            if needs_mapping:
+                data = _map_body(data, upstream.paths.href_to_upstream)
+            headers["Content-Length"] = str(len(data))
+        else:
+            headers["Content-Length"] = str(request.content_length)
+            data = _stream_request_body(request)
+    elif request.content_length == 0 and "Content-Length" in request.headers:
+        headers["Content-Length"] = "0"
+
+    async with upstream.request(request.method, spec.path, headers, data) as answer:
+        return await _relay(request, answer, spec, origin)
+
+
+def _map_body(body: bytes, mapper: object) -> bytes:
+    try:
+        return davxml.map_hrefs(body, mapper)  # type: ignore[arg-type]
+    except davxml.XmlError:
+        return body  # not ours to judge: the upstream answers malformed bodies itself
+
+
+async def _relay(
+    request: web.Request, answer: aiohttp.ClientResponse, spec: Forward, origin: str
+) -> web.StreamResponse:
+    upstream = spec.upstream
+    headers = end_to_end(answer.headers, frozenset({"content-length"}))
+    body: bytes | None = None
+    if spec.rewrite_hrefs:
+        for name in ("Location", "Content-Location"):
+            if name in headers:
+                headers[name] = upstream.paths.href_to_public(
+                    headers[name], upstream.origin, origin
+                )
+        if (
+            davxml.is_xml_content_type(answer.headers.get("Content-Type", ""))
+            and "Content-Encoding" not in answer.headers
+            and (answer.content_length or 0) <= MAX_MAPPED_RESPONSE
+            and request.method != "HEAD"
+        ):
+            raw = await _read_answer(answer)
+            body = _map_body(
+                raw, lambda href: upstream.paths.href_to_public(href, upstream.origin, origin)
+            )
+
+    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+    if body is not None:
+        response.content_length = len(body)
+    elif answer.content_length is not None:
+        response.content_length = answer.content_length
+    await response.prepare(request)
+    if body is not None:
+        await response.write(body)
+    elif request.method != "HEAD" and answer.status not in (204, 304):
+        try:
+            async for chunk in answer.content.iter_any():
+                await response.write(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The head is already sent: all we can do is cut the connection so the
+            # client sees a truncated answer, never a complete-looking wrong one.
+            log.warning(
+                "upstream %s broke off the body of %s %s: %s",
+                upstream.name,
+                request.method,
+                request.path,
+                exc.__class__.__name__,
+            )
+            if request.transport is not None:
+                request.transport.abort()
+            raise StreamAborted() from None
+    await response.write_eof()
+    return response
+
+
+async def _read_answer(answer: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await answer.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise PlainError(502, f"Upstream {answer.url.host} broke off its answer") from exc
+
+
+class StreamAborted(Exception):
+    """The answer was cut off mid-stream; the connection is already closed."""

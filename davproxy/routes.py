@@ -1,0 +1,173 @@
+"""Which outcome each request gets: serve, passthrough (and later rewrite, augment).
+
+Every request is first placed under one upstream by the longest matching public
+prefix.  Below each prefix, the segment ``.davproxy/`` is davproxy's own namespace:
+it cannot collide with a user's collections (user ids may not start with a dot) and
+the upstream never sees requests for it.  Everything a route does not claim is
+passthrough.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .errors import PlainError
+from .identity import Authenticator, parse_basic
+from .proxy import Forward, forward
+from .upstream import Upstream
+
+log = logging.getLogger("davproxy.routes")
+
+OWN_SEGMENT = ".davproxy"
+WELL_KNOWN = ("/.well-known/caldav", "/.well-known/carddav")
+# Requests a client may make before it has credentials (service discovery, RFC 6764).
+_ANONYMOUS_METHODS = frozenset({"OPTIONS"})
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One upstream with everything needed to route requests to it."""
+
+    upstream: Upstream
+    auth: Authenticator
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    request: web.Request
+    site: Site
+    path: str  # public path, percent-encoded, no query
+    query: str  # "?..." or ""
+    rest: str  # path below the public prefix
+
+
+Handler = Callable[[Context], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class OwnRoute:
+    """A davproxy-served resource under ``<prefix>.davproxy/``."""
+
+    name: str
+    methods: frozenset[str]
+    subpath: str  # below ".davproxy/"
+    handler: Handler
+
+
+class Router:
+    def __init__(
+        self, sites: list[Site], max_body: int, forwarded_allow_ips: tuple[str, ...]
+    ) -> None:
+        # Longest prefix first, so "/dav/team/" wins over "/dav/" and "/".
+        self.sites = sorted(sites, key=lambda s: len(s.upstream.paths.public), reverse=True)
+        self.default_site = sites[0]
+        self.max_body = max_body
+        self.allowed = forwarded_allow_ips
+        self.own_routes: list[OwnRoute] = [
+            OwnRoute("whoami", frozenset({"GET", "HEAD"}), "whoami", self.whoami),
+        ]
+
+    def site_for(self, path: str) -> tuple[Site, str] | None:
+        for site in self.sites:
+            rest = site.upstream.paths.rest(path)
+            if rest is not None:
+                return site, rest
+        return None
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        raw = request.raw_path
+        path, sep, query = raw.partition("?")
+        query = sep + query
+        found = self.site_for(path)
+        if found is None:
+            if path in WELL_KNOWN:
+                # RFC 6764 §5: point discovery at the context path of the first upstream.
+                request["route"] = "well-known"
+                location = self.default_site.upstream.paths.public
+                raise web.HTTPMovedPermanently(location)
+            request["route"] = "outside"
+            raise PlainError(404, "No upstream is mapped at this path")
+        site, rest = found
+        ctx = Context(request, site, path, query, rest)
+        own, _, subpath = rest.partition("/")
+        if own == OWN_SEGMENT:
+            return await self.serve_own(ctx, subpath)
+        request["route"] = "passthrough"
+        return await self.passthrough(ctx)
+
+    async def serve_own(self, ctx: Context, subpath: str) -> web.StreamResponse:
+        for route in self.own_routes:
+            if route.subpath == subpath:
+                ctx.request["route"] = route.name
+                if ctx.request.method not in route.methods:
+                    raise PlainError(
+                        405, "Method not allowed here", {"Allow": ", ".join(sorted(route.methods))}
+                    )
+                return await route.handler(ctx)
+        ctx.request["route"] = "own-unknown"
+        raise PlainError(404, "No such davproxy resource")
+
+    async def user_for(self, ctx: Context) -> str:
+        user = await ctx.site.auth.require_user(ctx.request.headers.get("Authorization"))
+        ctx.request["user"] = user
+        return user
+
+    async def passthrough(self, ctx: Context) -> web.StreamResponse:
+        request, upstream, auth = ctx.request, ctx.site.upstream, ctx.site.auth
+        config = upstream.config
+        set_headers: dict[str, str] = {}
+        drop = {"x-script-name"} | trusted_header_copies(request, config.identity.trusted_header)
+
+        if auth.proxy_auth:
+            drop.add("authorization")
+            anonymous_ok = request.method in _ANONYMOUS_METHODS or ctx.path in WELL_KNOWN
+            if "Authorization" in request.headers or not anonymous_ok:
+                set_headers[config.identity.trusted_header] = await self.user_for(ctx)
+        else:
+            credentials = parse_basic(request.headers.get("Authorization"))
+            if credentials is not None:
+                request["user"] = credentials.user  # claimed; the upstream verifies it
+
+        if config.href_mapping == "script-name":
+            set_headers["X-Script-Name"] = upstream.paths.public.rstrip("/")
+            upstream_path = "/" + ctx.rest
+        else:
+            upstream_path = upstream.paths.upstream + ctx.rest
+        spec = Forward(
+            upstream=upstream,
+            path=upstream_path + ctx.query,
+            set_headers=set_headers,
+            drop_headers=frozenset(drop),
+            rewrite_hrefs=config.href_mapping == "rewrite",
+        )
+        return await forward(request, spec, self.max_body, self.allowed)
+
+    async def whoami(self, ctx: Context) -> web.StreamResponse:
+        """Who davproxy takes the caller to be, and where their collections live."""
+        user = await self.user_for(ctx)
+        upstream = ctx.site.upstream
+        paths = upstream.user_paths(user)
+        body = {
+            "user": user,
+            "upstream": upstream.name,
+            "identity_mode": upstream.config.identity.mode,
+            "principal": paths.principal,
+            "calendar_home": paths.calendar_home,
+            "addressbook_home": paths.addressbook_home,
+        }
+        return web.json_response(body, dumps=lambda v: json.dumps(v, indent=2) + "\n")
+
+
+def trusted_header_copies(request: web.Request, trusted_header: str) -> set[str]:
+    """Every client-sent spelling of the trusted identity header (``X_Remote_User`` too)."""
+
+    def norm(name: str) -> str:
+        return name.lower().replace("_", "-")
+
+    wanted = norm(trusted_header)
+    return {name.lower() for name in request.headers if norm(name) == wanted}

@@ -1,0 +1,72 @@
+"""Running the application until a signal: bind, announce, drain, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from . import config as config_mod
+from .app import create_app
+from .store import StoreError
+
+log = logging.getLogger("davproxy")
+
+
+class StartupError(Exception):
+    """davproxy cannot start; the message is the one line the operator sees."""
+
+
+async def run_until_signal(
+    config: config_mod.Config,
+    on_started: Callable[[int], Awaitable[None] | None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM, then stop accepting and finish in-flight requests."""
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
+    try:
+        await runner.setup()
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(
+            f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}"
+        ) from None
+    port = config.server.port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    for upstream in config.upstreams:
+        log.info(
+            "davproxy listening on http://%s:%d%s -> %s (%s, identity %s, hrefs %s)",
+            config.server.host,
+            port,
+            upstream.prefix,
+            upstream.url,
+            upstream.kind,
+            upstream.identity.mode,
+            upstream.href_mapping,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if on_started is not None:
+            result = on_started(port)
+            if asyncio.iscoroutine(result):
+                await result
+        await stop.wait()
+        log.info("shutting down (finishing requests in flight)")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        log.info("stopped")

@@ -1,0 +1,165 @@
+"""The only code that talks to a DAV server davproxy fronts.
+
+``Upstream`` owns one upstream's URL, path mapping and timeouts, and turns transport
+failures into the two answers a client can act on: 502 (the upstream refused or broke
+the connection) and 504 (it did not answer in time).  Typed helpers for the requests
+davproxy makes on its own behalf (credential probes now; PROPFINDs and rights later)
+live here too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from .config import ServerConfig, UpstreamConfig
+from .errors import PlainError
+from .paths import PathMap, quote_segment
+
+log = logging.getLogger("davproxy.upstream")
+
+# Headers aiohttp would otherwise add on its own; a transparent proxy sends only
+# what the client sent.
+SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+
+class UpstreamError(PlainError):
+    """The upstream could not be reached or did not answer properly (502/504)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserPaths:
+    """Where one user's principal and homes live, in public and upstream form."""
+
+    principal: str
+    calendar_home: str
+    addressbook_home: str
+    upstream_principal: str
+
+
+class Upstream:
+    def __init__(
+        self, config: UpstreamConfig, server: ServerConfig, session: aiohttp.ClientSession
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.session = session
+        self.paths = PathMap(config.prefix, config.url.path)
+        self.origin = config.url.origin()
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=server.upstream_connect_timeout,
+            sock_connect=server.upstream_connect_timeout,
+            sock_read=server.upstream_timeout,
+        )
+        self._read_timeout = server.upstream_timeout
+
+    def url_for(self, upstream_raw_path: str) -> URL:
+        """An upstream URL from an already percent-encoded path (and query)."""
+        return URL(str(self.origin) + upstream_raw_path, encoded=True)
+
+    def user_paths(self, user: str) -> UserPaths:
+        segment = quote_segment(user)
+        layout = self.config.layout
+
+        def public(template: str) -> str:
+            return self.config.prefix + template.replace("{user}", segment)
+
+        return UserPaths(
+            principal=public(layout.principal),
+            calendar_home=public(layout.calendar_home),
+            addressbook_home=public(layout.addressbook_home),
+            upstream_principal=self.config.url.path + layout.principal.replace("{user}", segment),
+        )
+
+    @asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        upstream_raw_path: str,
+        headers: Mapping[str, str] | CIMultiDict[str],
+        data: bytes | AsyncIterable[bytes] | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request; the response is open (unread) inside the block.
+
+        Transport failures before the response head become UpstreamError; failures
+        while the caller reads the body propagate as aiohttp/asyncio errors for the
+        caller to handle (the response is already under way by then).
+        """
+        url = self.url_for(upstream_raw_path)
+        try:
+            response = await self.session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=self.timeout,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                auto_decompress=False,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            log.warning(
+                "upstream %s did not answer %s %s within %.1f s",
+                self.name,
+                method,
+                url.path,
+                self._read_timeout,
+            )
+            raise UpstreamError(
+                504, f"Upstream {self.name} did not answer in time (gateway timeout)"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            log.error("upstream %s unreachable at %s: %s", self.name, self.origin, exc.strerror)
+            raise UpstreamError(
+                502, f"Upstream {self.name} is unreachable (connection failed)"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            log.error("upstream %s failed on %s %s: %s", self.name, method, url.path, exc)
+            raise UpstreamError(
+                502, f"Upstream {self.name} answered with an invalid or broken response"
+            ) from None
+        try:
+            yield response
+        finally:
+            response.release()
+
+    async def probe_credentials(self, user: str, authorization: str) -> bool:
+        """PROPFIND Depth 0 on the user's principal with the client's own credentials.
+
+        True: the upstream accepted them; False: it refused them (401/403);
+        raises UpstreamError when the upstream cannot tell us either way.
+        """
+        body = (
+            b'<?xml version="1.0" encoding="utf-8"?>'
+            b'<propfind xmlns="DAV:"><prop><resourcetype/></prop></propfind>'
+        )
+        headers = {
+            "Authorization": authorization,
+            "Depth": "0",
+            "Content-Type": "application/xml; charset=utf-8",
+        }
+        path = self.user_paths(user).upstream_principal
+        async with self.request("PROPFIND", path, headers, body) as response:
+            await response.read()
+            if response.status in (200, 207):
+                return True
+            if response.status in (401, 403):
+                return False
+            log.warning(
+                "credential probe for %r at upstream %s gave unexpected status %d",
+                user,
+                self.name,
+                response.status,
+            )
+            if response.status == 404:
+                # No principal at the configured layout: a configuration error, and
+                # never proof of a password.
+                return False
+            raise UpstreamError(502, f"Upstream {self.name} could not verify credentials")
