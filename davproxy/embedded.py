@@ -191,3 +191,12 @@ def start_xandikos(
     if wait:
         server.wait_ready()
     return server
+
+
+def start_davproxy(config_path: Path, *, port: int, host: str = "127.0.0.1") -> ServerProcess:
+    """Run ``davproxy serve`` as a real process (tests, benchmarks, examples)."""
+    config_path = config_path.resolve()
+    argv = [sys.executable, "-m", "davproxy", "serve", "--config", str(config_path)]
+    server = _spawn("davproxy", argv, config_path.parent, host, port)
+    server.wait_ready()
+    return server

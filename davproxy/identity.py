@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from passlib.context import CryptContext
+from passlib.hash import bcrypt, sha256_crypt, sha512_crypt
 
 from .config import IdentityConfig
 from .errors import unauthorized
@@ -43,7 +44,7 @@ log = logging.getLogger("davproxy.identity")
 # refused on purpose: a leaked file must not hand out passwords.
 _CONTEXT = CryptContext(schemes=["bcrypt", "sha512_crypt", "sha256_crypt", "apr_md5_crypt"])
 # Verified when the user is unknown, so timing does not reveal which users exist.
-_DUMMY_HASH = _CONTEXT.hash("davproxy-dummy-password", scheme="sha256_crypt", rounds=5000)
+_DUMMY_HASH = sha256_crypt.using(rounds=5000).hash("davproxy-dummy-password")
 _NEGATIVE_TTL = 5.0
 
 
@@ -228,9 +229,12 @@ class Authenticator:
 
 def hash_password(password: str, scheme: str = "sha512_crypt") -> str:
     """A hash for davproxy's htpasswd file (used by the demo and the admin docs)."""
-    if scheme == "bcrypt":
-        return str(_CONTEXT.hash(password, scheme="bcrypt", rounds=10))
-    return str(_CONTEXT.hash(password, scheme=scheme, rounds=5000))
+    handlers = {
+        "bcrypt": bcrypt.using(rounds=10),
+        "sha512_crypt": sha512_crypt.using(rounds=5000),
+        "sha256_crypt": sha256_crypt.using(rounds=5000),
+    }
+    return str(handlers[scheme].hash(password))
 
 
 def random_password() -> str:

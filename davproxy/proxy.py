@@ -140,7 +140,10 @@ async def forward(
     request: web.Request, spec: Forward, max_body: int, allowed: tuple[str, ...]
 ) -> web.StreamResponse:
     upstream = spec.upstream
-    drop = spec.drop_headers | {"host", "content-length"}
+    # Host is kept as the client sent it: upstreams compare it with absolute
+    # Destination URLs (Xandikos refuses a "cross-server" MOVE otherwise) and build
+    # absolute URLs from it.
+    drop = spec.drop_headers | {"content-length"}
     headers = end_to_end(request.headers, frozenset(drop))
     headers.update(forwarded_headers(request, allowed))
     headers.update(spec.set_headers)
