@@ -53,14 +53,18 @@ class PathMap:
         return upstream_path
 
     def href_to_public(self, href: str, upstream_origin: URL, public_origin: str) -> str:
-        """Map an href or Location value; absolute URLs of the upstream become public."""
+        """Map an href or Location value; absolute URLs of the upstream become public.
+
+        An upstream that builds absolute URLs from the forwarded Host uses the public
+        origin with its own path prefix, so both origins are recognised.
+        """
         if href.startswith("/"):
             return self.to_public(href)
         try:
             url = URL(href, encoded=True)
         except ValueError:
             return href
-        if url.is_absolute() and url.origin() == upstream_origin:
+        if url.is_absolute() and url.origin() in (upstream_origin, URL(public_origin)):
             mapped = self.to_public(url.raw_path)
             query = f"?{url.raw_query_string}" if url.raw_query_string else ""
             return f"{public_origin}{mapped}{query}"
