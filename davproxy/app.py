@@ -14,7 +14,7 @@ from .errors import DavError, PlainError
 from .identity import Authenticator
 from .logs import log_access
 from .proxy import StreamAborted
-from .routes import Router, Site
+from .routes import ROUTE, USER, Router, Site
 from .store import Store
 from .upstream import Upstream
 
@@ -60,8 +60,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log_access(
             request.method,
             request.path,
-            request.get("route", "-"),
-            request.get("user"),
+            request.get(ROUTE, "-"),
+            request.get(USER),
             status,
             time.perf_counter() - started,
         )

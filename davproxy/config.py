@@ -346,6 +346,8 @@ def _load_upstream(source: Path, table: _Table) -> UpstreamConfig:
     prefix = _normalise_prefix(table, "prefix", table.text("prefix", "/"))
     url = _parse_url(table, "url", table.text("url", _REQUIRED))
     mapping_path = _resolve(source, table.text("mapping", _REQUIRED))
+    if not mapping_path.is_file():
+        raise table.error("mapping", f"file not found: {mapping_path}")
     table.finish()
 
     mapping = _Table(mapping_path, "", _read_toml(mapping_path))

@@ -171,18 +171,27 @@ def start_xandikos(
     host: str = "127.0.0.1",
     route_prefix: str = "/",
     defaults: bool = True,
+    single_user: str | None = None,
     wait: bool = True,
 ) -> ServerProcess:
-    """Start Xandikos in multi-user mode, trusting ``X-Remote-User`` from loopback only."""
+    """Start Xandikos in multi-user mode, trusting ``X-Remote-User`` from loopback only.
+
+    ``single_user`` runs ``xandikos serve`` for that one principal instead: no
+    authentication at all (Xandikos checks passwords only over its own TLS).
+    """
     folder = folder.resolve()
     port = port or free_port(host)
+    mode = (
+        ["serve", "--current-user-principal", f"/{single_user}/"]
+        if single_user
+        else ["multi-user", "--trust-x-remote-user-from", "127.0.0.1/32"]
+    )
     argv = [
-        sys.executable, "-m", "xandikos", "multi-user",
+        sys.executable, "-m", "xandikos", *mode,
         "-d", str(folder / "data"),
         "--state-dir", str(folder / "state"),
         "-l", host, "-p", str(port),
         "--route-prefix", route_prefix,
-        "--trust-x-remote-user-from", "127.0.0.1/32",
         "--no-detect-systemd",
     ]  # fmt: skip
     if defaults:

@@ -23,6 +23,10 @@ from .upstream import Upstream
 
 log = logging.getLogger("davproxy.routes")
 
+# Per-request facts for the access log.
+ROUTE = web.RequestKey("route", str)
+USER = web.RequestKey("user", str)
+
 OWN_SEGMENT = ".davproxy"
 WELL_KNOWN = ("/.well-known/caldav", "/.well-known/carddav")
 # Requests a client may make before it has credentials (service discovery, RFC 6764).
@@ -87,34 +91,34 @@ class Router:
         if found is None:
             if path in WELL_KNOWN:
                 # RFC 6764 §5: point discovery at the context path of the first upstream.
-                request["route"] = "well-known"
+                request[ROUTE] = "well-known"
                 location = self.default_site.upstream.paths.public
                 raise web.HTTPMovedPermanently(location)
-            request["route"] = "outside"
+            request[ROUTE] = "outside"
             raise PlainError(404, "No upstream is mapped at this path")
         site, rest = found
         ctx = Context(request, site, path, query, rest)
         own, _, subpath = rest.partition("/")
         if own == OWN_SEGMENT:
             return await self.serve_own(ctx, subpath)
-        request["route"] = "passthrough"
+        request[ROUTE] = "passthrough"
         return await self.passthrough(ctx)
 
     async def serve_own(self, ctx: Context, subpath: str) -> web.StreamResponse:
         for route in self.own_routes:
             if route.subpath == subpath:
-                ctx.request["route"] = route.name
+                ctx.request[ROUTE] = route.name
                 if ctx.request.method not in route.methods:
                     raise PlainError(
                         405, "Method not allowed here", {"Allow": ", ".join(sorted(route.methods))}
                     )
                 return await route.handler(ctx)
-        ctx.request["route"] = "own-unknown"
+        ctx.request[ROUTE] = "own-unknown"
         raise PlainError(404, "No such davproxy resource")
 
     async def user_for(self, ctx: Context) -> str:
         user = await ctx.site.auth.require_user(ctx.request.headers.get("Authorization"))
-        ctx.request["user"] = user
+        ctx.request[USER] = user
         return user
 
     async def passthrough(self, ctx: Context) -> web.StreamResponse:
@@ -131,7 +135,7 @@ class Router:
         else:
             credentials = parse_basic(request.headers.get("Authorization"))
             if credentials is not None:
-                request["user"] = credentials.user  # claimed; the upstream verifies it
+                request[USER] = credentials.user  # claimed; the upstream verifies it
 
         if config.href_mapping == "script-name":
             set_headers["X-Script-Name"] = upstream.paths.public.rstrip("/")
