@@ -13,7 +13,6 @@ from .config import Config
 from .errors import DavError, PlainError
 from .identity import Authenticator
 from .logs import log_access
-from .proxy import StreamAborted
 from .routes import ROUTE, USER, Router, Site
 from .store import Store
 from .upstream import Upstream
@@ -49,9 +48,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return exc.to_response()
     except web.HTTPException as exc:
         status = exc.status
-        raise
-    except StreamAborted:
-        status = 502
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)

@@ -213,25 +213,12 @@ async def _relay(
     elif answer.content_length is not None:
         response.content_length = answer.content_length
     await response.prepare(request)
+    has_body = request.method != "HEAD" and answer.status not in (204, 304)
     if body is not None:
         await response.write(body)
-    elif request.method != "HEAD" and answer.status not in (204, 304):
-        try:
-            async for chunk in answer.content.iter_any():
-                await response.write(chunk)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # The head is already sent: all we can do is cut the connection so the
-            # client sees a truncated answer, never a complete-looking wrong one.
-            log.warning(
-                "upstream %s broke off the body of %s %s: %s",
-                upstream.name,
-                request.method,
-                request.path,
-                exc.__class__.__name__,
-            )
-            if request.transport is not None:
-                request.transport.abort()
-            raise StreamAborted() from None
+    elif has_body and not await _pump(request, answer, response, upstream.name):
+        _abort(request)
+        return response
     await response.write_eof()
     return response
 
@@ -243,5 +230,37 @@ async def _read_answer(answer: aiohttp.ClientResponse) -> bytes:
         raise PlainError(502, f"Upstream {answer.url.host} broke off its answer") from exc
 
 
-class StreamAborted(Exception):
-    """The answer was cut off mid-stream; the connection is already closed."""
+async def _pump(
+    request: web.Request,
+    answer: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    upstream_name: str,
+) -> bool:
+    """Copy the body chunk by chunk; False when either side broke off."""
+    chunks = answer.content.iter_any()
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return True
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The head is already sent: all we can do is cut the connection so the
+            # client sees a truncated answer, never a complete-looking wrong one.
+            log.warning(
+                "upstream %s broke off the body of %s %s: %s",
+                upstream_name,
+                request.method,
+                request.path,
+                exc.__class__.__name__,
+            )
+            return False
+        try:
+            await response.write(chunk)
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            log.info("client went away during %s %s", request.method, request.path)
+            return False
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()

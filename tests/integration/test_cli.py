@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from davproxy.embedded import free_port, port_open
-from tests.helpers import write_config, write_htpasswd
+from tests.helpers import write_config
 
 LAYOUT = (
     '[layout]\nprincipal = "{user}/"\ncalendar_home = "{user}/"\naddressbook_home = "{user}/"\n'

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -342,10 +343,40 @@ async def test_chunked_request_body_is_sent_with_length(upstream_server, proxy) 
         for part in (b"BEGIN:", b"VCALENDAR", b"\r\n"):
             yield part
 
-    async with raw_session() as session:
-        async with session.put(
-            base + "/alice/cal/x.ics", data=chunks(), headers=basic("alice")
-        ) as r:
-            report = json.loads(await r.read())
+    async with (
+        raw_session() as session,
+        session.put(base + "/alice/cal/x.ics", data=chunks(), headers=basic("alice")) as r,
+    ):
+        report = json.loads(await r.read())
     assert header(report, "Transfer-Encoding") == []
     assert header(report, "Content-Length") == ["17"] and report["body"] == "BEGIN:VCALENDAR\r\n"
+
+
+async def test_upstream_breaking_off_mid_body_truncates_the_answer(proxy, caplog) -> None:
+    """The head is already sent: the client must see a cut answer, not a complete one."""
+
+    async def truncating(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b'HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nETag: "t"\r\n\r\n' + b"x" * 5000
+        )
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(truncating, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        base = await proxy(f"http://127.0.0.1:{port}/")
+        async with raw_session() as session:
+            async with session.get(base + "/alice/cal/big.ics", headers=basic("alice")) as r:
+                assert r.status == 200 and r.headers["ETag"] == '"t"'
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await r.read()
+            # davproxy itself is unharmed and serves the next request
+            who = await fetch(session, "GET", base + "/.davproxy/whoami", basic("alice"))
+            assert who.status == 200
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert "broke off the body" in caplog.text
+    assert "Traceback" not in caplog.text and "unhandled" not in caplog.text
