@@ -243,3 +243,13 @@ def test_demo_serves_radicale_with_demo_users(tmp_path: Path) -> None:
     assert f"alice / {logins['alice']}" in stdout
     radicale_log = (data / "radicale" / "radicale.log").read_text()
     assert "CRITICAL" not in radicale_log and "Traceback" not in radicale_log
+
+
+def test_unusable_store_is_one_clear_line(tmp_path: Path) -> None:
+    main = config(tmp_path)
+    (tmp_path / "store.sqlite3").write_bytes(b"definitely not a database" * 50)
+    result = run_cli("serve", "--config", str(main))
+    assert result.returncode == 1
+    line = one_line_error(result.__class__(result.args, 1, "", _errors_only(result.stderr)))
+    assert line.startswith("davproxy: ") and "store.sqlite3" in line
+    assert (tmp_path / "store.sqlite3").read_bytes().startswith(b"definitely")  # left as it was
