@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from davproxy.embedded import free_port, port_open
@@ -215,17 +214,13 @@ def test_demo_serves_radicale_with_demo_users(tmp_path: Path) -> None:
         assert set(logins) == {"alice", "bob", "carol"}
 
         async def check() -> tuple[int, bytes, int]:
-            auth = aiohttp.BasicAuth("alice", logins["alice"])
-            async with aiohttp.ClientSession() as session:
-                async with session.request(
-                    "PROPFIND", f"http://127.0.0.1:{port}/alice/", auth=auth, headers={"Depth": "1"}
-                ) as r:
-                    body = await r.read()
-                    status = r.status
-                async with session.get(
-                    f"http://127.0.0.1:{port}/alice/", auth=aiohttp.BasicAuth("alice", "wrong")
-                ) as wrong:
-                    return status, body, wrong.status
+            from tests.helpers import basic, fetch, raw_session
+
+            async with raw_session() as session:
+                url = f"http://127.0.0.1:{port}/alice/"
+                listing = await fetch(session, "PROPFIND", url, {**basic("alice", logins["alice"]), "Depth": "1"})
+                wrong = await fetch(session, "GET", url, basic("alice", "wrong"))
+                return listing.status, listing.body, wrong.status
 
         import asyncio
 
