@@ -616,6 +616,17 @@ def write_json(
         ],
         "verdicts": results,
     }
+
+    def clean(value: Any) -> Any:  # NaN (no successful request) is not JSON: use null
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    data = clean(data)
     path.write_text(
         json.dumps(data, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -24,12 +25,27 @@ class Pair:
     davproxy: ServerProcess
 
 
-def _trusted_headers() -> dict[str, dict[str, str]]:
-    return {user: {"X-Remote-User": user} for user in USERS}
+# How the tests reach an upstream directly: as the trusted proxy would.
+TRUSTED = {user: {"X-Remote-User": user} for user in USERS}
 
 
-def _basic_headers() -> dict[str, dict[str, str]]:
-    return {user: basic(user) for user in USERS}
+def _pair(
+    flavour: str,
+    folder: Path,
+    upstream: ServerProcess,
+    direct_auth: dict[str, dict[str, str]],
+    homes: tuple[str, str],
+    **proxy_options: object,
+) -> Iterator[Pair]:
+    with start_proxy(folder / "davproxy", upstream_url=upstream.url, **proxy_options) as proxy:
+        yield Pair(
+            flavour,
+            Endpoint(upstream.url, direct_auth),
+            Endpoint(proxy.url, {user: basic(user) for user in USERS}),
+            *homes,
+            upstream,
+            proxy,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -37,23 +53,10 @@ def radicale_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     """Radicale trusting X-Remote-User, davproxy in proxy-auth mode in front."""
     folder = tmp_path_factory.mktemp("radicale-trusted")
     with start_radicale(folder / "radicale", auth="x-remote-user") as upstream:
-        htpasswd = write_htpasswd(folder / "users.htpasswd")
-        with start_proxy(
-            folder / "davproxy",
-            upstream_url=upstream.url,
-            kind="radicale",
-            mode="proxy-auth",
-            htpasswd=htpasswd,
-        ) as proxy:
-            yield Pair(
-                "radicale",
-                Endpoint(upstream.url, _trusted_headers()),
-                Endpoint(proxy.url, _basic_headers()),
-                "/alice/",
-                "/alice/",
-                upstream,
-                proxy,
-            )
+        yield from _pair(
+            "radicale", folder, upstream, TRUSTED, ("/alice/", "/alice/"),
+            kind="radicale", mode="proxy-auth", htpasswd=write_htpasswd(folder / "users.htpasswd"),
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -62,21 +65,10 @@ def radicale_basic_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
     folder = tmp_path_factory.mktemp("radicale-basic")
     htpasswd = write_htpasswd(folder / "radicale-users", plain=True)
     with start_radicale(folder / "radicale", auth="htpasswd", htpasswd=htpasswd) as upstream:
-        with start_proxy(
-            folder / "davproxy",
-            upstream_url=upstream.url,
-            kind="radicale",
-            mode="upstream-basic",
-        ) as proxy:
-            yield Pair(
-                "radicale-basic",
-                Endpoint(upstream.url, _basic_headers()),
-                Endpoint(proxy.url, _basic_headers()),
-                "/alice/",
-                "/alice/",
-                upstream,
-                proxy,
-            )
+        yield from _pair(
+            "radicale-basic", folder, upstream, {u: basic(u) for u in USERS},
+            ("/alice/", "/alice/"), kind="radicale", mode="upstream-basic",
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -84,23 +76,11 @@ def xandikos_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     """Xandikos multi-user trusting X-Remote-User from loopback, davproxy proxy-auth."""
     folder = tmp_path_factory.mktemp("xandikos")
     with start_xandikos(folder / "xandikos") as upstream:
-        htpasswd = write_htpasswd(folder / "users.htpasswd", scheme="bcrypt")
-        with start_proxy(
-            folder / "davproxy",
-            upstream_url=upstream.url,
-            kind="xandikos",
-            mode="proxy-auth",
-            htpasswd=htpasswd,
-        ) as proxy:
-            yield Pair(
-                "xandikos",
-                Endpoint(upstream.url, _trusted_headers()),
-                Endpoint(proxy.url, _basic_headers()),
-                "/alice/calendars/",
-                "/alice/contacts/",
-                upstream,
-                proxy,
-            )
+        yield from _pair(
+            "xandikos", folder, upstream, TRUSTED, ("/alice/calendars/", "/alice/contacts/"),
+            kind="xandikos", mode="proxy-auth",
+            htpasswd=write_htpasswd(folder / "users.htpasswd", scheme="bcrypt"),
+        )  # fmt: skip
 
 
 @pytest.fixture(params=["radicale", "xandikos"])

@@ -35,6 +35,14 @@ def config(tmp_path: Path, **kwargs: object) -> Path:
     return main
 
 
+def wait_listening(process: subprocess.Popen[str], port: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not port_open("127.0.0.1", port):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, f"nothing listens on {port}"
+        time.sleep(0.05)
+
+
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -141,11 +149,7 @@ def test_sigterm_stops_gracefully(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 15
-        while not port_open("127.0.0.1", port):
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_listening(process, port)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=15)
     finally:
@@ -205,11 +209,7 @@ def test_demo_serves_radicale_with_demo_users(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while not port_open("127.0.0.1", port):
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_listening(process, port)
         logins = json.loads((data / "logins.json").read_text())
         assert set(logins) == {"alice", "bob", "carol"}
 
@@ -218,7 +218,9 @@ def test_demo_serves_radicale_with_demo_users(tmp_path: Path) -> None:
 
             async with raw_session() as session:
                 url = f"http://127.0.0.1:{port}/alice/"
-                listing = await fetch(session, "PROPFIND", url, {**basic("alice", logins["alice"]), "Depth": "1"})
+                listing = await fetch(
+                    session, "PROPFIND", url, {**basic("alice", logins["alice"]), "Depth": "1"}
+                )
                 wrong = await fetch(session, "GET", url, basic("alice", "wrong"))
                 return listing.status, listing.body, wrong.status
 
