@@ -138,7 +138,11 @@ def start_fast_upstream(folder: Path, propfind: bytes, get: bytes, etag: str) ->
 
 
 def start_proxy_for(
-    folder: Path, upstream: ServerProcess, kind: str, htpasswd: Path
+    folder: Path,
+    upstream: ServerProcess,
+    kind: str,
+    htpasswd: Path,
+    max_connections: int | None = None,
 ) -> ServerProcess:
     mapping_extra = ""
     if kind == "generic":
@@ -153,6 +157,7 @@ def start_proxy_for(
         mode="proxy-auth",
         htpasswd=htpasswd,
         mapping_extra=mapping_extra,
+        upstream_extra=f"max_connections = {max_connections}" if max_connections else "",
     )
     return start_davproxy(main, port=port)
 
@@ -673,7 +678,9 @@ def run(args: argparse.Namespace, stack: ExitStack, workdir: Path) -> int:
         flush=True,
     )
     rad_proxy = stack.enter_context(
-        start_proxy_for(workdir / "davproxy-radicale", radicale, "radicale", htpasswd)
+        start_proxy_for(
+            workdir / "davproxy-radicale", radicale, "radicale", htpasswd, args.max_connections
+        )
     )
     target = Target(
         "radicale", radicale, rad_proxy,
@@ -727,6 +734,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="budgets / 5 (smoke test)")
     parser.add_argument("--scale", type=float, help="multiply every budget by this factor")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, data)")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        help="davproxy's max_connections for Radicale (default: the shipped default)",
+    )
     args = parser.parse_args()
 
     def on_term(signum: int, frame: object) -> None:

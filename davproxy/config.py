@@ -46,6 +46,12 @@ _LAYOUT_DEFAULTS: dict[str, dict[str, str]] = {
 }
 
 
+# Requests davproxy lets run at once against one upstream; the rest wait in davproxy.
+# Radicale's server is threaded Python with a listen backlog of 5: more parallel
+# requests only contend for its GIL (measured in bench/passthrough), so few is faster.
+_MAX_CONNECTIONS: dict[str, int] = {"radicale": 2}
+
+
 class ConfigError(Exception):
     """A configuration problem, worded for the operator: file, table, key, what is wrong."""
 
@@ -141,6 +147,7 @@ class UpstreamConfig:
     access: AccessConfig
     users: tuple[DirectoryUser, ...] = ()
     feeds: tuple[dict[str, Any], ...] = ()
+    max_connections: int = 32
 
     @property
     def upstream_prefix(self) -> str:
@@ -348,6 +355,11 @@ def _load_upstream(source: Path, table: _Table) -> UpstreamConfig:
     mapping_path = _resolve(source, table.text("mapping", _REQUIRED))
     if not mapping_path.is_file():
         raise table.error("mapping", f"file not found: {mapping_path}")
+    max_connections = (
+        table.integer("max_connections", None, 1, 10_000)
+        if ("max_connections" in table.data)
+        else None
+    )
     table.finish()
 
     mapping = _Table(mapping_path, "", _read_toml(mapping_path))
@@ -419,6 +431,7 @@ def _load_upstream(source: Path, table: _Table) -> UpstreamConfig:
         access=access,
         users=users,
         feeds=tuple(feeds_raw),
+        max_connections=max_connections or _MAX_CONNECTIONS.get(kind, 32),
     )
 
 

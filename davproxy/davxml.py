@@ -9,6 +9,7 @@ clear error instead of exhausting the process.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from lxml import etree
 
@@ -97,3 +98,139 @@ def map_hrefs(body: bytes, mapper: Callable[[str], str]) -> bytes:
         return body
     declaration = body.lstrip().startswith(b"<?xml")
     return etree.tostring(root, xml_declaration=declaration, encoding="utf-8")
+
+
+# -- building and editing multistatus documents (RFC 4918 §14.16) ---------------------
+
+MULTISTATUS = f"{{{DAV}}}multistatus"
+RESPONSE = f"{{{DAV}}}response"
+PROPSTAT = f"{{{DAV}}}propstat"
+PROP = f"{{{DAV}}}prop"
+STATUS = f"{{{DAV}}}status"
+
+_REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found", 424: "Failed Dependency"}
+
+
+def element(
+    tag: str, *children: etree._Element, text: str | None = None, **attrs: str
+) -> etree._Element:
+    """A detached element with children: the one way davproxy builds XML."""
+    node = etree.Element(tag, nsmap=NSMAP if tag.startswith("{") else None, **attrs)
+    if text is not None:
+        node.text = text
+    for child in children:
+        node.append(child)
+    return node
+
+
+def href(value: str) -> etree._Element:
+    return element(HREF, text=value)
+
+
+def status_line(code: int) -> etree._Element:
+    return element(STATUS, text=f"HTTP/1.1 {code} {_REASONS.get(code, '')}".rstrip())
+
+
+def propstat(code: int, props: list[etree._Element]) -> etree._Element:
+    return element(PROPSTAT, element(PROP, *props), status_line(code))
+
+
+def response(path: str, found: list[etree._Element], missing: list[str] = ()) -> etree._Element:  # type: ignore[assignment]
+    node = element(RESPONSE, href(path))
+    if found:
+        node.append(propstat(200, found))
+    if missing:
+        node.append(propstat(404, [etree.Element(name) for name in missing]))
+    return node
+
+
+def multistatus(*responses: etree._Element) -> etree._Element:
+    return element(MULTISTATUS, *responses)
+
+
+def status_response(path: str, code: int) -> etree._Element:
+    """A response carrying a status instead of properties (sync deletions, 424s)."""
+    return element(RESPONSE, href(path), status_line(code))
+
+
+PROPFIND = f"{{{DAV}}}propfind"
+
+
+@dataclass(frozen=True, slots=True)
+class PropRequest:
+    """What a PROPFIND asks for (RFC 4918 §9.1): named props, allprop(+include), names."""
+
+    mode: str  # "prop" | "allprop" | "propname"
+    names: tuple[str, ...] = ()  # requested names ("prop"), or the include list ("allprop")
+
+    def wants(self, name: str) -> bool:
+        return self.mode == "propname" or name in self.names
+
+
+def parse_propfind(body: bytes) -> PropRequest:
+    if not body.strip():
+        return PropRequest("allprop")  # RFC 4918 §9.1: an empty body means allprop
+    root = parse(body)
+    if root.tag != PROPFIND:
+        raise XmlError(f"expected DAV:propfind, got {root.tag}")
+    for child in root:
+        if child.tag == f"{{{DAV}}}prop":
+            return PropRequest("prop", tuple(str(p.tag) for p in child if isinstance(p.tag, str)))
+        if child.tag == f"{{{DAV}}}propname":
+            return PropRequest("propname")
+        if child.tag == f"{{{DAV}}}allprop":
+            include = root.find(f"{{{DAV}}}include")
+            names = tuple(str(p.tag) for p in include) if include is not None else ()
+            return PropRequest("allprop", names)
+    raise XmlError("DAV:propfind needs prop, allprop or propname")
+
+
+def href_path(value: str) -> str:
+    """The path of an href (absolute URLs are reduced to their path)."""
+    value = value.strip()
+    if value.startswith("/"):
+        return value
+    _, sep, rest = value.partition("://")
+    if not sep:
+        return value
+    slash = rest.find("/")
+    return rest[slash:] if slash >= 0 else "/"
+
+
+def augment(
+    body: bytes,
+    request: PropRequest,
+    provide: Callable[[str], dict[str, etree._Element] | None],
+    extra: list[etree._Element] | None = None,
+) -> bytes:
+    """Edit a multistatus: davproxy's own properties replace the upstream's answer.
+
+    ``provide(path)`` gives the properties davproxy owns for that response (or None);
+    those the request asked for are removed from the upstream's propstats (typically
+    its 404) and answered with 200.  ``extra`` responses are appended (listings).
+    """
+    root = parse(body)
+    for node in root.findall(RESPONSE):
+        href_text = node.findtext(HREF)
+        owned = provide(href_path(href_text)) if href_text else None
+        if not owned:
+            continue
+        wanted = [name for name in owned if request.wants(name)]
+        if not wanted:
+            continue
+        for stat in node.findall(PROPSTAT):
+            prop = stat.find(PROP)
+            if prop is None:
+                continue
+            for child in list(prop):
+                if child.tag in wanted:
+                    prop.remove(child)
+            if len(prop) == 0:
+                node.remove(stat)
+        props = [
+            owned[name] if request.mode != "propname" else etree.Element(name) for name in wanted
+        ]
+        node.append(propstat(200, props))
+    for extra_node in extra or ():
+        root.append(extra_node)
+    return serialize(root)

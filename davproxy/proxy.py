@@ -37,6 +37,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 CHUNK = 64 * 1024
+# Answers up to this size are read whole and sent in one write.
+SMALL_ANSWER = 256 * 1024
 # XML answers are buffered for href mapping up to this size; larger ones pass as they are.
 MAX_MAPPED_RESPONSE = 64 * 1024 * 1024
 # Methods whose request bodies may carry hrefs (calendar-multiget, addressbook-multiget).
@@ -207,16 +209,24 @@ async def _relay(
                 raw, lambda href: upstream.paths.href_to_public(href, upstream.origin, origin)
             )
 
-    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+    has_body = request.method != "HEAD" and answer.status not in (204, 304)
+    if (
+        body is None
+        and has_body
+        and answer.content_length is not None
+        and answer.content_length <= SMALL_ANSWER
+    ):
+        # Small answers go out as one write (head and body together): fewer syscalls,
+        # and a body the upstream breaks off still becomes a clean 502.
+        body = await _read_answer(answer)
     if body is not None:
-        response.content_length = len(body)
-    elif answer.content_length is not None:
+        return web.Response(status=answer.status, reason=answer.reason, headers=headers, body=body)
+
+    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+    if answer.content_length is not None:
         response.content_length = answer.content_length
     await response.prepare(request)
-    has_body = request.method != "HEAD" and answer.status not in (204, 304)
-    if body is not None:
-        await response.write(body)
-    elif has_body and not await _pump(request, answer, response, upstream.name):
+    if has_body and not await _pump(request, answer, response, upstream.name):
         _abort(request)
         return response
     await response.write_eof()
@@ -227,7 +237,8 @@ async def _read_answer(answer: aiohttp.ClientResponse) -> bytes:
     try:
         return await answer.read()
     except (TimeoutError, aiohttp.ClientError) as exc:
-        raise PlainError(502, f"Upstream {answer.url.host} broke off its answer") from exc
+        log.warning("upstream at %s broke off its answer: %s", answer.url.origin(), exc)
+        raise PlainError(502, "Upstream broke off its answer") from exc
 
 
 async def _pump(

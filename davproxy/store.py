@@ -9,11 +9,13 @@ refused rather than damaged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +37,72 @@ def _m001_meta(db: sqlite_utils.Database) -> None:
     meta.insert({"key": "instance_id", "value": str(uuid.uuid4())})
 
 
+def _m002_sharing(db: sqlite_utils.Database) -> None:
+    # One row per sharee instance of a shared collection (sabre's model): the owner's
+    # collection and everything the sharee's copy needs.  Paths are below the
+    # upstream root, so a change of public prefix keeps them valid.
+    db.execute(
+        """CREATE TABLE shares (
+            id INTEGER PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('calendar', 'addressbook', 'collection')),
+            sharee TEXT NOT NULL,
+            sharee_href TEXT NOT NULL,
+            access TEXT NOT NULL CHECK (access IN ('read', 'read-write')),
+            status TEXT NOT NULL
+                CHECK (status IN ('noresponse', 'accepted', 'declined', 'invalid')),
+            invite_uid TEXT NOT NULL UNIQUE,
+            comment TEXT NOT NULL DEFAULT '',
+            sharee_name TEXT NOT NULL DEFAULT '',
+            summary TEXT NOT NULL DEFAULT '',
+            mount TEXT,
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            UNIQUE (upstream, collection, sharee)
+        )"""
+    )
+    db.execute("CREATE INDEX shares_by_sharee ON shares (upstream, sharee, status)")
+    db.execute(
+        "CREATE UNIQUE INDEX shares_by_mount ON shares (upstream, mount) WHERE mount IS NOT NULL"
+    )
+    # Per-sharee properties of a sharee's copy (displayname, colour, order, ...).
+    db.execute(
+        """CREATE TABLE instance_props (
+            share_id INTEGER NOT NULL REFERENCES shares (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (share_id, name)
+        )"""
+    )
+    # One canonical record per notification, rendered per flavour at GET time.
+    # Deleted ones stay as tombstones so sync-collection can report them.
+    db.execute(
+        """CREATE TABLE notifications (
+            id INTEGER PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            user TEXT NOT NULL,
+            name TEXT NOT NULL,
+            type TEXT NOT NULL,
+            body TEXT NOT NULL,
+            etag TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL,
+            UNIQUE (upstream, user, name)
+        )"""
+    )
+    db.execute("CREATE INDEX notifications_by_revision ON notifications (upstream, user, revision)")
+    db.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    db.execute("INSERT INTO counters VALUES ('revision', 0)")
+
+
 # Append only: a released migration is never edited, only followed by a new one.
-MIGRATIONS: tuple[tuple[int, str, Migration], ...] = ((1, "meta", _m001_meta),)
+MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
+    (1, "meta", _m001_meta),
+    (2, "sharing", _m002_sharing),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +117,7 @@ class Store:
     def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
         self.db = db
         self.path = path
+        self._in_transaction = False
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -118,3 +185,273 @@ class Store:
 
     def close(self) -> None:
         self.db.conn.close()
+
+    # -- transactions ---------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All-or-nothing: a share and its notifications land together or not at all."""
+        if self._in_transaction:
+            yield
+            return
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+        finally:
+            self._in_transaction = False
+
+    def _next_revision(self) -> int:
+        conn = self.db.conn
+        conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'revision'")
+        return int(conn.execute("SELECT value FROM counters WHERE name = 'revision'").fetchone()[0])
+
+    # -- shares -----------------------------------------------------------------------
+
+    def _shares(self, where: str, params: tuple[object, ...]) -> list[Share]:
+        rows = self.db.conn.execute(f"SELECT {_SHARE_COLUMNS} FROM shares WHERE {where}", params)
+        return [Share(*row) for row in rows]
+
+    def share(self, share_id: int) -> Share | None:
+        found = self._shares("id = ?", (share_id,))
+        return found[0] if found else None
+
+    def share_by_uid(self, invite_uid: str) -> Share | None:
+        found = self._shares("invite_uid = ?", (invite_uid,))
+        return found[0] if found else None
+
+    def share_for(self, upstream: str, collection: str, sharee: str) -> Share | None:
+        found = self._shares(
+            "upstream = ? AND collection = ? AND sharee = ?", (upstream, collection, sharee)
+        )
+        return found[0] if found else None
+
+    def shares_of_collection(self, upstream: str, collection: str) -> list[Share]:
+        return self._shares("upstream = ? AND collection = ? ORDER BY id", (upstream, collection))
+
+    def shares_under(self, upstream: str, path: str) -> list[Share]:
+        """Shares of the collection at ``path`` or of any collection below it."""
+        return self._shares(
+            "upstream = ? AND substr(collection, 1, ?) = ? ORDER BY id",
+            (upstream, len(path), path),
+        )
+
+    def mounts_of(self, upstream: str, sharee: str) -> list[Share]:
+        """The accepted shares a user has a copy of, with its path."""
+        return self._shares(
+            "upstream = ? AND sharee = ? AND status = 'accepted' AND mount IS NOT NULL"
+            " ORDER BY mount",
+            (upstream, sharee),
+        )
+
+    def mount_taken(self, upstream: str, mount: str) -> bool:
+        row = self.db.conn.execute(
+            "SELECT 1 FROM shares WHERE upstream = ? AND mount = ?", (upstream, mount)
+        ).fetchone()
+        return row is not None
+
+    def share_upsert(self, new: NewShare) -> tuple[Share, bool]:
+        """Create or update the sharee's instance; returns (share, created)."""
+        now = time.time()
+        existing = self.share_for(new.upstream, new.collection, new.sharee)
+        conn = self.db.conn
+        if existing is None:
+            conn.execute(
+                "INSERT INTO shares (upstream, owner, collection, kind, sharee, sharee_href,"
+                " access, status, invite_uid, comment, sharee_name, summary, created, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new.upstream, new.owner, new.collection, new.kind, new.sharee,
+                    new.sharee_href, new.access, new.status, uuid.uuid4().hex, new.comment,
+                    new.sharee_name, new.summary, now, now,
+                ),
+            )  # fmt: skip
+            created = self.share_for(new.upstream, new.collection, new.sharee)
+            assert created is not None
+            return created, True
+        # A change of access keeps the current status (draft-pot-webdav-resource-sharing
+        # §4.4), except that an invalid sharee stays invalid and a declined one is
+        # invited again.
+        status = existing.status if existing.status in ("accepted", "noresponse") else new.status
+        conn.execute(
+            "UPDATE shares SET access = ?, status = ?, comment = ?, sharee_name = ?,"
+            " summary = ?, sharee_href = ?, kind = ?, updated = ? WHERE id = ?",
+            (
+                new.access, status, new.comment, new.sharee_name or existing.sharee_name,
+                new.summary, new.sharee_href, new.kind, now, existing.id,
+            ),
+        )  # fmt: skip
+        updated = self.share(existing.id)
+        assert updated is not None
+        return updated, False
+
+    def share_set_status(self, share_id: int, status: str, mount: str | None = None) -> Share:
+        self.db.conn.execute(
+            "UPDATE shares SET status = ?, mount = ?, updated = ? WHERE id = ?",
+            (status, mount, time.time(), share_id),
+        )
+        share = self.share(share_id)
+        assert share is not None
+        return share
+
+    def share_delete(self, share_id: int) -> None:
+        self.db.conn.execute("DELETE FROM shares WHERE id = ?", (share_id,))
+
+    # -- per-sharee properties ------------------------------------------------------------
+
+    def instance_props(self, share_id: int) -> dict[str, str]:
+        rows = self.db.conn.execute(
+            "SELECT name, value FROM instance_props WHERE share_id = ?", (share_id,)
+        )
+        return dict(rows.fetchall())
+
+    def set_instance_prop(self, share_id: int, name: str, value: str | None) -> None:
+        if value is None:
+            self.db.conn.execute(
+                "DELETE FROM instance_props WHERE share_id = ? AND name = ?", (share_id, name)
+            )
+        else:
+            self.db.conn.execute(
+                "INSERT INTO instance_props (share_id, name, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (share_id, name) DO UPDATE SET value = excluded.value",
+                (share_id, name, value),
+            )
+
+    # -- notifications --------------------------------------------------------------------
+
+    def _notifications(self, where: str, params: tuple[object, ...]) -> list[Notification]:
+        rows = self.db.conn.execute(
+            f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE {where}", params
+        )
+        return [
+            Notification(
+                id=row[0],
+                upstream=row[1],
+                user=row[2],
+                name=row[3],
+                type=row[4],
+                body=row[5],
+                etag=row[6],
+                revision=row[7],
+                created=row[8],
+                deleted=bool(row[9]),
+            )  # fmt: skip
+            for row in rows
+        ]
+
+    def notification(self, upstream: str, user: str, name: str) -> Notification | None:
+        found = self._notifications(
+            "upstream = ? AND user = ? AND name = ? AND deleted = 0", (upstream, user, name)
+        )
+        return found[0] if found else None
+
+    def notifications(self, upstream: str, user: str) -> list[Notification]:
+        return self._notifications(
+            "upstream = ? AND user = ? AND deleted = 0 ORDER BY revision", (upstream, user)
+        )
+
+    def notification_put(
+        self, upstream: str, user: str, name: str, type_: str, body: str
+    ) -> Notification:
+        """Create or overwrite (coalesce) one notification; a new revision either way."""
+        revision = self._next_revision()
+        etag = hashlib.sha256(f"{revision}\0{body}".encode()).hexdigest()[:32]
+        self.db.conn.execute(
+            "INSERT INTO notifications (upstream, user, name, type, body, etag, revision,"
+            " deleted, created) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)"
+            " ON CONFLICT (upstream, user, name) DO UPDATE SET type = excluded.type,"
+            " body = excluded.body, etag = excluded.etag, revision = excluded.revision,"
+            " deleted = 0, created = excluded.created",
+            (upstream, user, name, type_, body, etag, revision, time.time()),
+        )
+        stored = self.notification(upstream, user, name)
+        assert stored is not None
+        return stored
+
+    def notification_delete(self, upstream: str, user: str, name: str) -> bool:
+        """Turn a notification into a tombstone; False if there was none."""
+        if self.notification(upstream, user, name) is None:
+            return False
+        self.db.conn.execute(
+            "UPDATE notifications SET deleted = 1, revision = ?, body = '', etag = ''"
+            " WHERE upstream = ? AND user = ? AND name = ?",
+            (self._next_revision(), upstream, user, name),
+        )
+        return True
+
+    def notification_revision(self, upstream: str, user: str) -> int:
+        """The newest revision in a user's collection (0 when it never had anything)."""
+        row = self.db.conn.execute(
+            "SELECT MAX(revision) FROM notifications WHERE upstream = ? AND user = ?",
+            (upstream, user),
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def notification_changes(self, upstream: str, user: str, since: int) -> list[Notification]:
+        """Members changed or deleted after revision ``since`` (tombstones included)."""
+        return self._notifications(
+            "upstream = ? AND user = ? AND revision > ? ORDER BY revision",
+            (upstream, user, since),
+        )
+
+
+_SHARE_COLUMNS = (
+    "id, upstream, owner, collection, kind, sharee, sharee_href, access, status, invite_uid,"
+    " comment, sharee_name, summary, mount, created, updated"
+)
+_NOTIFICATION_COLUMNS = "id, upstream, user, name, type, body, etag, revision, created, deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    id: int
+    upstream: str
+    owner: str
+    collection: str  # the owner's collection, below the upstream root ("alice/work/")
+    kind: str  # calendar | addressbook | collection
+    sharee: str  # user id (or the href as given, for an invalid sharee)
+    sharee_href: str  # as the sharer wrote it
+    access: str  # read | read-write
+    status: str  # noresponse | accepted | declined | invalid
+    invite_uid: str
+    comment: str
+    sharee_name: str
+    summary: str
+    mount: str | None  # the sharee's copy, below the upstream root, once accepted
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewShare:
+    upstream: str
+    owner: str
+    collection: str
+    kind: str
+    sharee: str
+    sharee_href: str
+    access: str
+    status: str
+    comment: str = ""
+    sharee_name: str = ""
+    summary: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    id: int
+    upstream: str
+    user: str
+    name: str
+    type: str
+    body: str  # canonical JSON, rendered per flavour at GET time
+    etag: str
+    revision: int
+    created: float
+    deleted: bool = False

@@ -9,6 +9,7 @@ live here too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -59,6 +60,8 @@ class Upstream:
             sock_read=server.upstream_timeout,
         )
         self._read_timeout = server.upstream_timeout
+        # At most max_connections requests in flight; the rest queue here, in order.
+        self._slots = asyncio.Semaphore(config.max_connections)
 
     def url_for(self, upstream_raw_path: str) -> URL:
         """An upstream URL from an already percent-encoded path (and query)."""
@@ -93,6 +96,34 @@ class Upstream:
         caller to handle (the response is already under way by then).
         """
         url = self.url_for(upstream_raw_path)
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            log.warning(
+                "upstream %s: %s %s waited %.1f s for a free connection",
+                self.name,
+                method,
+                url.path,
+                self._read_timeout,
+            )
+            raise UpstreamError(
+                504, f"Upstream {self.name} is saturated (gateway timeout)"
+            ) from None
+        try:
+            async with self._send(method, url, headers, data) as response:
+                yield response
+        finally:
+            self._slots.release()
+
+    @asynccontextmanager
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str] | CIMultiDict[str],
+        data: bytes | AsyncIterable[bytes] | None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         try:
             response = await self.session.request(
                 method,

@@ -45,6 +45,7 @@ def write_config(
     htpasswd: Path | None = None,
     server_extra: str = "",
     mapping_extra: str = "",
+    upstream_extra: str = "",
     name: str = "up",
 ) -> tuple[Path, int]:
     """A main file and one mapping file; returns (main file, port)."""
@@ -65,7 +66,7 @@ def write_config(
         f'[server]\nport = {port}\n{server_extra}\n[store]\npath = "store.sqlite3"\n'
         '[logging]\nlevel = "info"\n\n'
         f'[[upstream]]\nname = "{name}"\nprefix = "{prefix}"\nurl = "{upstream_url}"\n'
-        'mapping = "mapping.toml"\n',
+        f'mapping = "mapping.toml"\n{upstream_extra}\n',
         encoding="utf-8",
     )
     return main, port

@@ -39,12 +39,28 @@ MULTISTATUS = (
 
 
 def echo_app(base: str = "/") -> web.Application:
+    in_flight = {"now": 0, "max": 0}
+
     async def handle(request: web.Request) -> web.StreamResponse:
         path = request.raw_path.split("?")[0]
         tail = path[len(base) :] if path.startswith(base) else ""
         body = await request.read()
         if tail == "stall":
             await asyncio.sleep(30)
+        if tail == "drip":  # a long streamed answer: holds its connection ~1.5 s
+            drip = web.StreamResponse()
+            await drip.prepare(request)
+            for _ in range(15):
+                await drip.write(b"x" * 1000)
+                await asyncio.sleep(0.1)
+            await drip.write_eof()
+            return drip
+        if tail == "slow":
+            in_flight["now"] += 1
+            in_flight["max"] = max(in_flight["max"], in_flight["now"])
+            await asyncio.sleep(0.1)
+            in_flight["now"] -= 1
+            return web.json_response(in_flight)
         if tail == "gzip":
             return web.Response(
                 body=gzip.compress(b"calendar data " * 100, mtime=0),
@@ -352,14 +368,17 @@ async def test_chunked_request_body_is_sent_with_length(upstream_server, proxy) 
     assert header(report, "Content-Length") == ["17"] and report["body"] == "BEGIN:VCALENDAR\r\n"
 
 
-async def test_upstream_breaking_off_mid_body_truncates_the_answer(proxy, caplog) -> None:
-    """The head is already sent: the client must see a cut answer, not a complete one."""
+@pytest.mark.parametrize("length", [2_000_000, 100_000])
+async def test_upstream_breaking_off_mid_body_is_never_a_complete_answer(
+    proxy, caplog, length
+) -> None:
+    """Large answers stream: the head is already sent, so the client sees a cut answer.
+    Small answers are read whole first: the client gets a clean 502."""
 
     async def truncating(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(
-            b'HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nETag: "t"\r\n\r\n' + b"x" * 5000
-        )
+        head = f'HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nETag: "t"\r\n\r\n'
+        writer.write(head.encode() + b"x" * 5000)
         await writer.drain()
         writer.transport.abort()
 
@@ -369,14 +388,45 @@ async def test_upstream_breaking_off_mid_body_truncates_the_answer(proxy, caplog
         base = await proxy(f"http://127.0.0.1:{port}/")
         async with raw_session() as session:
             async with session.get(base + "/alice/cal/big.ics", headers=basic("alice")) as r:
-                assert r.status == 200 and r.headers["ETag"] == '"t"'
-                with pytest.raises(aiohttp.ClientPayloadError):
-                    await r.read()
+                if length > 256 * 1024:
+                    assert r.status == 200 and r.headers["ETag"] == '"t"'
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await r.read()
+                else:
+                    assert r.status == 502 and b"broke off" in await r.read()
             # davproxy itself is unharmed and serves the next request
             who = await fetch(session, "GET", base + "/.davproxy/whoami", basic("alice"))
             assert who.status == 200
     finally:
         server.close()
         await server.wait_closed()
-    assert "broke off the body" in caplog.text
+    assert "broke off" in caplog.text
     assert "Traceback" not in caplog.text and "unhandled" not in caplog.text
+
+
+async def test_upstream_concurrency_is_capped_and_queued(upstream_server, proxy) -> None:
+    base = await proxy(await upstream_server(), upstream_extra="max_connections = 2")
+    async with raw_session() as session:
+        answers = await asyncio.gather(
+            *(fetch(session, "GET", base + "/slow", basic("alice")) for _ in range(8))
+        )
+    assert [a.status for a in answers] == [200] * 8
+    assert max(json.loads(a.body)["max"] for a in answers) == 2
+
+
+async def test_saturated_upstream_gives_504_not_a_hang(upstream_server, proxy) -> None:
+    base = await proxy(
+        await upstream_server(),
+        upstream_extra="max_connections = 1",
+        server_extra="upstream_timeout = 0.5",
+    )
+    async with raw_session() as session:
+        dripping = asyncio.create_task(fetch(session, "GET", base + "/drip", basic("alice")))
+        await asyncio.sleep(0.2)  # the drip holds the only upstream connection now
+        started = time.monotonic()
+        queued = await fetch(session, "GET", base + "/alice/", basic("alice"))
+        waited = time.monotonic() - started
+        drip = await dripping
+    assert queued.status == 504 and b"saturated" in queued.body
+    assert 0.4 < waited < 1.4
+    assert drip.status == 200 and len(drip.body) == 15_000
