@@ -9,11 +9,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import http_parser, web, web_protocol
 
+from . import davxml
 from .config import Config
+from .directory import Directory
 from .errors import DavError, PlainError
 from .identity import Authenticator
 from .logs import log_access
+from .notifications import NotificationCollection, Renderer
 from .routes import ROUTE, USER, Router, Site
+from .sharing import Sharing
 from .store import Store
 from .upstream import Upstream
 
@@ -41,6 +45,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
         status = response.status
         return response
+    except davxml.XmlError as exc:
+        status = 400
+        return DavError(400, None, f"Unusable XML body: {exc}").to_response()
     except (DavError, PlainError) as exc:
         status = exc.status
         if exc.status >= 500:
@@ -63,6 +70,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
+def _site(store: Store, upstream: Upstream) -> Site:
+    """Everything that serves one upstream, wired together."""
+    auth = Authenticator(upstream.config.identity, upstream)
+    htpasswd = auth.htpasswd
+    directory = Directory(upstream.config, htpasswd.users if htpasswd else set)
+    renderer = Renderer(upstream, directory.display_name)
+    sharing = Sharing(store, upstream, auth, directory, renderer)
+    notifications = NotificationCollection(store, renderer, sharing.reply)
+    return Site(upstream, auth, sharing, notifications)
+
+
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware],
@@ -79,10 +97,7 @@ def create_app(config: Config) -> web.Application:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must never keep cookies
         )
-        sites = []
-        for upstream_config in config.upstreams:
-            upstream = Upstream(upstream_config, config.server, session)
-            sites.append(Site(upstream, Authenticator(upstream_config.identity, upstream)))
+        sites = [_site(store, Upstream(up, config.server, session)) for up in config.upstreams]
         app[STORE] = store
         app[SESSION] = session
         app[ROUTER] = Router(sites, config.server.max_body_bytes, config.server.forwarded_allow_ips)

@@ -166,6 +166,9 @@ class PropRequest:
     def wants(self, name: str) -> bool:
         return self.mode == "propname" or name in self.names
 
+    def wants_any(self, names: frozenset[str]) -> bool:
+        return self.mode == "propname" or not names.isdisjoint(self.names)
+
 
 def parse_propfind(body: bytes) -> PropRequest:
     if not body.strip():
@@ -210,6 +213,7 @@ def augment(
     its 404) and answered with 200.  ``extra`` responses are appended (listings).
     """
     root = parse(body)
+    changed = bool(extra)
     for node in root.findall(RESPONSE):
         href_text = node.findtext(HREF)
         owned = provide(href_path(href_text)) if href_text else None
@@ -231,6 +235,30 @@ def augment(
             owned[name] if request.mode != "propname" else etree.Element(name) for name in wanted
         ]
         node.append(propstat(200, props))
+        changed = True
+    if not changed:
+        return body  # nothing of ours was asked for: the upstream's bytes, untouched
     for extra_node in extra or ():
         root.append(extra_node)
     return serialize(root)
+
+
+def answer(
+    path: str,
+    available: dict[str, etree._Element],
+    request: PropRequest,
+    hidden_from_allprop: frozenset[str] = frozenset(),
+) -> etree._Element:
+    """One PROPFIND response for a resource davproxy serves itself."""
+    if request.mode == "propname":
+        return response(path, [etree.Element(name) for name in available])
+    if request.mode == "allprop":
+        found = [
+            value
+            for name, value in available.items()
+            if name not in hidden_from_allprop or name in request.names
+        ]
+        return response(path, found)
+    found = [available[name] for name in request.names if name in available]
+    missing = [name for name in request.names if name not in available]
+    return response(path, found, missing)

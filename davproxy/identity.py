@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -121,6 +122,11 @@ class Htpasswd:
                 hashes[user] = hashed
             self._hashes, self._stamp = hashes, stamp
             log.info("loaded %d users from %s", len(hashes), self.path)
+
+    def users(self) -> set[str]:
+        with contextlib.suppress(OSError):  # keep the last good list; verify() logs it
+            self._load()
+        return set(self._hashes)
 
     def verify(self, user: str, password: str) -> bool:
         """Blocking (hashes are slow on purpose): call from a worker thread."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -66,15 +66,31 @@ def end_to_end(
     return result
 
 
+HrefMap = Callable[[str], str]
+
+
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """What to send where: the decisions a route made before forwarding."""
+    """What to send where: the decisions a route made before forwarding.
+
+    Plain passthrough sets only the target.  Routes that change what the client sees
+    add mappings (hrefs between URL spaces) and an XML edit (properties davproxy owns);
+    the answer is then read whole (up to MAX_MAPPED_RESPONSE) instead of streamed.
+    """
 
     upstream: Upstream
     path: str  # upstream path, percent-encoded, with query string
     set_headers: dict[str, str] = field(default_factory=dict)
     drop_headers: frozenset[str] = frozenset()  # lower-case names
-    rewrite_hrefs: bool = False
+    request_hrefs: HrefMap | None = None  # client href -> upstream (Destination, REPORT)
+    response_hrefs: HrefMap | None = None  # upstream href -> client (Location, XML bodies)
+    edit_xml: Callable[[bytes], bytes] | None = None  # on XML answers, after mapping
+    body: bytes | None = None  # a request body the route has already read
+    dav_tokens: tuple[str, ...] = ()  # feature tokens added to the DAV header
+
+    @property
+    def edits_answers(self) -> bool:
+        return self.response_hrefs is not None or self.edit_xml is not None
 
 
 def _trusted_peer(request: web.Request, allowed: tuple[str, ...]) -> bool:
@@ -146,68 +162,74 @@ async def forward(
     # Destination URLs (Xandikos refuses a "cross-server" MOVE otherwise) and build
     # absolute URLs from it.
     drop = spec.drop_headers | {"content-length"}
+    if spec.edits_answers:
+        drop |= {"accept-encoding"}  # an answer davproxy edits must not come compressed
     headers = end_to_end(request.headers, frozenset(drop))
     headers.update(forwarded_headers(request, allowed))
     headers.update(spec.set_headers)
-    origin = public_origin(request, allowed)
 
-    if spec.rewrite_hrefs and "Destination" in headers:
-        headers["Destination"] = upstream.paths.href_to_upstream(headers["Destination"])
+    if spec.request_hrefs is not None and "Destination" in headers:
+        headers["Destination"] = spec.request_hrefs(headers["Destination"])
 
-    data: bytes | AsyncIterator[bytes] | None = None
-    if request.body_exists:
+    data: bytes | AsyncIterator[bytes] | None = spec.body
+    if data is None and request.body_exists:
         chunked = request.content_length is None
-        needs_mapping = (
-            spec.rewrite_hrefs
-            and request.method in _HREF_BODY_METHODS
-            and davxml.is_xml_content_type(request.headers.get("Content-Type", ""))
-        )
-        if chunked or needs_mapping:
+        if chunked or _maps_body(request, spec):
             # Radicale's HTTP/1.0 server cannot read chunked bodies, and a mapped body
             # changes length: both need the whole body (under the cap) first.
             data = await read_body(request, max_body)
-            if needs_mapping:
-                data = _map_body(data, upstream.paths.href_to_upstream)
-            headers["Content-Length"] = str(len(data))
         else:
             headers["Content-Length"] = str(request.content_length)
             data = _stream_request_body(request)
-    elif request.content_length == 0 and "Content-Length" in request.headers:
+    elif data is None and request.content_length == 0 and "Content-Length" in request.headers:
         headers["Content-Length"] = "0"
+    if isinstance(data, bytes):
+        if spec.request_hrefs is not None and _maps_body(request, spec):
+            data = _map_body(data, spec.request_hrefs)
+        headers["Content-Length"] = str(len(data))
 
     async with upstream.request(request.method, spec.path, headers, data) as answer:
-        return await _relay(request, answer, spec, origin)
+        return await _relay(request, answer, spec)
 
 
-def _map_body(body: bytes, mapper: object) -> bytes:
+def _maps_body(request: web.Request, spec: Forward) -> bool:
+    return (
+        spec.request_hrefs is not None
+        and request.method in _HREF_BODY_METHODS
+        and davxml.is_xml_content_type(request.headers.get("Content-Type", ""))
+    )
+
+
+def _map_body(body: bytes, mapper: HrefMap) -> bytes:
     try:
-        return davxml.map_hrefs(body, mapper)  # type: ignore[arg-type]
+        return davxml.map_hrefs(body, mapper)
     except davxml.XmlError:
         return body  # not ours to judge: the upstream answers malformed bodies itself
 
 
 async def _relay(
-    request: web.Request, answer: aiohttp.ClientResponse, spec: Forward, origin: str
+    request: web.Request, answer: aiohttp.ClientResponse, spec: Forward
 ) -> web.StreamResponse:
-    upstream = spec.upstream
     headers = end_to_end(answer.headers, frozenset({"content-length"}))
+    if spec.dav_tokens and "DAV" in headers:
+        headers["DAV"] = ", ".join([headers["DAV"], *spec.dav_tokens])
     body: bytes | None = None
-    if spec.rewrite_hrefs:
+    if spec.response_hrefs is not None:
         for name in ("Location", "Content-Location"):
             if name in headers:
-                headers[name] = upstream.paths.href_to_public(
-                    headers[name], upstream.origin, origin
-                )
-        if (
-            davxml.is_xml_content_type(answer.headers.get("Content-Type", ""))
-            and "Content-Encoding" not in answer.headers
-            and (answer.content_length or 0) <= MAX_MAPPED_RESPONSE
-            and request.method != "HEAD"
-        ):
-            raw = await _read_answer(answer)
-            body = _map_body(
-                raw, lambda href: upstream.paths.href_to_public(href, upstream.origin, origin)
-            )
+                headers[name] = spec.response_hrefs(headers[name])
+    if (
+        spec.edits_answers
+        and davxml.is_xml_content_type(answer.headers.get("Content-Type", ""))
+        and "Content-Encoding" not in answer.headers
+        and (answer.content_length or 0) <= MAX_MAPPED_RESPONSE
+        and request.method != "HEAD"
+    ):
+        body = await _read_answer(answer)
+        if spec.response_hrefs is not None:
+            body = _map_body(body, spec.response_hrefs)
+        if spec.edit_xml is not None and answer.status == 207:
+            body = spec.edit_xml(body)
 
     has_body = request.method != "HEAD" and answer.status not in (204, 304)
     if (
@@ -226,7 +248,7 @@ async def _relay(
     if answer.content_length is not None:
         response.content_length = answer.content_length
     await response.prepare(request)
-    if has_body and not await _pump(request, answer, response, upstream.name):
+    if has_body and not await _pump(request, answer, response, spec.upstream.name):
         _abort(request)
         return response
     await response.write_eof()

@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
+from lxml import etree
 
+from . import davxml, views
 from .errors import PlainError
 from .identity import Authenticator, parse_basic
-from .proxy import Forward, forward
+from .notifications import COLLECTION_SEGMENT, NotificationCollection
+from .proxy import Forward, forward, public_origin, read_body
+from .sharing import SHARE_RESOURCE, Sharing
 from .upstream import Upstream
 
 log = logging.getLogger("davproxy.routes")
@@ -28,6 +32,7 @@ ROUTE = web.RequestKey("route", str)
 USER = web.RequestKey("user", str)
 
 OWN_SEGMENT = ".davproxy"
+NOTIFICATIONS_PREFIX = f"{COLLECTION_SEGMENT}/"
 WELL_KNOWN = ("/.well-known/caldav", "/.well-known/carddav")
 # Requests a client may make before it has credentials (service discovery, RFC 6764).
 _ANONYMOUS_METHODS = frozenset({"OPTIONS"})
@@ -39,6 +44,8 @@ class Site:
 
     upstream: Upstream
     auth: Authenticator
+    sharing: Sharing
+    notifications: NotificationCollection
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,12 @@ class Router:
         return await self.passthrough(ctx)
 
     async def serve_own(self, ctx: Context, subpath: str) -> web.StreamResponse:
+        if subpath.startswith(NOTIFICATIONS_PREFIX):
+            ctx.request[ROUTE] = "notifications"
+            user = await self.user_for(ctx)
+            return await ctx.site.notifications.handle(
+                ctx.request, user, subpath[len(NOTIFICATIONS_PREFIX) :], self.max_body
+            )
         for route in self.own_routes:
             if route.subpath == subpath:
                 ctx.request[ROUTE] = route.name
@@ -121,35 +134,78 @@ class Router:
         ctx.request[USER] = user
         return user
 
-    async def passthrough(self, ctx: Context) -> web.StreamResponse:
-        request, upstream, auth = ctx.request, ctx.site.upstream, ctx.site.auth
-        config = upstream.config
-        set_headers: dict[str, str] = {}
-        drop = {"x-script-name"} | trusted_header_copies(request, config.identity.trusted_header)
-
+    async def identify(self, ctx: Context) -> tuple[str | None, bool]:
+        """(user, verified).  proxy-auth verifies on every request that needs a user;
+        upstream-basic takes the claimed user, for the upstream to judge, until davproxy
+        must act on it itself (then ``user_for`` verifies)."""
+        request, auth = ctx.request, ctx.site.auth
         if auth.proxy_auth:
-            drop.add("authorization")
             anonymous_ok = request.method in _ANONYMOUS_METHODS or ctx.path in WELL_KNOWN
             if "Authorization" in request.headers or not anonymous_ok:
-                set_headers[config.identity.trusted_header] = await self.user_for(ctx)
-        else:
-            credentials = parse_basic(request.headers.get("Authorization"))
-            if credentials is not None:
-                request[USER] = credentials.user  # claimed; the upstream verifies it
+                return await self.user_for(ctx), True
+            return None, False
+        credentials = parse_basic(request.headers.get("Authorization"))
+        if credentials is None:
+            return None, False
+        request[USER] = credentials.user  # claimed; the upstream verifies it
+        return credentials.user, False
 
-        if config.href_mapping == "script-name":
-            set_headers["X-Script-Name"] = upstream.paths.public.rstrip("/")
-            upstream_path = "/" + ctx.rest
-        else:
-            upstream_path = upstream.paths.upstream + ctx.rest
+    def spec(self, ctx: Context, rest: str, acting_user: str | None) -> Forward:
+        """A forward of this request to ``rest`` at the upstream, acting as the client
+        (``acting_user`` None) or as another user (shared copies)."""
+        request, upstream = ctx.request, ctx.site.upstream
+        config = upstream.config
+        drop = {"x-script-name"} | trusted_header_copies(request, config.identity.trusted_header)
+        path, set_headers = upstream.target(rest)
+        if ctx.site.auth.proxy_auth:
+            drop.add("authorization")
+            user = acting_user or request.get(USER)
+            if user is not None:
+                set_headers[config.identity.trusted_header] = user
+        elif acting_user is not None:
+            drop.add("authorization")
+            set_headers.update(ctx.site.sharing.as_user(acting_user))
         spec = Forward(
             upstream=upstream,
-            path=upstream_path + ctx.query,
+            path=path + ctx.query,
             set_headers=set_headers,
             drop_headers=frozenset(drop),
-            rewrite_hrefs=config.href_mapping == "rewrite",
         )
-        return await forward(request, spec, self.max_body, self.allowed)
+        if config.href_mapping == "rewrite":
+            origin = public_origin(request, self.allowed)
+            spec = replace(
+                spec,
+                request_hrefs=upstream.paths.href_to_upstream,
+                response_hrefs=lambda h: upstream.paths.href_to_public(h, upstream.origin, origin),
+            )
+        return spec
+
+    async def passthrough(self, ctx: Context) -> web.StreamResponse:
+        request, site = ctx.request, ctx.site
+        user, verified = await self.identify(ctx)
+        if user is None:
+            return await forward(
+                request, self.spec(ctx, ctx.rest, None), self.max_body, self.allowed
+            )
+        found = site.sharing.mount_for(user, ctx.rest)
+        if found is not None:
+            if not verified:
+                user = await self.user_for(ctx)
+            request[ROUTE] = "sharee"
+            return await views.sharee(self, ctx, user, *found)
+        body: bytes | None = None
+        if request.method == "POST" and davxml.is_xml_content_type(
+            request.headers.get("Content-Type", "")
+        ):
+            body = await read_body(request, self.max_body)
+            root = _root_or_none(body)
+            if root is not None and root.tag == SHARE_RESOURCE:
+                request[ROUTE] = "share"
+                if not verified:
+                    user = await self.user_for(ctx)
+                return await site.sharing.share(request, user, ctx.rest, root)
+        spec = replace(self.spec(ctx, ctx.rest, None), body=body)
+        return await views.own(self, ctx, user, spec)
 
     async def whoami(self, ctx: Context) -> web.StreamResponse:
         """Who davproxy takes the caller to be, and where their collections live."""
@@ -165,6 +221,13 @@ class Router:
             "addressbook_home": paths.addressbook_home,
         }
         return web.json_response(body, dumps=lambda v: json.dumps(v, indent=2) + "\n")
+
+
+def _root_or_none(body: bytes) -> etree._Element | None:
+    try:
+        return davxml.parse(body)
+    except davxml.XmlError:
+        return None  # not ours to judge: the upstream answers its own POSTs
 
 
 def trusted_header_copies(request: web.Request, trusted_header: str) -> set[str]:

@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import ServerConfig, UpstreamConfig
+from .davxml import href_path
 from .errors import PlainError
 from .paths import PathMap, quote_segment
 
@@ -66,6 +67,23 @@ class Upstream:
     def url_for(self, upstream_raw_path: str) -> URL:
         """An upstream URL from an already percent-encoded path (and query)."""
         return URL(str(self.origin) + upstream_raw_path, encoded=True)
+
+    def target(self, rest: str) -> tuple[str, dict[str, str]]:
+        """Upstream path (encoded) and extra headers for a path below the public prefix."""
+        if self.config.href_mapping == "script-name":
+            # Radicale builds public hrefs itself from the prefix it is told.
+            return "/" + rest, {"X-Script-Name": self.paths.public.rstrip("/")}
+        return self.paths.upstream + rest, {}
+
+    def public_path(self, upstream_href: str) -> str:
+        """The public path of an href the upstream wrote in an answer."""
+        path = href_path(upstream_href)
+        if self.config.href_mapping == "rewrite":
+            return self.paths.to_public(path)
+        return path
+
+    def rest_of(self, public_path: str) -> str | None:
+        return self.paths.rest(public_path)
 
     def user_paths(self, user: str) -> UserPaths:
         segment = quote_segment(user)

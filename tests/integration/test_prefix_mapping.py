@@ -134,9 +134,9 @@ async def test_script_name_bodies_equal_radicale_own_prefix_handling(tmp_path: P
             async with raw_session() as session:
                 direct = await fetch(session, "PROPFIND", upstream.url + "alice/", {
                     "X-Remote-User": "alice", "X-Script-Name": "/dav", "X-Forwarded-For": "127.0.0.1",
-                    "Depth": "1", **XML}, PROPFIND)  # fmt: skip
+                    "Depth": "0", **XML}, PROPFIND)  # fmt: skip
                 proxied = await fetch(session, "PROPFIND", proxy.url + "dav/alice/", {
-                    **basic("alice"), "Depth": "1", **XML}, PROPFIND)  # fmt: skip
+                    **basic("alice"), "Depth": "0", **XML}, PROPFIND)  # fmt: skip
     assert direct.status == proxied.status == 207
     assert proxied.body == direct.body
     assert "/dav/alice/" in hrefs(proxied.body)

@@ -1,0 +1,354 @@
+"""The per-user notification collection (draft-pot-webdav-notifications-03).
+
+davproxy serves it at ``<prefix>.davproxy/notifications/<user>/``: below davproxy's own
+namespace, so it can never collide with a user's collections.  Each notification is
+stored once, as canonical JSON (store.Notification), and rendered at GET time in the
+wire form the client asks for; this module knows the generic collection (PROPFIND,
+GET, DELETE, sync-collection per RFC 6578) and renders the sharing types of
+draft-pot-webdav-resource-sharing-04 §5.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+from lxml import etree
+
+from . import davxml
+from .davxml import CALDAV, CARDDAV, CS, DAV, PropRequest, element, href
+from .errors import DavError
+from .paths import quote_segment
+from .proxy import read_body
+from .store import Notification, Store
+from .upstream import Upstream
+
+COLLECTION_SEGMENT = "notifications"
+IETF_MEDIA_TYPE = "application/davnotification+xml"
+SYNC_TOKEN_PREFIX = "urn:x-davproxy:notifications:sync:"
+
+NEED_PRIVILEGES = f"{{{DAV}}}need-privileges"
+VALID_SYNC_TOKEN = f"{{{DAV}}}valid-sync-token"
+
+# Protected properties that allprop does not return (notifications-03 §4, RFC 6578 §4).
+_NOT_IN_ALLPROP = frozenset(
+    {f"{{{DAV}}}notificationtype", f"{{{CS}}}notificationtype", f"{{{DAV}}}sync-token"}
+)
+# Canonical type -> (IETF element, CS element) names.
+_TYPE_ELEMENTS = {
+    "share-invite": (f"{{{DAV}}}share-invite-notification", f"{{{CS}}}invite-notification"),
+    "share-reply": (f"{{{DAV}}}share-reply-notification", f"{{{CS}}}invite-reply"),
+}
+
+
+def collection_path(upstream: Upstream, user: str) -> str:
+    return f"{upstream.paths.public}.davproxy/{COLLECTION_SEGMENT}/{quote_segment(user)}/"
+
+
+def invite_name(invite_uid: str) -> str:
+    return f"{invite_uid}.xml"
+
+
+def reply_name(invite_uid: str) -> str:
+    return f"{invite_uid}-reply.xml"
+
+
+def now_stamp() -> float:
+    return time.time()
+
+
+def _rfc3339(stamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
+@dataclass(frozen=True, slots=True)
+class Renderer:
+    """Turns canonical notification bodies into wire XML for one upstream's URL space."""
+
+    upstream: Upstream
+    display_name: Callable[[str], str]
+
+    def public(self, rest: str) -> str:
+        return self.upstream.paths.public + rest
+
+    def principal(self, user: str) -> str:
+        return self.upstream.user_paths(user).principal
+
+    def ietf(self, note: Notification) -> bytes:
+        data: dict[str, Any] = json.loads(note.body)
+        root = element(
+            f"{{{DAV}}}notification", element(f"{{{DAV}}}dtstamp", text=_rfc3339(data["dtstamp"]))
+        )
+        if note.type == "share-invite":
+            root.append(self._ietf_invite(note, data))
+        elif note.type == "share-reply":
+            root.append(self._ietf_reply(data))
+        return davxml.serialize(root)
+
+    def _ietf_invite(self, note: Notification, data: dict[str, Any]) -> etree._Element:
+        sharer = data["sharer"]
+        access = data["access"]
+        body = element(
+            f"{{{DAV}}}share-invite-notification",
+            element(
+                f"{{{DAV}}}principal",
+                href(self.principal(sharer)),
+                element(
+                    davxml.PROP,
+                    element(f"{{{DAV}}}displayname", text=self.display_name(sharer)),
+                ),
+            ),
+            element(f"{{{DAV}}}invite-{data['status']}"),
+            element(f"{{{DAV}}}sharer-resource-uri", href(self.public(data["collection"]))),
+            element(f"{{{DAV}}}share-access", element(f"{{{DAV}}}{access}")),
+            element(
+                davxml.PROP,
+                resourcetype(data["kind"]),
+                element(f"{{{DAV}}}displayname", text=data.get("displayname") or ""),
+            ),
+        )
+        if data["status"] == "noresponse" and access != "no-access":
+            body.append(
+                element(
+                    f"{{{DAV}}}reply-url",
+                    href(collection_path(self.upstream, note.user) + note.name),
+                )
+            )
+        if data.get("comment"):
+            body.append(element(f"{{{DAV}}}comment", text=data["comment"]))
+        return body
+
+    def _ietf_reply(self, data: dict[str, Any]) -> etree._Element:
+        body = element(
+            f"{{{DAV}}}share-reply-notification",
+            element(
+                f"{{{DAV}}}sharee",
+                href(data["sharee_href"]),
+                element(f"{{{DAV}}}invite-{data['status']}"),
+            ),
+            href(self.public(data["collection"])),
+        )
+        if data.get("comment"):
+            body.append(element(f"{{{DAV}}}comment", text=data["comment"]))
+        return body
+
+    def notification_types(self, note: Notification) -> dict[str, etree._Element]:
+        """``D:notificationtype`` and ``CS:notificationtype``: empty copies of the type."""
+        ietf_name, cs_name = _TYPE_ELEMENTS.get(note.type, (None, None))
+        result: dict[str, etree._Element] = {}
+        if ietf_name is None or cs_name is None:
+            return result
+        data = json.loads(note.body)
+        result[f"{{{DAV}}}notificationtype"] = element(
+            f"{{{DAV}}}notificationtype", element(ietf_name)
+        )
+        cs_type = element(cs_name)
+        if note.type == "share-invite":
+            cs_type.set(
+                "shared-type", "addressbook" if data["kind"] == "addressbook" else "calendar"
+            )
+        result[f"{{{CS}}}notificationtype"] = element(f"{{{CS}}}notificationtype", cs_type)
+        return result
+
+
+def resourcetype(kind: str) -> etree._Element:
+    node = element(f"{{{DAV}}}resourcetype", element(f"{{{DAV}}}collection"))
+    if kind == "calendar":
+        node.append(element(f"{{{CALDAV}}}calendar"))
+    elif kind == "addressbook":
+        node.append(element(f"{{{CARDDAV}}}addressbook"))
+    return node
+
+
+def sync_token(revision: int) -> str:
+    return f"{SYNC_TOKEN_PREFIX}{revision}"
+
+
+def parse_sync_token(token: str, current: int) -> int:
+    """The revision a client's token stands for; 403 valid-sync-token if not ours."""
+    token = token.strip()
+    if not token:
+        return 0
+    if token.startswith(SYNC_TOKEN_PREFIX):
+        number = token[len(SYNC_TOKEN_PREFIX) :]
+        if number.isdigit() and int(number) <= current:
+            return int(number)
+    raise DavError(403, VALID_SYNC_TOKEN, "unknown or expired sync token")
+
+
+ReplyHandler = Callable[[web.Request, str, Notification, bytes], Awaitable[web.StreamResponse]]
+
+
+class NotificationCollection:
+    """Serves one user's notifications; only that user may read or change them."""
+
+    def __init__(self, store: Store, renderer: Renderer, reply: ReplyHandler) -> None:
+        self.store = store
+        self.renderer = renderer
+        self.reply = reply
+        self.upstream = renderer.upstream
+
+    async def handle(
+        self, request: web.Request, user: str, subpath: str, body_limit: int
+    ) -> web.StreamResponse:
+        owner_segment, _, member = subpath.partition("/")
+        if unquote(owner_segment) != user:
+            raise DavError(403, NEED_PRIVILEGES, "only the owner may use a notification collection")
+        base = collection_path(self.upstream, user)
+        if subpath == owner_segment:  # no trailing slash: point at the collection
+            raise web.HTTPMovedPermanently(base)
+        if member == "":
+            return await self._collection(request, user, base, body_limit)
+        if "/" in member:
+            raise DavError(404, None, "no such notification")
+        return await self._member(request, user, base, member, body_limit)
+
+    # -- the collection ------------------------------------------------------------------
+
+    async def _collection(
+        self, request: web.Request, user: str, base: str, body_limit: int
+    ) -> web.StreamResponse:
+        method = request.method
+        if method == "OPTIONS":
+            return web.Response(headers={"Allow": "OPTIONS, PROPFIND, REPORT", "DAV": "1, 3"})
+        if method == "PROPFIND":
+            wanted = davxml.parse_propfind(await read_body(request, body_limit))
+            depth = request.headers.get("Depth", "infinity").strip()
+            responses = [davxml.answer(base, self.collection_props(user), wanted, _NOT_IN_ALLPROP)]
+            if depth != "0":
+                for note in self.store.notifications(self.upstream.name, user):
+                    responses.append(
+                        davxml.answer(
+                            base + note.name, self._member_props(note), wanted, _NOT_IN_ALLPROP
+                        )
+                    )
+            return multistatus_response(davxml.multistatus(*responses))
+        if method == "REPORT":
+            return self._sync_collection(user, base, await read_body(request, body_limit))
+        raise DavError(403, NEED_PRIVILEGES, "the notification collection is managed by the server")
+
+    def collection_props(self, user: str) -> dict[str, etree._Element]:
+        revision = self.store.notification_revision(self.upstream.name, user)
+        token = sync_token(revision)
+        return {
+            f"{{{DAV}}}resourcetype": element(
+                f"{{{DAV}}}resourcetype",
+                element(f"{{{DAV}}}collection"),
+                element(f"{{{DAV}}}notifications"),
+                element(f"{{{CS}}}notification"),
+            ),
+            f"{{{DAV}}}displayname": element(f"{{{DAV}}}displayname", text="Notifications"),
+            f"{{{DAV}}}owner": element(f"{{{DAV}}}owner", href(self.renderer.principal(user))),
+            f"{{{DAV}}}getetag": element(f"{{{DAV}}}getetag", text=f'"{revision}"'),
+            f"{{{CS}}}getctag": element(f"{{{CS}}}getctag", text=token),
+            f"{{{DAV}}}sync-token": element(f"{{{DAV}}}sync-token", text=token),
+            f"{{{DAV}}}supported-report-set": element(
+                f"{{{DAV}}}supported-report-set",
+                element(
+                    f"{{{DAV}}}supported-report",
+                    element(f"{{{DAV}}}report", element(f"{{{DAV}}}sync-collection")),
+                ),
+            ),
+            f"{{{DAV}}}current-user-privilege-set": privilege_set("read", "unbind"),
+        }
+
+    def _member_props(self, note: Notification) -> dict[str, etree._Element]:
+        props = {
+            f"{{{DAV}}}resourcetype": element(f"{{{DAV}}}resourcetype"),
+            f"{{{DAV}}}getetag": element(f"{{{DAV}}}getetag", text=f'"{note.etag}"'),
+            f"{{{DAV}}}getcontenttype": element(f"{{{DAV}}}getcontenttype", text="application/xml"),
+        }
+        props.update(self.renderer.notification_types(note))
+        return props
+
+    def _sync_collection(self, user: str, base: str, body: bytes) -> web.StreamResponse:
+        root = davxml.parse(body)
+        if root.tag != f"{{{DAV}}}sync-collection":
+            raise DavError(
+                403, f"{{{DAV}}}supported-report", f"report {root.tag} is not supported here"
+            )
+        current = self.store.notification_revision(self.upstream.name, user)
+        since = parse_sync_token(root.findtext(f"{{{DAV}}}sync-token") or "", current)
+        prop = root.find(davxml.PROP)
+        wanted = PropRequest("prop", tuple(str(p.tag) for p in prop) if prop is not None else ())
+        responses = []
+        for note in self.store.notification_changes(self.upstream.name, user, since):
+            path = base + note.name
+            if note.deleted:
+                if since:  # an initial sync lists only what exists
+                    responses.append(davxml.status_response(path, 404))
+            else:
+                responses.append(davxml.answer(path, self._member_props(note), wanted))
+        document = davxml.multistatus(*responses)
+        document.append(element(f"{{{DAV}}}sync-token", text=sync_token(current)))
+        return multistatus_response(document)
+
+    # -- members ---------------------------------------------------------------------------
+
+    async def _member(
+        self, request: web.Request, user: str, base: str, name: str, body_limit: int
+    ) -> web.StreamResponse:
+        note = self.store.notification(self.upstream.name, user, name)
+        method = request.method
+        if method in ("PUT", "MKCOL", "MKCALENDAR") and note is None:
+            raise DavError(403, NEED_PRIVILEGES, "clients cannot add notifications")
+        if note is None:
+            raise DavError(404, None, "no such notification")
+        etag = f'"{note.etag}"'
+        if method in ("GET", "HEAD"):
+            if request.headers.get("If-None-Match", "").strip() in (etag, "*"):
+                return web.Response(status=304, headers={"ETag": etag})
+            media = negotiate(request)
+            body = self.renderer.ietf(note)
+            response = web.Response(
+                body=body if method == "GET" else None,
+                headers={"ETag": etag, "Content-Type": f"{media}; charset=utf-8"},
+            )
+            if method == "HEAD":
+                response.content_length = len(body)
+            return response
+        if method == "DELETE":
+            with self.store.transaction():
+                self.store.notification_delete(self.upstream.name, user, name)
+            return web.Response(status=204)
+        if method == "PROPFIND":
+            wanted = davxml.parse_propfind(await read_body(request, body_limit))
+            answer = davxml.answer(base + name, self._member_props(note), wanted, _NOT_IN_ALLPROP)
+            return multistatus_response(davxml.multistatus(answer))
+        if method == "POST":
+            return await self.reply(request, user, note, await read_body(request, body_limit))
+        if method == "OPTIONS":
+            return web.Response(headers={"Allow": "OPTIONS, GET, HEAD, DELETE, PROPFIND, POST"})
+        raise DavError(403, NEED_PRIVILEGES, "notifications cannot be changed")
+
+
+def negotiate(request: web.Request) -> str:
+    """The IETF media type for clients that ask for it; plain XML otherwise (never 406).
+
+    Some clients (Kolab) send the IETF type as Content-Type on GET instead of Accept.
+    """
+    asked = request.headers.get("Accept", "") + "," + request.headers.get("Content-Type", "")
+    if IETF_MEDIA_TYPE in asked or "application/davsharing+xml" in asked:
+        return IETF_MEDIA_TYPE
+    return "application/xml"
+
+
+def privilege_set(*privileges: str) -> etree._Element:
+    return element(
+        f"{{{DAV}}}current-user-privilege-set",
+        *(element(f"{{{DAV}}}privilege", element(f"{{{DAV}}}{p}")) for p in privileges),
+    )
+
+
+def multistatus_response(document: etree._Element) -> web.Response:
+    return web.Response(
+        status=207,
+        body=davxml.serialize(document),
+        content_type="application/xml",
+        charset="utf-8",
+    )

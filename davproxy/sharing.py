@@ -1,0 +1,563 @@
+"""Collection sharing (draft-pot-webdav-resource-sharing-04, IETF flavour).
+
+The owner POSTs ``D:share-resource`` to a collection; each sharee gets a
+``D:share-invite-notification`` and answers it with ``D:invite-reply``.  An accepted
+share becomes a *copy* in the sharee's home: a path davproxy maps to the owner's
+collection, forwarding requests as the owner and enforcing the sharee's access
+itself (the proxy-enforced access backend).  Store rows are instances (owner's
+collection x sharee) as in sabre; per-sharee properties of a copy live in davproxy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from aiohttp import web
+from lxml import etree
+
+from . import davxml
+from .davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href
+from .directory import Directory
+from .errors import DavError, PlainError
+from .identity import Authenticator
+from .notifications import (
+    NEED_PRIVILEGES,
+    Renderer,
+    invite_name,
+    now_stamp,
+    privilege_set,
+    reply_name,
+)
+from .store import NewShare, Notification, Share, Store
+from .upstream import Upstream
+
+log = logging.getLogger("davproxy.sharing")
+
+SHARE_RESOURCE = f"{{{DAV}}}share-resource"
+INVITE_REPLY = f"{{{DAV}}}invite-reply"
+MAX_SHAREES = 500
+_ACCESS = {"read", "read-write", "no-access"}
+
+# Properties each sharee keeps for themselves on their copy (caldav-sharing-01 §5,
+# CS caldav-sharing §5.2).  Every sharee may write them, read-only ones included.
+INSTANCE_PROPS = frozenset(
+    {
+        f"{{{DAV}}}displayname",
+        f"{{{ICAL}}}calendar-color",
+        f"{{{ICAL}}}calendar-order",
+        f"{{{CALDAV}}}calendar-description",
+        f"{{{CALDAV}}}schedule-calendar-transp",
+        f"{{{CARDDAV}}}addressbook-description",
+    }
+)
+# What a read-only sharee may do under their copy.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "REPORT"})
+_PRIVILEGES = {
+    "read": ("read", "read-current-user-privilege-set", "write-properties"),
+    "read-write": (
+        "read", "read-current-user-privilege-set", "write-properties", "write",
+        "write-content", "bind", "unbind",
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    kind: str  # calendar | addressbook | collection
+    displayname: str
+    components: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ShareeRequest:
+    href: str
+    access: str
+    comment: str
+    displayname: str
+
+
+def parse_share_resource(root: etree._Element) -> list[ShareeRequest]:
+    """``D:share-resource`` -> sharees; a 400 naming what is wrong otherwise."""
+    sharees = root.findall(f"{{{DAV}}}sharee")
+    if not sharees:
+        raise DavError(400, None, "DAV:share-resource needs at least one DAV:sharee")
+    if len(sharees) > MAX_SHAREES:
+        raise DavError(400, None, f"at most {MAX_SHAREES} sharees per request")
+    result = []
+    for node in sharees:
+        target = (node.findtext(davxml.HREF) or "").strip()
+        access_node = node.find(f"{{{DAV}}}share-access")
+        access = [
+            etree.QName(child).localname
+            for child in (access_node if access_node is not None else [])
+            if isinstance(child.tag, str) and etree.QName(child).namespace == DAV
+        ]
+        if not target or len(target) > 2048:
+            raise DavError(400, None, "each DAV:sharee needs one DAV:href (at most 2048 chars)")
+        if len(access) != 1 or access[0] not in _ACCESS:
+            raise DavError(
+                400, None, "each DAV:sharee needs DAV:share-access: read, read-write or no-access"
+            )
+        result.append(
+            ShareeRequest(
+                href=target,
+                access=access[0],
+                comment=(node.findtext(f"{{{DAV}}}comment") or "")[:4096],
+                displayname=(node.findtext(f"{{{DAV}}}prop/{{{DAV}}}displayname") or "")[:512],
+            )
+        )
+    return result
+
+
+class Sharing:
+    """Shares of one upstream: requests, replies, copies and the properties that show them."""
+
+    def __init__(
+        self,
+        store: Store,
+        upstream: Upstream,
+        auth: Authenticator,
+        directory: Directory,
+        renderer: Renderer,
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.auth = auth
+        self.directory = directory
+        self.renderer = renderer
+        self.name = upstream.name
+
+    # -- reaching the upstream as someone ----------------------------------------------
+
+    def as_user(self, user: str, authorization: str | None = None) -> dict[str, str]:
+        """Headers that make the upstream act for ``user``.
+
+        proxy-auth: the trusted header.  upstream-basic: the client's own credentials
+        when they are that user's, else the configured service account.
+        """
+        identity = self.upstream.config.identity
+        if identity.mode == "proxy-auth":
+            return {identity.trusted_header: user}
+        if authorization is not None:
+            return {"Authorization": authorization}
+        access = self.upstream.config.access
+        if access.service_user and access.service_password is not None:
+            import base64
+
+            token = f"{access.service_user}:{access.service_password.reveal()}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(token).decode()}
+        raise PlainError(
+            503,
+            "Shared collections need [access] service_user and service_password in "
+            "upstream-basic mode",
+        )
+
+    async def collection_info(self, rest: str, headers: dict[str, str]) -> CollectionInfo:
+        body = davxml.serialize(
+            element(
+                davxml.PROPFIND,
+                element(
+                    davxml.PROP,
+                    element(f"{{{DAV}}}resourcetype"),
+                    element(f"{{{DAV}}}displayname"),
+                    element(f"{{{CALDAV}}}supported-calendar-component-set"),
+                ),
+            )
+        )
+        path, extra = self.upstream.target(rest)
+        request_headers = {
+            **headers,
+            **extra,
+            "Depth": "0",
+            "Content-Type": "application/xml; charset=utf-8",
+        }
+        async with self.upstream.request("PROPFIND", path, request_headers, body) as answer:
+            text = await answer.read()
+            status = answer.status
+        if status == 404:
+            raise DavError(404, None, "no such collection")
+        if status in (401, 403):
+            raise DavError(403, NEED_PRIVILEGES, "the upstream refuses access to this collection")
+        if status != 207:
+            raise PlainError(502, f"Upstream {self.name} answered {status} to a PROPFIND")
+        try:
+            root = davxml.parse(text)
+        except davxml.XmlError:
+            raise PlainError(502, f"Upstream {self.name} answered unusable XML") from None
+        types = {str(node.tag) for node in root.iterfind(f".//{{{DAV}}}resourcetype/*")}
+        if f"{{{DAV}}}collection" not in types:
+            raise DavError(403, NEED_PRIVILEGES, "only collections can be shared")
+        kind = (
+            "calendar"
+            if f"{{{CALDAV}}}calendar" in types
+            else "addressbook"
+            if f"{{{CARDDAV}}}addressbook" in types
+            else "collection"
+        )
+        components = tuple(
+            node.get("name", "")
+            for node in root.iterfind(f".//{{{CALDAV}}}supported-calendar-component-set/*")
+        )
+        name = root.findtext(f".//{{{DAV}}}displayname") or unquote(rest.rstrip("/").split("/")[-1])
+        return CollectionInfo(kind, name, components)
+
+    # -- ownership -------------------------------------------------------------------------
+
+    def homes(self, user: str) -> list[str]:
+        """The user's home paths below the upstream root (deduplicated, longest first)."""
+        paths = self.upstream.user_paths(user)
+        rests = {
+            self.upstream.rest_of(p) or ""
+            for p in (paths.calendar_home, paths.addressbook_home, paths.principal)
+        }
+        return sorted(rests, key=len, reverse=True)
+
+    def owns_collection(self, user: str, rest: str) -> bool:
+        """A collection strictly inside one of the user's homes, not a shared copy."""
+        if not any(rest.startswith(home) and rest != home for home in self.homes(user)):
+            return False
+        return self.mount_for(user, rest) is None
+
+    # -- share requests ------------------------------------------------------------------
+
+    async def share(
+        self, request: web.Request, user: str, rest: str, root: etree._Element
+    ) -> web.StreamResponse:
+        collection = rest if rest.endswith("/") else rest + "/"
+        if not self.owns_collection(user, collection):
+            raise DavError(403, NEED_PRIVILEGES, "only the owner of a collection can share it")
+        sharees = parse_share_resource(root)
+        info = await self.collection_info(
+            collection, self.as_user(user, request.headers.get("Authorization"))
+        )
+        with self.store.transaction():
+            for sharee in sharees:
+                self._apply(user, collection, info, sharee)
+        log.info("%s changed %d sharee(s) of %s (%s)", user, len(sharees), collection, info.kind)
+        return web.Response(status=204)
+
+    def _apply(
+        self, owner: str, collection: str, info: CollectionInfo, wanted: ShareeRequest
+    ) -> None:
+        sharee = self.directory.resolve(wanted.href)
+        if sharee == owner:
+            raise DavError(403, NEED_PRIVILEGES, "the owner cannot be a sharee")
+        key = sharee if sharee is not None else wanted.href
+        if wanted.access == "no-access":
+            existing = self.store.share_for(self.name, collection, key)
+            if existing is not None:
+                self._revoke(existing, info)
+            return
+        share, _ = self.store.share_upsert(
+            NewShare(
+                upstream=self.name, owner=owner, collection=collection, kind=info.kind,
+                sharee=key, sharee_href=wanted.href, access=wanted.access,
+                status="noresponse" if sharee is not None else "invalid",
+                comment=wanted.comment, sharee_name=wanted.displayname,
+            )
+        )  # fmt: skip
+        if share.status != "invalid":  # an unknown sharee is never notified
+            self._invite(share, info, share.access)
+
+    def _invite(self, share: Share, info: CollectionInfo, access: str) -> None:
+        """Write (or overwrite: coalesced per collection and sharee) the invitation."""
+        body = {
+            "dtstamp": now_stamp(),
+            "uid": share.invite_uid,
+            "sharer": share.owner,
+            "sharee": share.sharee,
+            "sharee_href": share.sharee_href,
+            "collection": share.collection,
+            "kind": share.kind,
+            "access": access,
+            "status": share.status if access != "no-access" else "accepted",
+            "displayname": info.displayname,
+            "components": list(info.components),
+            "comment": share.comment,
+        }
+        self.store.notification_put(
+            self.name, share.sharee, invite_name(share.invite_uid), "share-invite",
+            json.dumps(body),
+        )  # fmt: skip
+
+    def _revoke(self, share: Share, info: CollectionInfo | None) -> None:
+        if share.status == "accepted":
+            # Tell an accepted sharee their copy is gone (share-access no-access).
+            self._invite(share, info or self._info_of(share), "no-access")
+        else:
+            self.store.notification_delete(self.name, share.sharee, invite_name(share.invite_uid))
+        self.store.share_delete(share.id)
+
+    def _info_of(self, share: Share) -> CollectionInfo:
+        name = unquote(share.collection.rstrip("/").split("/")[-1])
+        return CollectionInfo(share.kind, name, ())
+
+    # -- replies ----------------------------------------------------------------------------
+
+    async def reply(
+        self, request: web.Request, user: str, note: Notification, body: bytes
+    ) -> web.StreamResponse:
+        root = davxml.parse(body)
+        if root.tag != INVITE_REPLY:
+            raise DavError(400, None, "expected DAV:invite-reply")
+        if note.type != "share-invite":
+            raise DavError(403, NEED_PRIVILEGES, "only invitations can be answered")
+        data = json.loads(note.body)
+        share = self.store.share_by_uid(data["uid"])
+        if share is None or share.sharee != user:
+            raise DavError(403, NEED_PRIVILEGES, "this invitation has been withdrawn")
+        if share.status != "noresponse":
+            raise DavError(403, NEED_PRIVILEGES, "this invitation has already been answered")
+        accepted = root.find(f"{{{DAV}}}invite-accepted") is not None
+        declined = root.find(f"{{{DAV}}}invite-declined") is not None
+        if accepted == declined:
+            raise DavError(400, None, "DAV:invite-reply needs invite-accepted or invite-declined")
+        comment = (root.findtext(f"{{{DAV}}}comment") or "")[:4096]
+        if declined:
+            with self.store.transaction():
+                self._answer(share, "declined", None, comment)
+            return web.Response(status=204)
+        mount = await self._choose_mount(
+            request, share, root.findtext(f"{{{DAV}}}create-in/{{{DAV}}}href"),
+            root.findtext(f"{{{DAV}}}slug"),
+        )  # fmt: skip
+        with self.store.transaction():
+            accepted_share = self._answer(share, "accepted", mount, comment)
+            if share.kind == "calendar":
+                self.store.set_instance_prop(
+                    accepted_share.id, f"{{{CALDAV}}}schedule-calendar-transp", "transparent"
+                )
+            if data.get("displayname"):
+                self.store.set_instance_prop(
+                    accepted_share.id, f"{{{DAV}}}displayname", data["displayname"]
+                )
+        location = self.upstream.paths.public + mount
+        origin = f"{request.scheme}://{request.host}"
+        return web.Response(status=201, headers={"Location": origin + location})
+
+    def _answer(self, share: Share, status: str, mount: str | None, comment: str) -> Share:
+        updated = self.store.share_set_status(share.id, status, mount)
+        self.store.notification_delete(self.name, share.sharee, invite_name(share.invite_uid))
+        self._tell_owner(updated, status, comment)
+        return updated
+
+    def _tell_owner(self, share: Share, status: str, comment: str = "") -> None:
+        body = {
+            "dtstamp": now_stamp(),
+            "uid": share.invite_uid,
+            "sharee": share.sharee,
+            "sharee_href": share.sharee_href,
+            "status": status,
+            "collection": share.collection,
+            "comment": comment,
+        }
+        self.store.notification_put(
+            self.name, share.owner, reply_name(share.invite_uid), "share-reply", json.dumps(body)
+        )
+
+    async def _choose_mount(
+        self, request: web.Request, share: Share, create_in: str | None, slug: str | None
+    ) -> str:
+        """Where the sharee's copy goes: inside their own home, under a free name."""
+        allowed = self._homes_for_kind(share.sharee, share.kind)
+        parent = allowed[0]
+        if create_in:
+            wanted = self.upstream.rest_of(davxml.href_path(create_in))
+            wanted = wanted if wanted is None or wanted.endswith("/") else wanted + "/"
+            if wanted not in allowed:
+                raise DavError(403, NEED_PRIVILEGES, "DAV:create-in must be one of your own homes")
+            parent = wanted
+        base = _segment(slug or "") or _segment(
+            f"{unquote(share.collection.rstrip('/').split('/')[-1])}-{share.owner}"
+        )
+        headers = self.as_user(share.sharee, request.headers.get("Authorization"))
+        for attempt in range(1, 50):
+            candidate = f"{parent}{base if attempt == 1 else f'{base}-{attempt}'}/"
+            if self.store.mount_taken(self.name, candidate):
+                continue
+            if not await self._exists(candidate, headers):
+                return candidate
+        raise DavError(409, None, "no free name for the shared copy; give another DAV:slug")
+
+    def _homes_for_kind(self, user: str, kind: str) -> list[str]:
+        paths = self.upstream.user_paths(user)
+        calendar = self.upstream.rest_of(paths.calendar_home) or ""
+        book = self.upstream.rest_of(paths.addressbook_home) or ""
+        if kind == "calendar":
+            return [calendar]
+        if kind == "addressbook":
+            return [book]
+        return list(dict.fromkeys([calendar, book]))
+
+    async def _exists(self, rest: str, headers: dict[str, str]) -> bool:
+        path, extra = self.upstream.target(rest)
+        async with self.upstream.request(
+            "PROPFIND", path, {**headers, **extra, "Depth": "0"}, None
+        ) as answer:
+            await answer.read()
+            return answer.status != 404
+
+    # -- the sharee's copy ---------------------------------------------------------------
+
+    def mount_for(self, user: str, rest: str) -> tuple[Share, str] | None:
+        """The accepted share whose copy contains ``rest``, and the path below the copy."""
+        for share in self.store.mounts_of(self.name, user):
+            assert share.mount is not None
+            if rest.startswith(share.mount):
+                return share, rest[len(share.mount) :]
+            if rest + "/" == share.mount:
+                return share, ""
+        return None
+
+    def unbind(self, share: Share) -> None:
+        """The sharee removed their copy: only the binding goes; the owner is told."""
+        with self.store.transaction():
+            updated = self.store.share_set_status(share.id, "declined", None)
+            self._tell_owner(updated, "declined")
+        log.info("%s removed their copy of %s", share.sharee, share.collection)
+
+    def owner_deleted(self, owner: str, rest: str) -> None:
+        """The owner deleted a collection (or a parent of one): every share of it ends."""
+        collection = rest if rest.endswith("/") else rest + "/"
+        shares = self.store.shares_under(self.name, collection)
+        if not shares:
+            return
+        with self.store.transaction():
+            for share in shares:
+                if share.owner == owner:
+                    self._revoke(share, None)
+        log.info("%s deleted %s: %d share(s) ended", owner, collection, len(shares))
+
+    def set_instance_props(self, share: Share, body: bytes) -> etree._Element:
+        """PROPPATCH on a copy: per-sharee properties only, for every access level."""
+        root = davxml.parse(body)
+        if root.tag != f"{{{DAV}}}propertyupdate":
+            raise DavError(400, None, "expected DAV:propertyupdate")
+        changes: list[tuple[str, str | None]] = []
+        refused: list[str] = []
+        for action in root:
+            if action.tag not in (f"{{{DAV}}}set", f"{{{DAV}}}remove"):
+                continue
+            for prop in action.iterfind(f"{{{DAV}}}prop/*"):
+                name = str(prop.tag)
+                if name not in INSTANCE_PROPS:
+                    refused.append(name)
+                elif action.tag == f"{{{DAV}}}set":
+                    changes.append((name, _inner_xml(prop)))
+                else:
+                    changes.append((name, None))
+        path = self.upstream.paths.public + (share.mount or "")
+        if refused:  # all or nothing (RFC 4918 §9.2): the rest fail with 424
+            node = element(davxml.RESPONSE, href(path))
+            node.append(davxml.propstat(403, [etree.Element(n) for n in refused]))
+            if changes:
+                node.append(davxml.propstat(424, [etree.Element(n) for n, _ in changes]))
+            return davxml.multistatus(node)
+        with self.store.transaction():
+            for name, value in changes:
+                self.store.set_instance_prop(share.id, name, value)
+        return davxml.multistatus(davxml.response(path, [etree.Element(n) for n, _ in changes]))
+
+    # -- properties davproxy adds ----------------------------------------------------------
+
+    def copy_props(self, share: Share) -> dict[str, etree._Element]:
+        """Properties of a sharee's copy: its sharing state and the sharee's own values."""
+        props: dict[str, etree._Element] = {
+            f"{{{DAV}}}share-access": element(
+                f"{{{DAV}}}share-access", element(f"{{{DAV}}}{share.access}")
+            ),
+            f"{{{DAV}}}share-resource-uri": element(
+                f"{{{DAV}}}share-resource-uri", href(self._resource_uri(share))
+            ),
+            f"{{{DAV}}}sharer-resource-uri": element(
+                f"{{{DAV}}}sharer-resource-uri", href(self._resource_uri(share))
+            ),
+            f"{{{DAV}}}invite": self._invite_property(share.collection, share.owner),
+            f"{{{DAV}}}current-user-privilege-set": privilege_set(*_PRIVILEGES[share.access]),
+            f"{{{DAV}}}owner": element(
+                f"{{{DAV}}}owner", href(self.upstream.user_paths(share.owner).principal)
+            ),
+        }
+        for name, value in self.store.instance_props(share.id).items():
+            props[name] = _element_from(name, value)
+        return props
+
+    def member_props(self, share: Share) -> dict[str, etree._Element]:
+        return {f"{{{DAV}}}current-user-privilege-set": privilege_set(*_PRIVILEGES[share.access])}
+
+    def owner_props(self, rest: str) -> dict[str, etree._Element] | None:
+        shares = [s for s in self.store.shares_of_collection(self.name, rest)]
+        if not shares:
+            return {
+                f"{{{DAV}}}share-access": element(
+                    f"{{{DAV}}}share-access", element(f"{{{DAV}}}not-shared")
+                )
+            }
+        return {
+            f"{{{DAV}}}share-access": element(
+                f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")
+            ),
+            f"{{{DAV}}}invite": self._invite_property(rest, shares[0].owner),
+            f"{{{DAV}}}share-resource-uri": element(
+                f"{{{DAV}}}share-resource-uri", href(self._resource_uri(shares[0]))
+            ),
+        }
+
+    def _resource_uri(self, share: Share) -> str:
+        return self.upstream.paths.public + share.collection
+
+    def _invite_property(self, collection: str, owner: str) -> etree._Element:
+        node = element(
+            f"{{{DAV}}}invite",
+            element(
+                f"{{{DAV}}}principal",
+                href(self.upstream.user_paths(owner).principal),
+                element(f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")),
+                element(
+                    davxml.PROP,
+                    element(f"{{{DAV}}}displayname", text=self.directory.display_name(owner)),
+                ),
+            ),
+        )
+        for share in self.store.shares_of_collection(self.name, collection):
+            sharee = element(
+                f"{{{DAV}}}sharee",
+                href(share.sharee_href),
+                element(f"{{{DAV}}}invite-{share.status}"),
+                element(f"{{{DAV}}}share-access", element(f"{{{DAV}}}{share.access}")),
+            )
+            name = share.sharee_name or (
+                self.directory.display_name(share.sharee) if share.status != "invalid" else ""
+            )
+            if name:
+                sharee.append(element(davxml.PROP, element(f"{{{DAV}}}displayname", text=name)))
+            node.append(sharee)
+        return node
+
+
+def _segment(text: str) -> str:
+    """A safe path segment from a client's slug: no separators, dots or control chars."""
+    cleaned = re.sub(r"[\x00-\x1f/\\?#%]+", "", text).strip().strip(".")[:64]
+    return quote(cleaned, safe="@!$&'()*+,;=:-_~") if cleaned else ""
+
+
+def _inner_xml(prop: etree._Element) -> str:
+    """A property value kept as XML text, so structured values survive."""
+    return etree.tostring(prop, encoding="unicode")
+
+
+def _element_from(name: str, value: str) -> etree._Element:
+    try:
+        node = davxml.parse(value.encode())
+        if node.tag == name:
+            return node
+    except davxml.XmlError:
+        pass
+    return element(name, text=value)
+
+
+__all__ = ["CS", "Sharing", "parse_share_resource"]

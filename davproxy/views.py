@@ -1,0 +1,227 @@
+"""What a client sees of the upstream where sharing changes it.
+
+* ``sharee``: requests under a sharee's copy are rewritten to the owner's collection,
+  forwarded as the owner, with the sharee's access enforced here first; every href in
+  the answer is mapped back to the copy (the *rewrite* outcome).
+* ``own``: a user's own requests pass through, and davproxy adds what it owns to the
+  answer: the notification URL on the principal, shared copies and the notification
+  collection in home listings, the sharing state of shared collections (the *augment*
+  outcome); deleting a shared collection ends its shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from lxml import etree
+
+from . import davxml
+from .davxml import CS, DAV, element, href
+from .errors import DavError
+from .notifications import NEED_PRIVILEGES, collection_path, multistatus_response
+from .paths import PathMap
+from .proxy import Forward, forward, public_origin, read_body
+from .sharing import READ_METHODS, Sharing
+from .store import Share
+
+if TYPE_CHECKING:
+    from .routes import Context, Router
+
+NOTIFICATION_URL = f"{{{DAV}}}notification-URL"
+CS_NOTIFICATION_URL = f"{{{CS}}}notification-URL"
+SHARING_TOKENS = ("resource-sharing",)
+# Properties davproxy adds to a user's own principal and collections.
+OWNED_PROPS = frozenset(
+    {
+        NOTIFICATION_URL,
+        CS_NOTIFICATION_URL,
+        f"{{{DAV}}}share-access",
+        f"{{{DAV}}}invite",
+        f"{{{DAV}}}share-resource-uri",
+    }
+)
+
+
+async def sharee(
+    router: Router, ctx: Context, user: str, share: Share, below: str
+) -> web.StreamResponse:
+    request, site = ctx.request, ctx.site
+    sharing, upstream = site.sharing, site.upstream
+    method = request.method
+    copy_path = upstream.paths.public + (share.mount or "")
+    if below == "":
+        if method == "DELETE":
+            sharing.unbind(share)
+            return web.Response(status=204)
+        if method == "PROPPATCH":
+            body = await read_body(request, router.max_body)
+            return multistatus_response(sharing.set_instance_props(share, body))
+        if method in ("MKCOL", "MKCALENDAR", "PUT", "MOVE", "COPY"):
+            raise DavError(403, NEED_PRIVILEGES, "a shared copy cannot be replaced or moved")
+    if share.access == "read" and method not in READ_METHODS:
+        raise DavError(403, NEED_PRIVILEGES, "this share is read-only")
+
+    origin = public_origin(request, router.allowed)
+    copy = PathMap(copy_path, upstream.paths.public + share.collection)
+    base = router.spec(ctx, share.collection + below, share.owner)
+    to_upstream = base.request_hrefs or (lambda h: h)
+    to_public = base.response_hrefs or (lambda h: h)
+
+    def request_hrefs(value: str) -> str:
+        return to_upstream(copy.href_to_upstream(value))
+
+    def response_hrefs(value: str) -> str:
+        return copy.href_to_public(to_public(value), upstream.origin, origin)
+
+    if method in ("MOVE", "COPY"):
+        destination = request.headers.get("Destination", "")
+        if copy.rest(davxml.href_path(destination)) is None:
+            raise DavError(403, NEED_PRIVILEGES, "objects cannot be moved out of a shared copy")
+
+    def edit(body: bytes) -> bytes:
+        wanted = _wanted(request, body_of_request)
+        return davxml.augment(body, wanted, _copy_provider(sharing, share, copy_path))
+
+    body_of_request = await read_body(request, router.max_body) if method == "PROPFIND" else None
+    spec = replace(
+        base,
+        request_hrefs=request_hrefs,
+        response_hrefs=response_hrefs,
+        edit_xml=edit if method in ("PROPFIND", "REPORT") else None,
+        body=body_of_request,
+        dav_tokens=SHARING_TOKENS if method == "OPTIONS" else (),
+    )
+    return await forward(request, spec, router.max_body, router.allowed)
+
+
+def _copy_provider(
+    sharing: Sharing, share: Share, copy_path: str
+) -> Callable[[str], dict[str, etree._Element] | None]:
+    def provide(path: str) -> dict[str, etree._Element] | None:
+        if path.rstrip("/") == copy_path.rstrip("/"):
+            return sharing.copy_props(share)
+        if path.startswith(copy_path):
+            return sharing.member_props(share)
+        return None
+
+    return provide
+
+
+def _wanted(request: web.Request, body: bytes | None) -> davxml.PropRequest:
+    if request.method != "PROPFIND":
+        return davxml.PropRequest("prop", (f"{{{DAV}}}current-user-privilege-set",))
+    return davxml.parse_propfind(body or b"")
+
+
+async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.StreamResponse:
+    """The user's own request: passthrough, with sharing state added to the answer."""
+    request, site = ctx.request, ctx.site
+    sharing, upstream = site.sharing, site.upstream
+    method = request.method
+    homes = sharing.homes(user)
+    in_homes = any(ctx.rest.startswith(home) for home in homes)
+    if method == "OPTIONS" and in_homes:
+        spec = replace(spec, dav_tokens=SHARING_TOKENS)
+    elif method == "PROPFIND" and in_homes:
+        body = spec.body if spec.body is not None else await read_body(request, router.max_body)
+        try:
+            wanted = davxml.parse_propfind(body)
+        except davxml.XmlError:
+            # not ours to judge: the upstream answers a bad PROPFIND in its own words
+            return await forward(request, replace(spec, body=body), router.max_body, router.allowed)
+        depth = request.headers.get("Depth", "infinity").strip()
+        extra = await _listing_extras(router, ctx, user, wanted, body) if depth != "0" else []
+        if not extra and not wanted.wants_any(OWNED_PROPS):
+            # nothing of davproxy's in the answer: plain passthrough (compression kept)
+            return await forward(request, replace(spec, body=body), router.max_body, router.allowed)
+        principal = upstream.user_paths(user).principal
+        notification_url = collection_path(upstream, user)
+
+        def provide(path: str) -> dict[str, etree._Element] | None:
+            if path == principal:
+                return {
+                    NOTIFICATION_URL: element(NOTIFICATION_URL, href(notification_url)),
+                    CS_NOTIFICATION_URL: element(CS_NOTIFICATION_URL, href(notification_url)),
+                }
+            rest = upstream.rest_of(path)
+            if rest is not None and sharing.owns_collection(user, _slash(rest)):
+                return sharing.owner_props(_slash(rest))
+            return None
+
+        def edit(answer: bytes) -> bytes:
+            return davxml.augment(answer, wanted, provide, extra)
+
+        spec = replace(spec, body=body, edit_xml=edit)
+    elif method == "DELETE" and sharing.owns_collection(user, _slash(ctx.rest)):
+        response = await forward(request, spec, router.max_body, router.allowed)
+        if 200 <= response.status < 300:
+            sharing.owner_deleted(user, ctx.rest)
+        return response
+    return await forward(request, spec, router.max_body, router.allowed)
+
+
+async def _listing_extras(
+    router: Router, ctx: Context, user: str, wanted: davxml.PropRequest, body: bytes
+) -> list[etree._Element]:
+    """Members davproxy adds to a Depth 1 listing of a home: the user's shared copies
+    that live in it, and (calendar home) the notification collection."""
+    site = ctx.site
+    upstream, sharing = site.upstream, site.sharing
+    home = _slash(ctx.rest)
+    extras: list[etree._Element] = []
+    if home == upstream.rest_of(upstream.user_paths(user).calendar_home):
+        path = collection_path(upstream, user)
+        props = site.notifications.collection_props(user)
+        extras.append(davxml.answer(path, props, wanted, frozenset({f"{{{DAV}}}sync-token"})))
+    for share in sharing.store.mounts_of(upstream.name, user):
+        mount = share.mount or ""
+        parent = mount.rstrip("/").rsplit("/", 1)[0] + "/"
+        if parent != home:
+            continue
+        node = await _copy_listing(router, ctx, share, wanted, body)
+        if node is not None:
+            extras.append(node)
+    return extras
+
+
+async def _copy_listing(
+    router: Router, ctx: Context, share: Share, wanted: davxml.PropRequest, body: bytes
+) -> etree._Element | None:
+    """The copy's own response: the owner's collection, fetched as the owner, shown
+    under the copy's path with the sharee's properties."""
+    site = ctx.site
+    upstream, sharing = site.upstream, site.sharing
+    path, extra = upstream.target(share.collection)
+    headers = {
+        **sharing.as_user(share.owner),
+        **extra,
+        "Depth": "0",
+        "Content-Type": "application/xml; charset=utf-8",
+    }
+    async with upstream.request("PROPFIND", path, headers, body) as answer:
+        text = await answer.read()
+        if answer.status != 207:
+            return None  # the owner's collection is gone: list nothing rather than fail
+    try:
+        root = davxml.parse(text)
+    except davxml.XmlError:
+        return None
+    node = root.find(davxml.RESPONSE)
+    if node is None:
+        return None
+    copy_path = upstream.paths.public + (share.mount or "")
+    link = node.find(davxml.HREF)
+    if link is not None:
+        link.text = copy_path
+    document = davxml.multistatus(node)
+    edited = davxml.augment(
+        davxml.serialize(document), wanted, _copy_provider(sharing, share, copy_path)
+    )
+    return davxml.parse(edited).find(davxml.RESPONSE)
+
+
+def _slash(rest: str) -> str:
+    return rest if rest.endswith("/") else rest + "/"
