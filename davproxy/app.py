@@ -16,6 +16,7 @@ from .errors import DavError, PlainError
 from .identity import Authenticator
 from .logs import log_access
 from .notifications import NotificationCollection, Renderer
+from .proxy import keep_upstream_headers
 from .routes import ROUTE, USER, Router, Site
 from .sharing import Sharing
 from .store import Store
@@ -62,12 +63,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     finally:
         log_access(
             request.method,
-            request.path,
+            request.raw_path,
             request.get(ROUTE, "-"),
             request.get(USER),
             status,
             time.perf_counter() - started,
         )
+
+
+class SetupError(Exception):
+    """A resource named in the configuration cannot be used (one line for the operator)."""
 
 
 def _site(store: Store, upstream: Upstream) -> Site:
@@ -88,16 +93,23 @@ def create_app(config: Config) -> web.Application:
         handler_args={"max_field_size": 16 * 1024},
     )
     app[CONFIG] = config
+    app.on_response_prepare.append(keep_upstream_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = Store.open(config.store.path)
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=60)
+        # No pool limit: each upstream caps its own requests in flight (max_connections).
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
         session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must never keep cookies
         )
-        sites = [_site(store, Upstream(up, config.server, session)) for up in config.upstreams]
+        try:
+            sites = [_site(store, Upstream(up, config.server, session)) for up in config.upstreams]
+        except (OSError, ValueError) as exc:
+            await session.close()
+            store.close()
+            raise SetupError(f"cannot read an htpasswd file: {exc}") from None
         app[STORE] = store
         app[SESSION] = session
         app[ROUTER] = Router(sites, config.server.max_body_bytes, config.server.forwarded_allow_ips)
@@ -112,5 +124,5 @@ def create_app(config: Config) -> web.Application:
     async def dispatch(request: web.Request) -> web.StreamResponse:
         return await request.app[ROUTER].dispatch(request)
 
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)  # every path, newlines too
     return app

@@ -96,16 +96,19 @@ class Htpasswd:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self._hashes: dict[str, str] = {}
+        self._dummy = _DUMMY_HASH
         self._load()
 
     def _load(self) -> None:
+        """Re-read on change; a file that cannot be read or decoded keeps the last good
+        copy (OSError/ValueError are raised for the caller to log)."""
         with self._lock:
             stat = self.path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
             if stamp == self._stamp:
                 return
+            text = self.path.read_bytes().decode("utf-8")
             hashes: dict[str, str] = {}
-            text = self.path.read_text(encoding="utf-8")
             for number, line in enumerate(text.splitlines(), 1):
                 line = line.strip()
                 if not line or line.startswith("#"):
@@ -121,10 +124,14 @@ class Htpasswd:
                     continue
                 hashes[user] = hashed
             self._hashes, self._stamp = hashes, stamp
+            # Unknown users are checked against a hash of the same scheme and cost as
+            # the real entries, so timing does not tell which user names exist.
+            if hashes:
+                self._dummy = _dummy_like(next(iter(hashes.values())))
             log.info("loaded %d users from %s", len(hashes), self.path)
 
     def users(self) -> set[str]:
-        with contextlib.suppress(OSError):  # keep the last good list; verify() logs it
+        with contextlib.suppress(OSError, ValueError):  # keep the last good list
             self._load()
         return set(self._hashes)
 
@@ -132,14 +139,36 @@ class Htpasswd:
         """Blocking (hashes are slow on purpose): call from a worker thread."""
         try:
             self._load()
-        except OSError as exc:
-            log.error("cannot read htpasswd file %s: %s", self.path, exc.strerror)
-            return False
+        except (OSError, ValueError) as exc:
+            log.error(
+                "cannot read htpasswd file %s (keeping the last good copy): %s", self.path, exc
+            )
         hashed = self._hashes.get(user)
-        if hashed is None:
-            _CONTEXT.verify(password, _DUMMY_HASH)
-            return False
-        return bool(_CONTEXT.verify(password, hashed))
+        return _verify(password, hashed if hashed is not None else self._dummy) and (
+            hashed is not None
+        )
+
+
+def _verify(password: str, hashed: str) -> bool:
+    """A password check that never raises: odd input is simply a wrong password."""
+    secret = password.encode("utf-8")
+    if hashed.startswith(("$2a$", "$2b$", "$2y$")):
+        secret = secret[:72]  # bcrypt reads 72 bytes; Apache's htpasswd truncates the same
+    try:
+        return bool(_CONTEXT.verify(secret, hashed))
+    except (ValueError, TypeError):
+        return False
+
+
+def _dummy_like(hashed: str) -> str:
+    try:
+        scheme = _CONTEXT.identify(hashed)
+        handler = _CONTEXT.handler(scheme)
+        rounds = getattr(handler.from_string(hashed), "rounds", None)
+        configured = handler.using(rounds=rounds) if rounds else handler
+        return str(configured.hash("davproxy-dummy-password"))
+    except (ValueError, TypeError):
+        return _DUMMY_HASH
 
 
 class VerdictCache:
@@ -188,7 +217,7 @@ class Authenticator:
         self.htpasswd = Htpasswd(config.htpasswd) if config.htpasswd is not None else None
         # One verification in flight per credential digest: a burst of parallel
         # requests from one client costs one hash (or one upstream probe), not N.
-        self._inflight: dict[bytes, asyncio.Future[bool]] = {}
+        self._inflight: dict[bytes, asyncio.Task[bool]] = {}
 
     @property
     def proxy_auth(self) -> bool:
@@ -199,20 +228,16 @@ class Authenticator:
         if cached is not None:
             return cached
         key = self.cache._digest(credentials)
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            verdict = await self._verify_uncached(credentials)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        future.set_result(verdict)
+        task = self._inflight.get(key)
+        if task is None:
+            # Its own task: a client that hangs up cannot cancel the check others await.
+            task = asyncio.create_task(self._verify_and_remember(credentials))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _verify_and_remember(self, credentials: Credentials) -> bool:
+        verdict = await self._verify_uncached(credentials)
         self.cache.put(credentials, verdict)
         if not verdict:
             log.info("rejected credentials for user %r (%s)", credentials.user, self.config.mode)

@@ -54,6 +54,8 @@ def log_access(
 ) -> None:
     if access_log.disabled or not access_log.isEnabledFor(logging.INFO):
         return
+    # the raw path, with anything unprintable escaped: no forged log lines
+    path = path.encode("unicode_escape", "backslashreplace").decode("ascii")
     fields = {
         "method": method,
         "path": path,

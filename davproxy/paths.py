@@ -7,8 +7,9 @@ directions and the upstream sees the bytes the client sent.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 from yarl import URL
 
@@ -64,7 +65,10 @@ class PathMap:
             url = URL(href, encoded=True)
         except ValueError:
             return href
-        if url.is_absolute() and url.origin() in (upstream_origin, URL(public_origin)):
+        origins: tuple[URL, ...] = (upstream_origin,)
+        with contextlib.suppress(ValueError):  # a client's Host header may be no host
+            origins = (upstream_origin, URL(public_origin))
+        if url.is_absolute() and url.origin() in origins:
             mapped = self.to_public(url.raw_path)
             query = f"?{url.raw_query_string}" if url.raw_query_string else ""
             return f"{public_origin}{mapped}{query}"
@@ -87,3 +91,35 @@ class PathMap:
         origin = upstream_origin if upstream_origin is not None else url.origin()
         query = f"?{url.raw_query_string}" if url.raw_query_string else ""
         return f"{origin}{mapped}{query}"
+
+
+class PathRejected(ValueError):
+    """A request path davproxy refuses to route (it could mean another resource upstream)."""
+
+
+def check_path(raw_path: str) -> None:
+    """Refuse paths whose meaning the upstream could change after davproxy routed them.
+
+    Upstreams resolve dot-segments and encoded separators themselves, so a path like
+    ``/bob/copy/../other/`` or ``/bob/copy/..%2fother/`` would be routed by its prefix
+    here and land elsewhere there.  Such paths, empty segments, control characters and
+    bytes that are not percent-encoded UTF-8 are refused outright (400), never repaired.
+    """
+    if not raw_path.startswith("/"):
+        raise PathRejected("the path must start with '/'")
+    if any(ord(c) <= 32 or ord(c) >= 127 for c in raw_path):
+        raise PathRejected("raw spaces, control or non-ASCII characters must be percent-encoded")
+    segments = raw_path[1:].split("/")
+    for index, segment in enumerate(segments):
+        if segment == "":
+            if index == len(segments) - 1:
+                continue  # the trailing slash of a collection
+            raise PathRejected("empty path segments ('//') are not accepted")
+        try:
+            decoded = unquote_to_bytes(segment).decode("utf-8")
+        except UnicodeDecodeError:
+            raise PathRejected("percent-encoded bytes must be UTF-8") from None
+        if decoded in (".", ".."):
+            raise PathRejected("'.' and '..' segments are not accepted")
+        if any(c in decoded for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in decoded):
+            raise PathRejected("encoded separators or control characters are not accepted")

@@ -9,6 +9,7 @@ prefix differs from the upstream's and the upstream cannot be told the public pr
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 CHUNK = 64 * 1024
+# Names of the headers the upstream sent, so defaults aiohttp adds can be taken back.
+UPSTREAM_HEADER_NAMES = web.RequestKey("upstream_header_names", frozenset)
+_DEFAULTED_BY_AIOHTTP = ("Content-Type", "Server")
 # Answers up to this size are read whole and sent in one write.
 SMALL_ANSWER = 256 * 1024
 # XML answers are buffered for href mapping up to this size; larger ones pass as they are.
@@ -211,6 +215,7 @@ async def _relay(
     request: web.Request, answer: aiohttp.ClientResponse, spec: Forward
 ) -> web.StreamResponse:
     headers = end_to_end(answer.headers, frozenset({"content-length"}))
+    request[UPSTREAM_HEADER_NAMES] = frozenset(name.lower() for name in headers)
     if spec.dav_tokens and "DAV" in headers:
         headers["DAV"] = ", ".join([headers["DAV"], *spec.dav_tokens])
     body: bytes | None = None
@@ -218,14 +223,24 @@ async def _relay(
         for name in ("Location", "Content-Location"):
             if name in headers:
                 headers[name] = spec.response_hrefs(headers[name])
+    prefix = b""
     if (
         spec.edits_answers
         and davxml.is_xml_content_type(answer.headers.get("Content-Type", ""))
         and "Content-Encoding" not in answer.headers
-        and (answer.content_length or 0) <= MAX_MAPPED_RESPONSE
         and request.method != "HEAD"
     ):
-        body = await _read_answer(answer)
+        prefix, complete = await _read_capped(answer, MAX_MAPPED_RESPONSE)
+        if complete:
+            body, prefix = prefix, b""
+        else:
+            log.warning(
+                "answer to %s %s is over %d bytes: passed on without href mapping",
+                request.method,
+                request.path,
+                MAX_MAPPED_RESPONSE,
+            )
+    if body is not None:
         if spec.response_hrefs is not None:
             body = _map_body(body, spec.response_hrefs)
         if spec.edit_xml is not None and answer.status == 207:
@@ -248,11 +263,33 @@ async def _relay(
     if answer.content_length is not None:
         response.content_length = answer.content_length
     await response.prepare(request)
-    if has_body and not await _pump(request, answer, response, spec.upstream.name):
+    if prefix:
+        await response.write(prefix)
+    if has_body and not await _pump(
+        request, answer, response, spec.upstream.name, spec.upstream.read_timeout
+    ):
         _abort(request)
         return response
     await response.write_eof()
     return response
+
+
+async def _read_capped(answer: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """Up to ``cap`` bytes of the answer, and whether that was all of it."""
+    if answer.content_length is not None and answer.content_length > cap:
+        return b"", False
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in answer.content.iter_any():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                return b"".join(chunks), answer.content.at_eof()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("upstream at %s broke off its answer: %s", answer.url.origin(), exc)
+        raise PlainError(502, "Upstream broke off its answer") from exc
+    return b"".join(chunks), True
 
 
 async def _read_answer(answer: aiohttp.ClientResponse) -> bytes:
@@ -268,6 +305,7 @@ async def _pump(
     answer: aiohttp.ClientResponse,
     response: web.StreamResponse,
     upstream_name: str,
+    write_timeout: float,
 ) -> bool:
     """Copy the body chunk by chunk; False when either side broke off."""
     chunks = answer.content.iter_any()
@@ -288,12 +326,33 @@ async def _pump(
             )
             return False
         try:
-            await response.write(chunk)
+            # A client that stops reading must not hold the upstream slot forever.
+            async with asyncio.timeout(write_timeout):
+                await response.write(chunk)
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             log.info("client went away during %s %s", request.method, request.path)
+            return False
+        except TimeoutError:
+            log.warning(
+                "client read nothing for %.0f s during %s %s; connection closed",
+                write_timeout,
+                request.method,
+                request.path,
+            )
             return False
 
 
 def _abort(request: web.Request) -> None:
     if request.transport is not None:
         request.transport.abort()
+
+
+async def keep_upstream_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: drop the Content-Type/Server defaults aiohttp adds to a
+    relayed answer whose upstream sent none (passthrough adds nothing)."""
+    sent = request.get(UPSTREAM_HEADER_NAMES)
+    if sent is None:
+        return
+    for name in _DEFAULTED_BY_AIOHTTP:
+        if name.lower() not in sent and name in response.headers:
+            del response.headers[name]

@@ -21,6 +21,7 @@ from . import davxml, views
 from .errors import PlainError
 from .identity import Authenticator, parse_basic
 from .notifications import COLLECTION_SEGMENT, NotificationCollection
+from .paths import PathRejected, check_path
 from .proxy import Forward, forward, public_origin, read_body
 from .sharing import SHARE_RESOURCE, Sharing
 from .upstream import Upstream
@@ -94,6 +95,13 @@ class Router:
         raw = request.raw_path
         path, sep, query = raw.partition("?")
         query = sep + query
+        try:
+            check_path(path)
+            if "Destination" in request.headers:
+                check_path(davxml.href_path(request.headers["Destination"]).partition("?")[0])
+        except PathRejected as exc:
+            request[ROUTE] = "rejected"
+            raise PlainError(400, f"Path not accepted: {exc}") from None
         found = self.site_for(path)
         if found is None:
             if path in WELL_KNOWN:

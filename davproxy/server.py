@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from . import config as config_mod
-from .app import create_app
+from .app import SetupError, create_app
 from .store import StoreError
 
 log = logging.getLogger("davproxy")
@@ -26,10 +26,14 @@ async def run_until_signal(
 ) -> None:
     """Serve until SIGINT/SIGTERM, then stop accepting and finish in-flight requests."""
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
+    # aiohttp waits shutdown_timeout for handlers, then as long again after cancelling
+    # them: half each keeps the whole stop within the configured time.
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=config.server.shutdown_timeout / 2
+    )
     try:
         await runner.setup()
-    except StoreError as exc:
+    except (StoreError, SetupError) as exc:
         raise StartupError(str(exc)) from None
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
     try:

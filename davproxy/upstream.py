@@ -61,6 +61,7 @@ class Upstream:
             sock_read=server.upstream_timeout,
         )
         self._read_timeout = server.upstream_timeout
+        self.read_timeout = server.upstream_timeout
         # At most max_connections requests in flight; the rest queue here, in order.
         self._slots = asyncio.Semaphore(config.max_connections)
 
@@ -153,6 +154,16 @@ class Upstream:
                 skip_auto_headers=SKIP_AUTO_HEADERS,
                 auto_decompress=False,
             )
+        except aiohttp.ConnectionTimeoutError:
+            log.error(
+                "upstream %s: no connection to %s within %.1f s",
+                self.name,
+                self.origin,
+                self.timeout.connect or 0,
+            )
+            raise UpstreamError(
+                502, f"Upstream {self.name} is unreachable (connection timed out)"
+            ) from None
         except (TimeoutError, aiohttp.ServerTimeoutError):
             log.warning(
                 "upstream %s did not answer %s %s within %.1f s",

@@ -430,3 +430,67 @@ async def test_saturated_upstream_gives_504_not_a_hang(upstream_server, proxy) -
     assert queued.status == 504 and b"saturated" in queued.body
     assert 0.4 < waited < 1.4
     assert drip.status == 200 and len(drip.body) == 15_000
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/alice/cal/../private/e.ics",
+        "/alice/cal/%2e%2e/private/e.ics",
+        "/alice/cal/%2E%2e/private/e.ics",
+        "/alice/cal/..%2fprivate/e.ics",
+        "/alice/cal/..%5Cprivate/e.ics",
+        "/alice/cal//private/e.ics",
+        "/alice/./cal/",
+        "/x/../.davproxy/whoami",
+        "/alice/cal/%00.ics",
+        "/alice/cal/%ff.ics",
+        "/alice/cal/a%0ab.ics",
+    ],
+)
+async def test_paths_the_upstream_could_reinterpret_are_refused(
+    upstream_server, proxy, path
+) -> None:
+    base = await proxy(await upstream_server())
+    async with raw_session() as session:
+        answer = await fetch(session, "GET", base + path, basic("alice"))
+        moved = await fetch(session, "MOVE", base + "/alice/cal/a.ics", {
+            **basic("alice"), "Destination": base + path})  # fmt: skip
+    assert answer.status == 400 and b"Path not accepted" in answer.body
+    assert moved.status == 400 and b"Path not accepted" in moved.body
+
+
+async def test_odd_passwords_are_wrong_passwords_not_errors(upstream_server, proxy) -> None:
+    base = await proxy(await upstream_server())
+    async with raw_session() as session:
+        for password in ("a\0b", "x" * 5000, "ü" * 80):
+            answer = await fetch(session, "GET", base + "/alice/", basic("alice", password))
+            assert answer.status == 401, password
+
+
+async def test_nothing_added_to_an_answer_without_content_type(proxy) -> None:
+    async def bare(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbare")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(bare, "127.0.0.1", 0)
+    try:
+        base = await proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
+        async with raw_session() as session:
+            answer = await fetch(session, "GET", base + "/bare", basic("alice"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert answer.status == 200 and answer.body == b"bare"
+    assert answer.header("Content-Type") is None and answer.header("Server") is None
+
+
+async def test_malformed_host_is_no_server_error(upstream_server, proxy) -> None:
+    base = await proxy(await upstream_server("/up/"), prefix="/dav/")
+    async with raw_session() as session:
+        answer = await fetch(
+            session, "PUT", base + "/dav/created", {**basic("alice"), "Host": "a:b:c"}, "x"
+        )
+    assert answer.status < 500

@@ -57,3 +57,25 @@ def test_verdict_cache_expires_and_keeps_no_password() -> None:
     assert cache.get(bad) is None and cache.get(good) is True
     now[0] = 61
     assert cache.get(good) is None
+
+
+def test_long_passphrase_with_bcrypt_entry(tmp_path: Path) -> None:
+    """bcrypt reads 72 bytes; a longer passphrase must still work (as with Apache)."""
+    phrase = "correct horse battery staple " * 4 + "ü" * 10
+    path = tmp_path / "users"
+    path.write_text(f"alice:{hash_password(phrase[:50], 'bcrypt')}\n")
+    from passlib.hash import bcrypt
+
+    path.write_text(f"alice:{bcrypt.using(rounds=4).hash(phrase.encode()[:72])}\n")
+    store = Htpasswd(path)
+    assert store.verify("alice", phrase)
+    assert not store.verify("alice", "wrong")
+    assert not store.verify("alice", "a\0b") and not store.verify("alice", "x" * 5000)
+
+
+def test_undecodable_htpasswd_keeps_last_good_copy(tmp_path: Path) -> None:
+    path = tmp_path / "users"
+    path.write_text(f"alice:{hash_password('pw')}\n")
+    store = Htpasswd(path)
+    path.write_bytes(b"# caf\xe9\n" + path.read_bytes() + b"bob:x\n")
+    assert store.verify("alice", "pw")  # last good copy, no exception
