@@ -262,3 +262,13 @@ def answer(
     found = [available[name] for name in request.names if name in available]
     missing = [name for name in request.names if name not in available]
     return response(path, found, missing)
+
+
+def response_status(root: etree._Element) -> int | None:
+    """The status a multistatus gives its first resource as a whole (``D:response/D:status``),
+    e.g. Xandikos's 404 for a missing collection inside a 207."""
+    line = root.findtext(f"{RESPONSE}/{STATUS}")
+    if not line:
+        return None
+    parts = line.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None

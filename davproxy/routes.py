@@ -18,7 +18,7 @@ from aiohttp import web
 from lxml import etree
 
 from . import davxml, views
-from .errors import PlainError
+from .errors import DavError, PlainError
 from .identity import Authenticator, parse_basic
 from .notifications import COLLECTION_SEGMENT, NotificationCollection
 from .paths import PathRejected, check_path
@@ -206,12 +206,15 @@ class Router:
             request.headers.get("Content-Type", "")
         ):
             body = await read_body(request, self.max_body)
-            root = _root_or_none(body)
+            sharing_type = "davsharing+xml" in request.headers.get("Content-Type", "")
+            root = davxml.parse(body) if sharing_type else _root_or_none(body)
             if root is not None and root.tag == SHARE_RESOURCE:
                 request[ROUTE] = "share"
                 if not verified:
                     user = await self.user_for(ctx)
                 return await site.sharing.share(request, user, ctx.rest, root)
+            if sharing_type and root is not None:
+                raise DavError(400, None, f"expected DAV:share-resource, got {root.tag}")
         spec = replace(self.spec(ctx, ctx.rest, None), body=body)
         return await views.own(self, ctx, user, spec)
 

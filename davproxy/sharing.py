@@ -188,6 +188,8 @@ class Sharing:
             root = davxml.parse(text)
         except davxml.XmlError:
             raise PlainError(502, f"Upstream {self.name} answered unusable XML") from None
+        if davxml.response_status(root) == 404:
+            raise DavError(404, None, "no such collection")
         types = {str(node.tag) for node in root.iterfind(f".//{{{DAV}}}resourcetype/*")}
         if f"{{{DAV}}}collection" not in types:
             raise DavError(403, NEED_PRIVILEGES, "only collections can be shared")
@@ -328,8 +330,12 @@ class Sharing:
         with self.store.transaction():
             accepted_share = self._answer(share, "accepted", mount, comment)
             if share.kind == "calendar":
+                # caldav-sharing-01 §4: a shared calendar starts out transparent.
+                transp = f"{{{CALDAV}}}schedule-calendar-transp"
                 self.store.set_instance_prop(
-                    accepted_share.id, f"{{{CALDAV}}}schedule-calendar-transp", "transparent"
+                    accepted_share.id,
+                    transp,
+                    _inner_xml(element(transp, element(f"{{{CALDAV}}}transparent"))),
                 )
             if data.get("displayname"):
                 self.store.set_instance_prop(
@@ -395,11 +401,20 @@ class Sharing:
 
     async def _exists(self, rest: str, headers: dict[str, str]) -> bool:
         path, extra = self.upstream.target(rest)
-        async with self.upstream.request(
-            "PROPFIND", path, {**headers, **extra, "Depth": "0"}, None
-        ) as answer:
-            await answer.read()
-            return answer.status != 404
+        body = davxml.serialize(
+            element(davxml.PROPFIND, element(davxml.PROP, element(f"{{{DAV}}}resourcetype")))
+        )
+        request_headers = {**headers, **extra, "Depth": "0", "Content-Type": "application/xml"}
+        async with self.upstream.request("PROPFIND", path, request_headers, body) as answer:
+            text = await answer.read()
+            if answer.status == 404:
+                return False
+            if answer.status != 207:
+                return True  # unknown: do not claim the name
+        try:
+            return davxml.response_status(davxml.parse(text)) != 404
+        except davxml.XmlError:
+            return True
 
     # -- the sharee's copy ---------------------------------------------------------------
 

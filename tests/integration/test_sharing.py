@@ -1,0 +1,391 @@
+"""Sharing end to end (IETF flavour) through davproxy in front of Radicale and Xandikos:
+invite -> notification -> accept -> the sharee's copy -> writes reach the owner ->
+downgrade -> revoke, and the negative paths around them."""
+
+from __future__ import annotations
+
+import uuid
+
+from lxml import etree
+
+from tests.helpers import Answer, basic, fetch, raw_session
+
+from .conftest import Pair
+
+D = "DAV:"
+NS = {"D": "DAV:", "C": "urn:ietf:params:xml:ns:caldav", "CS": "http://calendarserver.org/ns/"}
+SHARING = {"Content-Type": "application/davsharing+xml; charset=utf-8"}
+XML = {"Content-Type": "application/xml; charset=utf-8"}
+
+
+def share_body(*sharees: tuple[str, str], comment: str = "") -> str:
+    items = "".join(
+        f"<D:sharee><D:href>{href}</D:href><D:share-access><D:{access}/></D:share-access>"
+        f"{f'<D:comment>{comment}</D:comment>' if comment else ''}</D:sharee>"
+        for href, access in sharees
+    )
+    return f'<?xml version="1.0" encoding="utf-8"?><D:share-resource xmlns:D="DAV:">{items}</D:share-resource>'
+
+
+def reply_body(accept: bool, create_in: str | None = None, slug: str | None = None) -> str:
+    status = "invite-accepted" if accept else "invite-declined"
+    parts = f"<D:{status}/>"
+    if create_in:
+        parts += f"<D:create-in><D:href>{create_in}</D:href></D:create-in>"
+    if slug:
+        parts += f"<D:slug>{slug}</D:slug>"
+    return f'<?xml version="1.0" encoding="utf-8"?><D:invite-reply xmlns:D="DAV:">{parts}</D:invite-reply>'
+
+
+def propfind(*names: str) -> str:
+    props = "".join(f"<{n}/>" for n in names)
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:" '
+        'xmlns:C="urn:ietf:params:xml:ns:caldav" xmlns:CS="http://calendarserver.org/ns/" '
+        f'xmlns:I="http://apple.com/ns/ical/"><D:prop>{props}</D:prop></D:propfind>'
+    )
+
+
+def xml(answer: Answer) -> etree._Element:
+    return etree.fromstring(answer.body)
+
+
+def absent(answer: Answer) -> bool:
+    """Not there for this user: 404/403 (Xandikos: 500 for denials, 207 + 404 inside)."""
+    if answer.status == 207:
+        return b"404 Not Found" in answer.body and b"200 OK" not in answer.body
+    return answer.status in (403, 404, 500)
+
+
+def event(uid: str, summary: str = "Shared") -> str:
+    return (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\n"
+        f"UID:{uid}\r\nDTSTAMP:20261101T090000Z\r\nDTSTART:20261124T100000Z\r\n"
+        f"SUMMARY:{summary}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+
+
+class Client:
+    """One user talking to davproxy."""
+
+    def __init__(self, session: object, pair: Pair, user: str) -> None:
+        self.session, self.pair, self.user = session, pair, user
+
+    async def __call__(
+        self, method: str, path: str, body: str | None = None, **headers: str
+    ) -> Answer:
+        extra = {k.replace("_", "-"): v for k, v in headers.items()}
+        if body is not None and method in ("PROPFIND", "PROPPATCH", "REPORT", "MKCOL"):
+            extra.setdefault("Content-Type", "application/xml; charset=utf-8")  # Xandikos insists
+        return await fetch(
+            self.session,  # type: ignore[arg-type]
+            method,
+            path if path.startswith("http") else self.pair.proxy.url(path),
+            {**basic(self.user), **extra},
+            body,
+        )
+
+
+async def notifications_of(client: Client) -> tuple[str, list[tuple[str, str]]]:
+    """(collection URL, [(member href, IETF type)]) via the principal's notification-URL."""
+    home = client.pair.calendar_home.replace("alice", client.user)
+    principal = f"/{client.user}/"
+    found = await client(
+        "PROPFIND",
+        principal,
+        propfind("D:notification-URL"),
+        Depth="0",
+        **{"Content-Type": "application/xml"},
+    )
+    assert found.status == 207, found.body
+    url = xml(found).findtext(".//D:notification-URL/D:href", namespaces=NS)
+    assert url and url.startswith("/.davproxy/notifications/"), found.body
+    listing = await client("PROPFIND", url, propfind("D:notificationtype", "D:getetag"), Depth="1")
+    assert listing.status == 207
+    members = []
+    for response in xml(listing).findall("D:response", NS):
+        link = response.findtext("D:href", namespaces=NS)
+        kind = response.find(".//D:notificationtype/*", NS)
+        if link != url and kind is not None:
+            members.append((link, etree.QName(kind).localname))
+    assert home  # the calendar home also lists the collection (checked elsewhere)
+    return url, members
+
+
+async def test_calendar_share_full_flow(pair: Pair) -> None:
+    name = f"team-{uuid.uuid4().hex[:6]}"
+    owner_cal = f"{pair.calendar_home}{name}/"
+    bob_home = pair.calendar_home.replace("alice", "bob")
+    async with raw_session() as session:
+        alice, bob, carol = (Client(session, pair, u) for u in ("alice", "bob", "carol"))
+        assert (await alice("MKCALENDAR", owner_cal)).status == 201
+        assert (
+            await alice(
+                "PUT", owner_cal + "a.ics", event("a", "Alice's"), Content_Type="text/calendar"
+            )
+        ).status == 201
+        # make sure bob's principal and homes exist upstream
+        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+
+        # -- negative paths before anything is shared
+        assert (
+            await carol(
+                "POST", owner_cal, share_body(("mailto:bob@example.org", "read")), **SHARING
+            )
+        ).status == 403
+        bad = await alice(
+            "POST", owner_cal, "<D:share-resource xmlns:D='DAV:'><D:sharee>", **SHARING
+        )
+        assert bad.status in (400, 403, 415) or bad.status >= 200  # unparsable: upstream judges
+        missing = await alice(
+            "POST",
+            f"{pair.calendar_home}nope-{name}/",
+            share_body(("mailto:bob@example.org", "read")),
+            **SHARING,
+        )
+        assert missing.status == 404
+        no_access = await alice(
+            "POST",
+            owner_cal,
+            '<D:share-resource xmlns:D="DAV:"><D:sharee><D:href>mailto:bob@example.org</D:href></D:sharee></D:share-resource>',
+            **SHARING,
+        )
+        assert no_access.status == 400 and b"share-access" in no_access.body
+
+        # -- invite bob read-write, and someone unknown
+        shared = await alice(
+            "POST",
+            owner_cal,
+            share_body(
+                ("mailto:bob@example.org", "read-write"),
+                ("mailto:nobody@example.org", "read"),
+                comment="Team calendar",
+            ),
+            **SHARING,
+        )
+        assert shared.status == 204, shared.body
+
+        owner_view = await alice(
+            "PROPFIND",
+            owner_cal,
+            propfind("D:share-access", "D:invite", "D:displayname"),
+            Depth="0",
+        )
+        assert owner_view.status == 207
+        doc = xml(owner_view)
+        assert doc.find(".//D:share-access/D:shared-owner", NS) is not None
+        sharees = {
+            s.findtext("D:href", namespaces=NS): s for s in doc.findall(".//D:invite/D:sharee", NS)
+        }
+        assert sharees["mailto:bob@example.org"].find("D:invite-noresponse", NS) is not None
+        assert sharees["mailto:bob@example.org"].find("D:share-access/D:read-write", NS) is not None
+        assert sharees["mailto:nobody@example.org"].find("D:invite-invalid", NS) is not None
+
+        url, members = await notifications_of(bob)
+        assert len([m for m in members if m[1] == "share-invite-notification"]) >= 1
+        invite_href = members[-1][0]
+        invite = await bob("GET", invite_href, Accept="application/davnotification+xml")
+        assert invite.status == 200 and invite.header("Content-Type").startswith(
+            "application/davnotification+xml"
+        )
+        assert invite.header("ETag")
+        body = xml(invite)
+        assert body.tag == "{DAV:}notification"
+        assert body.find("D:share-invite-notification/D:invite-noresponse", NS) is not None
+        assert (
+            body.findtext("D:share-invite-notification/D:sharer-resource-uri/D:href", namespaces=NS)
+            == owner_cal
+        )
+        assert body.find("D:share-invite-notification/D:share-access/D:read-write", NS) is not None
+        assert (
+            body.findtext("D:share-invite-notification/D:comment", namespaces=NS) == "Team calendar"
+        )
+        reply_url = body.findtext("D:share-invite-notification/D:reply-url/D:href", namespaces=NS)
+        assert reply_url == invite_href
+        plain = await bob("GET", invite_href)  # no Accept: plain XML, never 406
+        assert plain.status == 200 and plain.header("Content-Type").startswith("application/xml")
+
+        # nobody else reads or answers bob's notifications
+        assert (await carol("GET", invite_href)).status == 403
+        assert (await carol("POST", reply_url, reply_body(True), **SHARING)).status == 403
+
+        # -- bob accepts into his calendar home under a chosen name
+        accepted = await bob("POST", reply_url, reply_body(True, bob_home, "Team"), **SHARING)
+        assert accepted.status == 201, accepted.body
+        location = accepted.header("Location")
+        copy = bob_home + "Team/"
+        assert location.endswith(copy)
+        assert (await bob("POST", reply_url, reply_body(True), **SHARING)).status in (
+            403,
+            404,
+        )  # twice: refused
+
+        listing = await bob(
+            "PROPFIND",
+            bob_home,
+            propfind(
+                "D:resourcetype", "D:displayname", "D:share-access", "C:schedule-calendar-transp"
+            ),
+            Depth="1",
+        )
+        assert listing.status == 207
+        by_href = {
+            r.findtext("D:href", namespaces=NS): r for r in xml(listing).findall("D:response", NS)
+        }
+        assert copy in by_href, list(by_href)
+        assert by_href[copy].find(".//D:share-access/D:read-write", NS) is not None
+        assert by_href[copy].find(".//D:resourcetype/C:calendar", NS) is not None
+        assert by_href[copy].find(".//C:schedule-calendar-transp/C:transparent", NS) is not None
+        assert url in by_href  # the notification collection is listed in the calendar home
+
+        # -- writes through the copy reach alice's calendar
+        put = await bob("PUT", copy + "b.ics", event("b", "Bob's"), Content_Type="text/calendar")
+        assert put.status == 201, put.body
+        seen = await alice("GET", owner_cal + "b.ics")
+        assert seen.status == 200 and b"SUMMARY:Bob's" in seen.body
+        members_of_copy = await bob("PROPFIND", copy, propfind("D:getetag"), Depth="1")
+        hrefs = [h.text for h in xml(members_of_copy).iterfind(".//D:href", NS)]
+        assert copy + "a.ics" in hrefs and copy + "b.ics" in hrefs
+        assert not any(h.startswith(owner_cal) for h in hrefs)
+        sync = await bob(
+            "REPORT",
+            copy,
+            '<D:sync-collection xmlns:D="DAV:"><D:sync-token/><D:sync-level>1</D:sync-level><D:prop><D:getetag/></D:prop></D:sync-collection>',
+            **XML,
+        )
+        assert sync.status == 207
+        sync_hrefs = [h.text for h in xml(sync).iterfind(".//D:href", NS)]
+        assert copy + "b.ics" in sync_hrefs and all(h.startswith(copy) for h in sync_hrefs)
+
+        # alice is told bob accepted
+        _, alice_notes = await notifications_of(alice)
+        assert any(kind == "share-reply-notification" for _, kind in alice_notes)
+
+        # -- the sharee renames their copy; the owner's name is untouched
+        patched = await bob(
+            "PROPPATCH",
+            copy,
+            '<D:propertyupdate xmlns:D="DAV:"><D:set><D:prop><D:displayname>Bob sees this</D:displayname></D:prop></D:set></D:propertyupdate>',
+            **XML,
+        )
+        assert patched.status == 207 and b"200" in patched.body
+        again = await bob("PROPFIND", copy, propfind("D:displayname"), Depth="0")
+        assert xml(again).findtext(".//D:displayname", namespaces=NS) == "Bob sees this"
+        owner_name = await alice("PROPFIND", owner_cal, propfind("D:displayname"), Depth="0")
+        assert xml(owner_name).findtext(".//D:displayname", namespaces=NS) != "Bob sees this"
+
+        # -- downgrade to read: bob's next write is refused and never reaches the upstream
+        assert (
+            await alice(
+                "POST", owner_cal, share_body(("mailto:bob@example.org", "read")), **SHARING
+            )
+        ).status == 204
+        refused = await bob("PUT", copy + "c.ics", event("c"), Content_Type="text/calendar")
+        assert refused.status == 403 and b"need-privileges" in refused.body
+        assert (await alice("GET", owner_cal + "c.ics")).status == 404
+        assert (await bob("DELETE", copy + "a.ics")).status == 403
+        privileges = await bob(
+            "PROPFIND", copy, propfind("D:current-user-privilege-set", "D:share-access"), Depth="0"
+        )
+        granted = {
+            etree.QName(p).localname for p in xml(privileges).iterfind(".//D:privilege/*", NS)
+        }
+        assert "read" in granted and "write" not in granted and "write-content" not in granted
+        assert xml(privileges).find(".//D:share-access/D:read", NS) is not None
+        assert (await bob("GET", copy + "a.ics")).status == 200
+
+        # -- revoke: the copy is gone on the very next request
+        assert (
+            await alice(
+                "POST", owner_cal, share_body(("mailto:bob@example.org", "no-access")), **SHARING
+            )
+        ).status == 204
+        gone = await bob("GET", copy + "a.ics")
+        assert absent(gone) and b"Alice's" not in gone.body  # bob's own (empty) namespace now
+        _, bob_notes = await notifications_of(bob)
+        revoked = [h for h, kind in bob_notes if kind == "share-invite-notification"]
+        body = xml(await bob("GET", revoked[-1], Accept="application/davnotification+xml"))
+        assert body.find(".//D:share-access/D:no-access", NS) is not None
+
+
+async def test_decline_delete_and_owner_delete(pair: Pair) -> None:
+    name = f"decl-{uuid.uuid4().hex[:6]}"
+    owner_cal = f"{pair.calendar_home}{name}/"
+    async with raw_session() as session:
+        alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        assert (await alice("MKCALENDAR", owner_cal)).status == 201
+        assert (
+            await alice("POST", owner_cal, share_body(("/bob/", "read")), **SHARING)
+        ).status == 204
+        _, notes = await notifications_of(bob)
+        invite = notes[-1][0]
+        assert (await bob("POST", invite, reply_body(False), **SHARING)).status == 204
+        owner_view = await alice("PROPFIND", owner_cal, propfind("D:invite"), Depth="0")
+        assert xml(owner_view).find(".//D:sharee/D:invite-declined", NS) is not None
+
+        # re-invite after decline, accept, then bob removes his copy
+        assert (
+            await alice("POST", owner_cal, share_body(("/bob/", "read")), **SHARING)
+        ).status == 204
+        _, notes = await notifications_of(bob)
+        accepted = await bob("POST", notes[-1][0], reply_body(True), **SHARING)
+        assert accepted.status == 201
+        copy = accepted.header("Location").split("://", 1)[1].split("/", 1)[1]
+        copy = "/" + copy
+        assert (await bob("PROPFIND", copy, propfind("D:displayname"), Depth="0")).status == 207
+        assert (await bob("DELETE", copy)).status == 204
+        assert (
+            await alice("PROPFIND", owner_cal, propfind("D:displayname"), Depth="0")
+        ).status == 207  # owner's data untouched
+        owner_view = await alice("PROPFIND", owner_cal, propfind("D:invite"), Depth="0")
+        assert xml(owner_view).find(".//D:sharee/D:invite-declined", NS) is not None
+
+        # the owner deleting the collection ends every share
+        assert (
+            await alice("POST", owner_cal, share_body(("/bob/", "read")), **SHARING)
+        ).status == 204
+        _, notes = await notifications_of(bob)
+        accepted = await bob("POST", notes[-1][0], reply_body(True), **SHARING)
+        assert accepted.status == 201
+        assert (await alice("DELETE", owner_cal)).status in (200, 204)
+        copy = "/" + accepted.header("Location").split("://", 1)[1].split("/", 1)[1]
+        assert absent(await bob("PROPFIND", copy, propfind("D:displayname"), Depth="0"))
+
+
+async def test_address_book_read_only_with_carol(pair: Pair) -> None:
+    name = f"book-{uuid.uuid4().hex[:6]}"
+    book = f"{pair.addressbook_home}{name}/"
+    carol_books = pair.addressbook_home.replace("alice", "carol")
+    mkcol = '<D:mkcol xmlns:D="DAV:" xmlns:CR="urn:ietf:params:xml:ns:carddav"><D:set><D:prop><D:resourcetype><D:collection/><CR:addressbook/></D:resourcetype><D:displayname>Friends</D:displayname></D:prop></D:set></D:mkcol>'
+    card = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:c1\r\nFN:Dora\r\nN:Dora;;;;\r\nEND:VCARD\r\n"
+    async with raw_session() as session:
+        alice, carol = Client(session, pair, "alice"), Client(session, pair, "carol")
+        await carol("PROPFIND", "/carol/", propfind("D:displayname"), Depth="0")
+        assert (await alice("MKCOL", book, mkcol, **XML)).status == 201
+        assert (await alice("PUT", book + "c1.vcf", card, Content_Type="text/vcard")).status == 201
+        assert (
+            await alice("POST", book, share_body(("mailto:carol@example.org", "read")), **SHARING)
+        ).status == 204
+        _, notes = await notifications_of(carol)
+        invite = xml(await carol("GET", notes[-1][0], Accept="application/davnotification+xml"))
+        assert (
+            invite.find(".//D:prop/D:resourcetype/{urn:ietf:params:xml:ns:carddav}addressbook", NS)
+            is not None
+        )
+        # create-in outside carol's own homes is refused
+        outside = await carol(
+            "POST", notes[-1][0], reply_body(True, pair.addressbook_home), **SHARING
+        )
+        assert outside.status == 403
+        accepted = await carol("POST", notes[-1][0], reply_body(True, carol_books), **SHARING)
+        assert accepted.status == 201
+        copy = "/" + accepted.header("Location").split("://", 1)[1].split("/", 1)[1]
+        assert copy.startswith(carol_books)
+        got = await carol("GET", copy + "c1.vcf")
+        assert got.status == 200 and b"FN:Dora" in got.body
+        assert (
+            await carol("PUT", copy + "c2.vcf", card.replace("c1", "c2"), Content_Type="text/vcard")
+        ).status == 403
+        assert (await carol("DELETE", copy + "c1.vcf")).status == 403
+        assert (await alice("GET", book + "c1.vcf")).status == 200
