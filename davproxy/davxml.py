@@ -205,6 +205,7 @@ def augment(
     request: PropRequest,
     provide: Callable[[str], dict[str, etree._Element] | None],
     extra: list[etree._Element] | None = None,
+    adjust: Callable[[str, etree._Element], bool] | None = None,
 ) -> bytes:
     """Edit a multistatus: davproxy's own properties replace the upstream's answer.
 
@@ -272,3 +273,12 @@ def response_status(root: etree._Element) -> int | None:
         return None
     parts = line.split()
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
+def add_privilege(node: etree._Element, privilege: str) -> bool:
+    """Add a privilege to a response's granted ``current-user-privilege-set``."""
+    granted = node.find(f"{PROPSTAT}/{PROP}/{{{DAV}}}current-user-privilege-set")
+    if granted is None or granted.find(f"{{{DAV}}}privilege/{privilege}") is not None:
+        return False
+    granted.append(element(f"{{{DAV}}}privilege", element(privilege)))
+    return True

@@ -39,6 +39,10 @@ VALID_SYNC_TOKEN = f"{{{DAV}}}valid-sync-token"
 _NOT_IN_ALLPROP = frozenset(
     {f"{{{DAV}}}notificationtype", f"{{{CS}}}notificationtype", f"{{{DAV}}}sync-token"}
 )
+# Nothing may be written into a notification collection by a client (notifications-03 §3).
+_WRITES = frozenset(
+    {"PUT", "MKCOL", "MKCALENDAR", "PROPPATCH", "COPY", "MOVE", "LOCK", "ACL", "PATCH"}
+)
 # Canonical type -> (IETF element, CS element) names.
 _TYPE_ELEMENTS = {
     "share-invite": (f"{{{DAV}}}share-invite-notification", f"{{{CS}}}invite-notification"),
@@ -202,6 +206,8 @@ class NotificationCollection:
         base = collection_path(self.upstream, user)
         if subpath == owner_segment:  # no trailing slash: point at the collection
             raise web.HTTPMovedPermanently(base)
+        if request.method in _WRITES:
+            raise DavError(403, NEED_PRIVILEGES, "notifications are written by the server only")
         if member == "":
             return await self._collection(request, user, base, body_limit)
         if "/" in member:
@@ -295,8 +301,6 @@ class NotificationCollection:
     ) -> web.StreamResponse:
         note = self.store.notification(self.upstream.name, user, name)
         method = request.method
-        if method in ("PUT", "MKCOL", "MKCALENDAR") and note is None:
-            raise DavError(403, NEED_PRIVILEGES, "clients cannot add notifications")
         if note is None:
             raise DavError(404, None, "no such notification")
         etag = f'"{note.etag}"'

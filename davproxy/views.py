@@ -41,6 +41,7 @@ OWNED_PROPS = frozenset(
         f"{{{DAV}}}share-access",
         f"{{{DAV}}}invite",
         f"{{{DAV}}}share-resource-uri",
+        f"{{{DAV}}}current-user-privilege-set",  # gains D:share on shareable collections
     }
 )
 
@@ -151,8 +152,15 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
                 return sharing.owner_props(_slash(rest))
             return None
 
+        def share_privilege(path: str, node: etree._Element) -> bool:
+            """The owner may share their collections: D:share (resource-sharing §5.1)."""
+            rest = upstream.rest_of(path)
+            if rest is None or not sharing.owns_collection(user, _slash(rest)):
+                return False
+            return davxml.add_privilege(node, f"{{{DAV}}}share")
+
         def edit(answer: bytes) -> bytes:
-            return davxml.augment(answer, wanted, provide, extra)
+            return davxml.augment(answer, wanted, provide, extra, share_privilege)
 
         spec = replace(spec, body=body, edit_xml=edit)
     elif method == "DELETE" and sharing.owns_collection(user, _slash(ctx.rest)):

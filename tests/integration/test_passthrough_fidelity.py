@@ -55,7 +55,7 @@ MKADDRESSBOOK = """<?xml version="1.0" encoding="utf-8"?>
 PROPFIND = """<?xml version="1.0" encoding="utf-8"?>
 <D:propfind xmlns:D="DAV:" xmlns:CS="http://calendarserver.org/ns/">
   <D:prop><D:resourcetype/><D:displayname/><D:getetag/><D:sync-token/><CS:getctag/>
-  <D:current-user-privilege-set/><D:getcontenttype/></D:prop>
+  <D:getcontenttype/><D:supported-report-set/></D:prop>
 </D:propfind>"""
 
 PROPPATCH = """<?xml version="1.0" encoding="utf-8"?>

@@ -389,3 +389,85 @@ async def test_address_book_read_only_with_carol(pair: Pair) -> None:
         ).status == 403
         assert (await carol("DELETE", copy + "c1.vcf")).status == 403
         assert (await alice("GET", book + "c1.vcf")).status == 200
+
+
+async def test_notification_collection_sync_delete_and_refusals(pair: Pair) -> None:
+    name = f"note-{uuid.uuid4().hex[:6]}"
+    owner_cal = f"{pair.calendar_home}{name}/"
+    async with raw_session() as session:
+        alice, bob, carol = (Client(session, pair, u) for u in ("alice", "bob", "carol"))
+        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        url, _ = await notifications_of(bob)
+        sync = '<D:sync-collection xmlns:D="DAV:"><D:sync-token>{}</D:sync-token><D:sync-level>1</D:sync-level><D:prop><D:getetag/><D:notificationtype/></D:prop></D:sync-collection>'
+        first = await bob("REPORT", url, sync.format(""), **XML)
+        assert first.status == 207
+        token = xml(first).findtext("D:sync-token", namespaces=NS)
+        assert token
+
+        props = await bob(
+            "PROPFIND",
+            url,
+            propfind("D:resourcetype", "D:sync-token", "CS:getctag", "D:supported-report-set"),
+            Depth="0",
+        )
+        doc = xml(props)
+        assert doc.find(".//D:resourcetype/D:notifications", NS) is not None
+        assert doc.find(".//D:resourcetype/CS:notification", NS) is not None
+        assert doc.findtext(".//D:sync-token", namespaces=NS) == token
+        assert doc.find(".//D:supported-report/D:report/D:sync-collection", NS) is not None
+
+        assert (await alice("MKCALENDAR", owner_cal)).status == 201
+        assert (
+            await alice(
+                "POST", owner_cal, share_body(("mailto:bob@example.org", "read")), **SHARING
+            )
+        ).status == 204
+        delta = await bob("REPORT", url, sync.format(token), **XML)
+        changed = [r for r in xml(delta).findall("D:response", NS)]
+        assert (
+            len(changed) == 1
+            and changed[0].find(".//D:notificationtype/D:share-invite-notification", NS) is not None
+        )
+        member = changed[0].findtext("D:href", namespaces=NS)
+        token2 = xml(delta).findtext("D:sync-token", namespaces=NS)
+
+        # a change of access overwrites (coalesces) the same notification
+        assert (
+            await alice(
+                "POST", owner_cal, share_body(("mailto:bob@example.org", "read-write")), **SHARING
+            )
+        ).status == 204
+        _, members = await notifications_of(bob)
+        assert [h for h, _ in members].count(member) == 1
+        body = xml(await bob("GET", member, Accept="application/davnotification+xml"))
+        assert body.find(".//D:share-access/D:read-write", NS) is not None
+
+        # clients cannot write into the collection or change members; others cannot delete
+        assert (
+            await bob("PUT", url + "mine.xml", "<x/>", Content_Type="application/xml")
+        ).status == 403
+        assert (await bob("MKCOL", url + "sub/")).status == 403
+        assert (
+            await bob("PROPPATCH", member, '<D:propertyupdate xmlns:D="DAV:"/>', **XML)
+        ).status == 403
+        assert (await bob("DELETE", url)).status == 403
+        assert (await carol("DELETE", member)).status == 403
+        assert (await carol("PROPFIND", url, propfind("D:getetag"), Depth="1")).status == 403
+
+        # ignoring the invite: DELETE; sync reports it as removed (404)
+        assert (await bob("DELETE", member)).status == 204
+        assert (await bob("GET", member)).status == 404
+        after = await bob("REPORT", url, sync.format(token2), **XML)
+        statuses = {
+            r.findtext("D:href", namespaces=NS): r.findtext("D:status", namespaces=NS)
+            for r in xml(after).findall("D:response", NS)
+        }
+        assert "404" in (statuses.get(member) or "")
+        # ... and the sharer is not told (draft §4.5): alice has no reply for this share
+        _, alice_notes = await notifications_of(alice)
+        invalid = await bob(
+            "REPORT", url, sync.format("urn:x-davproxy:notifications:sync:999999999"), **XML
+        )
+        assert invalid.status == 403 and b"valid-sync-token" in invalid.body
+        garbage = await bob("REPORT", url, sync.format("http://example.org/other-token"), **XML)
+        assert garbage.status == 403 and b"valid-sync-token" in garbage.body
