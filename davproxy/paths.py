@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 from yarl import URL
 
@@ -123,3 +123,11 @@ def check_path(raw_path: str) -> None:
             raise PathRejected("'.' and '..' segments are not accepted")
         if any(c in decoded for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in decoded):
             raise PathRejected("encoded separators or control characters are not accepted")
+
+
+def canonical(path: str) -> str:
+    """One spelling per path, for matching (``%40`` and ``@``, ``%7E`` and ``~`` agree).
+
+    Only for comparing and storing keys: requests are forwarded with the client's bytes.
+    """
+    return "/".join(quote(unquote(segment), safe=_SEGMENT_SAFE) for segment in path.split("/"))

@@ -32,6 +32,7 @@ from .notifications import (
     privilege_set,
     reply_name,
 )
+from .paths import canonical
 from .store import NewShare, Notification, Share, Store
 from .upstream import Upstream
 
@@ -213,13 +214,14 @@ class Sharing:
         """The user's home paths below the upstream root (deduplicated, longest first)."""
         paths = self.upstream.user_paths(user)
         rests = {
-            self.upstream.rest_of(p) or ""
+            canonical(self.upstream.rest_of(p) or "")
             for p in (paths.calendar_home, paths.addressbook_home, paths.principal)
         }
         return sorted(rests, key=len, reverse=True)
 
     def owns_collection(self, user: str, rest: str) -> bool:
         """A collection strictly inside one of the user's homes, not a shared copy."""
+        rest = canonical(rest)
         if not any(rest.startswith(home) and rest != home for home in self.homes(user)):
             return False
         return self.mount_for(user, rest) is None
@@ -229,7 +231,7 @@ class Sharing:
     async def share(
         self, request: web.Request, user: str, rest: str, root: etree._Element
     ) -> web.StreamResponse:
-        collection = rest if rest.endswith("/") else rest + "/"
+        collection = canonical(rest if rest.endswith("/") else rest + "/")
         if not self.owns_collection(user, collection):
             raise DavError(403, NEED_PRIVILEGES, "only the owner of a collection can share it")
         sharees = parse_share_resource(root)
@@ -373,7 +375,8 @@ class Sharing:
         parent = allowed[0]
         if create_in:
             wanted = self.upstream.rest_of(davxml.href_path(create_in))
-            wanted = wanted if wanted is None or wanted.endswith("/") else wanted + "/"
+            if wanted is not None:
+                wanted = canonical(wanted if wanted.endswith("/") else wanted + "/")
             if wanted not in allowed:
                 raise DavError(403, NEED_PRIVILEGES, "DAV:create-in must be one of your own homes")
             parent = wanted
@@ -393,6 +396,7 @@ class Sharing:
         paths = self.upstream.user_paths(user)
         calendar = self.upstream.rest_of(paths.calendar_home) or ""
         book = self.upstream.rest_of(paths.addressbook_home) or ""
+        calendar, book = canonical(calendar), canonical(book)
         if kind == "calendar":
             return [calendar]
         if kind == "addressbook":
@@ -420,6 +424,7 @@ class Sharing:
 
     def mount_for(self, user: str, rest: str) -> tuple[Share, str] | None:
         """The accepted share whose copy contains ``rest``, and the path below the copy."""
+        rest = canonical(rest)
         for share in self.store.mounts_of(self.name, user):
             assert share.mount is not None
             if rest.startswith(share.mount):
@@ -437,7 +442,7 @@ class Sharing:
 
     def owner_deleted(self, owner: str, rest: str) -> None:
         """The owner deleted a collection (or a parent of one): every share of it ends."""
-        collection = rest if rest.endswith("/") else rest + "/"
+        collection = canonical(rest if rest.endswith("/") else rest + "/")
         shares = self.store.shares_under(self.name, collection)
         if not shares:
             return
@@ -505,7 +510,8 @@ class Sharing:
         return {f"{{{DAV}}}current-user-privilege-set": privilege_set(*_PRIVILEGES[share.access])}
 
     def owner_props(self, rest: str) -> dict[str, etree._Element] | None:
-        shares = [s for s in self.store.shares_of_collection(self.name, rest)]
+        rest = canonical(rest)
+        shares = self.store.shares_of_collection(self.name, rest)
         if not shares:
             return {
                 f"{{{DAV}}}share-access": element(

@@ -22,7 +22,7 @@ from . import davxml
 from .davxml import CS, DAV, element, href
 from .errors import DavError
 from .notifications import NEED_PRIVILEGES, collection_path, multistatus_response
-from .paths import PathMap
+from .paths import PathMap, canonical
 from .proxy import Forward, forward, public_origin, read_body
 from .sharing import READ_METHODS, Sharing
 from .store import Share
@@ -101,7 +101,10 @@ async def sharee(
 def _copy_provider(
     sharing: Sharing, share: Share, copy_path: str
 ) -> Callable[[str], dict[str, etree._Element] | None]:
+    copy_path = canonical(copy_path)
+
     def provide(path: str) -> dict[str, etree._Element] | None:
+        path = canonical(path)
         if path.rstrip("/") == copy_path.rstrip("/"):
             return sharing.copy_props(share)
         if path.startswith(copy_path):
@@ -138,11 +141,11 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
         if not extra and not wanted.wants_any(OWNED_PROPS):
             # nothing of davproxy's in the answer: plain passthrough (compression kept)
             return await forward(request, replace(spec, body=body), router.max_body, router.allowed)
-        principal = upstream.user_paths(user).principal
+        principal = canonical(upstream.user_paths(user).principal)
         notification_url = collection_path(upstream, user)
 
         def provide(path: str) -> dict[str, etree._Element] | None:
-            if path == principal:
+            if canonical(path) == principal:
                 return {
                     NOTIFICATION_URL: element(NOTIFICATION_URL, href(notification_url)),
                     CS_NOTIFICATION_URL: element(CS_NOTIFICATION_URL, href(notification_url)),
@@ -178,9 +181,9 @@ async def _listing_extras(
     that live in it, and (calendar home) the notification collection."""
     site = ctx.site
     upstream, sharing = site.upstream, site.sharing
-    home = _slash(ctx.rest)
+    home = canonical(_slash(ctx.rest))
     extras: list[etree._Element] = []
-    if home == upstream.rest_of(upstream.user_paths(user).calendar_home):
+    if home == canonical(upstream.rest_of(upstream.user_paths(user).calendar_home) or ""):
         path = collection_path(upstream, user)
         props = site.notifications.collection_props(user)
         extras.append(davxml.answer(path, props, wanted, frozenset({f"{{{DAV}}}sync-token"})))

@@ -12,7 +12,7 @@ from yarl import URL
 from davproxy.embedded import ServerProcess, free_port, start_davproxy
 from davproxy.identity import hash_password
 
-USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave@corp": "dave-pw"}
 
 # Headers that legitimately differ between two answers to the same request.
 VOLATILE_HEADERS = frozenset(

@@ -471,3 +471,58 @@ async def test_notification_collection_sync_delete_and_refusals(pair: Pair) -> N
         assert invalid.status == 403 and b"valid-sync-token" in invalid.body
         garbage = await bob("REPORT", url, sync.format("http://example.org/other-token"), **XML)
         assert garbage.status == 403 and b"valid-sync-token" in garbage.body
+
+
+async def test_encoded_names_at_sign_users_and_missing_slashes(pair: Pair) -> None:
+    """A collection name with a space, a sharee whose id holds '@', paths without the
+    trailing slash: all map the same way in both directions."""
+    name = f"Team%20Plan%20{uuid.uuid4().hex[:4]}"
+    owner_cal = f"{pair.calendar_home}{name}/"
+    dave_home = pair.calendar_home.replace("alice", "dave@corp")
+    async with raw_session() as session:
+        alice, dave = Client(session, pair, "alice"), Client(session, pair, "dave@corp")
+        await dave("PROPFIND", "/dave@corp/", propfind("D:displayname"), Depth="0")
+        assert (await alice("MKCALENDAR", owner_cal)).status == 201
+        assert (
+            await alice("PUT", owner_cal + "e%201.ics", event("e1"), Content_Type="text/calendar")
+        ).status == 201
+        # the sharee named by principal URL, with the '@' percent-encoded
+        assert (
+            await alice(
+                "POST",
+                owner_cal.rstrip("/"),
+                share_body(("/dave%40corp/", "read-write")),
+                **SHARING,
+            )
+        ).status == 204
+        _, notes = await notifications_of(dave)
+        accepted = await dave("POST", notes[-1][0], reply_body(True), **SHARING)
+        assert accepted.status == 201, accepted.body
+        copy = "/" + accepted.header("Location").split("://", 1)[1].split("/", 1)[1]
+        assert copy.startswith(dave_home) and "%20" in copy and copy.endswith("/")
+        no_slash = await dave(
+            "PROPFIND", copy.rstrip("/"), propfind("D:displayname", "D:share-access"), Depth="1"
+        )
+        assert no_slash.status == 207, no_slash.body
+        hrefs = [h.text for h in xml(no_slash).iterfind(".//D:href", NS)]
+        assert copy + "e%201.ics" in hrefs or copy.rstrip("/") + "/e%201.ics" in hrefs, hrefs
+        assert all(h.startswith(copy.rstrip("/")) for h in hrefs), hrefs
+        multiget = (
+            '<C:calendar-multiget xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">'
+            f"<D:prop><D:getetag/><C:calendar-data/></D:prop><D:href>{copy}e%201.ics</D:href>"
+            "</C:calendar-multiget>"
+        )
+        got = await dave("REPORT", copy, multiget, Depth="1")
+        assert got.status == 207 and b"UID:e1" in got.body
+        assert all(h.text.startswith(copy) for h in xml(got).iterfind(".//D:href", NS))
+        if pair.flavour == "radicale":  # Xandikos refuses a MOVE inside one calendar
+            moved = await dave(
+                "MOVE", copy + "e%201.ics", Destination=pair.proxy.url(copy + "e%202.ics")
+            )
+            assert moved.status in (201, 204), moved.body
+            assert (await alice("GET", owner_cal + "e%202.ics")).status == 200
+        # out of the copy into dave's own calendar: refused
+        escape = await dave(
+            "MOVE", copy + "e%202.ics", Destination=pair.proxy.url(dave_home + "mine.ics")
+        )
+        assert escape.status == 403

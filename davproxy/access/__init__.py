@@ -1,0 +1,1 @@
+"""Access backends: how a share is enforced."""
