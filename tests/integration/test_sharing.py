@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from lxml import etree
 
 from tests.helpers import Answer, basic, fetch, raw_session
@@ -526,3 +527,32 @@ async def test_encoded_names_at_sign_users_and_missing_slashes(pair: Pair) -> No
             "MOVE", copy + "e%202.ics", Destination=pair.proxy.url(dave_home + "mine.ics")
         )
         assert escape.status == 403
+
+
+async def test_plain_collection_share(pair: Pair) -> None:
+    if pair.flavour == "radicale":
+        pytest.skip("Radicale (owner_only rights) allows only calendars and address books there")
+    name = f"files-{uuid.uuid4().hex[:6]}"
+    folder = f"{pair.calendar_home}{name}/"
+    async with raw_session() as session:
+        alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        made = await alice("MKCOL", folder)
+        assert made.status == 201, made.body
+        assert (await alice("POST", folder, share_body(("bob", "read")), **SHARING)).status == 204
+        _, notes = await notifications_of(bob)
+        invite = xml(await bob("GET", notes[-1][0], Accept="application/davnotification+xml"))
+        kinds = [
+            etree.QName(t).localname for t in invite.iterfind(".//D:prop/D:resourcetype/*", NS)
+        ]
+        assert kinds == ["collection"]
+        accepted = await bob("POST", notes[-1][0], reply_body(True), **SHARING)
+        assert accepted.status == 201
+        copy = "/" + accepted.header("Location").split("://", 1)[1].split("/", 1)[1]
+        listing = await bob(
+            "PROPFIND", copy, propfind("D:resourcetype", "D:share-access"), Depth="0"
+        )
+        assert (
+            listing.status == 207 and xml(listing).find(".//D:share-access/D:read", NS) is not None
+        )
+        assert (await bob("MKCOL", copy + "sub/")).status == 403
