@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import http_parser, web, web_protocol
 
 from . import davxml
+from .access.radicale_native import RadicaleSharingApi
 from .config import Config
 from .directory import Directory
 from .errors import DavError, PlainError
@@ -81,7 +82,12 @@ def _site(store: Store, upstream: Upstream) -> Site:
     htpasswd = auth.htpasswd
     directory = Directory(upstream.config, htpasswd.users if htpasswd else set)
     renderer = Renderer(upstream, directory.display_name)
-    sharing = Sharing(store, upstream, auth, directory, renderer)
+    native = None
+    if upstream.config.access.backend == "radicale-native":
+        native = RadicaleSharingApi(
+            upstream.session, str(upstream.config.url), lambda user: sharing.as_user(user)
+        )
+    sharing = Sharing(store, upstream, auth, directory, renderer, native)
     notifications = NotificationCollection(store, renderer, sharing.reply)
     return Site(upstream, auth, sharing, notifications)
 
@@ -110,6 +116,11 @@ def create_app(config: Config) -> web.Application:
             await session.close()
             store.close()
             raise SetupError(f"cannot read an htpasswd file: {exc}") from None
+        for site in sites:
+            try:
+                await site.sharing.reconcile_all()
+            except PlainError as exc:  # the upstream may still be starting: log, go on
+                log.error("start-up reconciliation with %s failed: %s", site.upstream.name, exc)
         app[STORE] = store
         app[SESSION] = session
         app[ROUTER] = Router(sites, config.server.max_body_bytes, config.server.forwarded_allow_ips)

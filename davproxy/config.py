@@ -27,7 +27,7 @@ UpstreamKind = Literal["radicale", "xandikos", "generic"]
 _KINDS = ("radicale", "xandikos", "generic")
 _IDENTITY_MODES = ("upstream-basic", "proxy-auth")
 _HREF_MAPPINGS = ("auto", "none", "script-name", "rewrite")
-_ACCESS_BACKENDS = ("proxy-enforced",)
+_ACCESS_BACKENDS = ("proxy-enforced", "radicale-native")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("text", "json")
 
@@ -405,6 +405,12 @@ def _load_upstream(source: Path, table: _Table) -> UpstreamConfig:
         service_password=access_t.secret("service_password"),
     )
     access_t.finish()
+    if access.backend == "radicale-native" and (kind != "radicale" or mode != "proxy-auth"):
+        raise access_t.error(
+            "backend",
+            "'radicale-native' needs kind = 'radicale' and [identity] mode = 'proxy-auth' "
+            "(davproxy accepts shares in Radicale on the sharee's behalf)",
+        )
 
     users = tuple(_load_user(t) for t in mapping.tables("users"))
     seen: set[str] = set()

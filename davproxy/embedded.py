@@ -117,6 +117,7 @@ def start_radicale(
     rights: str = "owner_only",
     log_level: str = "warning",
     predefined_collections: str | None = None,
+    sharing: bool = False,
     wait: bool = True,
 ) -> ServerProcess:
     """Start Radicale with ``[auth] delay = 0`` (it sleeps on every 401/403 otherwise).
@@ -154,6 +155,15 @@ def start_radicale(
         f"level = {log_level}",
         "",
     ]
+    if sharing:  # Radicale's own map shares, for davproxy's radicale-native backend
+        lines += [
+            "[sharing]",
+            "type = csv",
+            f"database_path = {folder / 'sharing.csv'}",
+            "collection_by_map = true",
+            "permit_create_map = true",
+            "",
+        ]
     config_path = folder / "radicale.ini"
     folder.mkdir(parents=True, exist_ok=True)
     config_path.write_text("\n".join(lines), encoding="utf-8")

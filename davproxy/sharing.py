@@ -20,6 +20,7 @@ from aiohttp import web
 from lxml import etree
 
 from . import davxml
+from .access.radicale_native import NativeSharingError, RadicaleSharingApi
 from .davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href
 from .directory import Directory
 from .errors import DavError, PlainError
@@ -124,7 +125,9 @@ class Sharing:
         auth: Authenticator,
         directory: Directory,
         renderer: Renderer,
+        native: RadicaleSharingApi | None = None,
     ) -> None:
+        self.native = native
         self.store = store
         self.upstream = upstream
         self.auth = auth
@@ -241,6 +244,7 @@ class Sharing:
         with self.store.transaction():
             for sharee in sharees:
                 self._apply(user, collection, info, sharee)
+        await self.sync_native(user)
         log.info("%s changed %d sharee(s) of %s (%s)", user, len(sharees), collection, info.kind)
         return web.Response(status=204)
 
@@ -324,6 +328,7 @@ class Sharing:
         if declined:
             with self.store.transaction():
                 self._answer(share, "declined", None, comment)
+            await self.sync_native(share.owner)
             return web.Response(status=204)
         mount = await self._choose_mount(
             request, share, root.findtext(f"{{{DAV}}}create-in/{{{DAV}}}href"),
@@ -343,6 +348,7 @@ class Sharing:
                 self.store.set_instance_prop(
                     accepted_share.id, f"{{{DAV}}}displayname", data["displayname"]
                 )
+        await self.sync_native(share.owner)
         location = self.upstream.paths.public + mount
         origin = f"{request.scheme}://{request.host}"
         return web.Response(status=201, headers={"Location": origin + location})
@@ -433,11 +439,12 @@ class Sharing:
                 return share, ""
         return None
 
-    def unbind(self, share: Share) -> None:
+    async def unbind(self, share: Share) -> None:
         """The sharee removed their copy: only the binding goes; the owner is told."""
         with self.store.transaction():
             updated = self.store.share_set_status(share.id, "declined", None)
             self._tell_owner(updated, "declined")
+        await self.sync_native(share.owner)
         log.info("%s removed their copy of %s", share.sharee, share.collection)
 
     def owner_deleted(self, owner: str, rest: str) -> None:
@@ -481,6 +488,53 @@ class Sharing:
             for name, value in changes:
                 self.store.set_instance_prop(share.id, name, value)
         return davxml.multistatus(davxml.response(path, [etree.Element(n) for n, _ in changes]))
+
+    # -- the upstream's own rights (radicale-native backend) -------------------------
+
+    def _radicale_path(self, rest: str) -> str:
+        return unquote(self.upstream.target(rest)[0])
+
+    async def sync_native(self, owner: str, without: str | None = None) -> None:
+        """Make Radicale's map shares of ``owner`` equal the store's accepted shares.
+
+        One mechanism for every change (share, reply, unbind, delete, start-up): the
+        store is the truth and the upstream is reconciled to it.  ``without`` leaves a
+        collection's shares out (Radicale refuses to delete a collection still mapped).
+        """
+        if self.native is None:
+            return
+        wanted = [
+            (
+                share.owner,
+                self._radicale_path(share.collection),
+                share.sharee,
+                self._radicale_path(share.mount),
+                share.access,
+            )
+            for share in self.store.shares_by_owner(self.name, owner)
+            if share.status == "accepted"
+            and share.mount
+            and (without is None or not share.collection.startswith(without))
+        ]
+        try:
+            changed, removed = await self.native.reconcile(wanted, {owner})
+        except (NativeSharingError, ValueError) as exc:
+            log.error("upstream %s: could not apply %s's shares: %s", self.name, owner, exc)
+            raise PlainError(
+                502, f"Upstream {self.name} could not apply the share change"
+            ) from None
+        if changed or removed:
+            log.info(
+                "upstream %s: %s's shares applied natively (%d set, %d removed)",
+                self.name, owner, changed, removed,
+            )  # fmt: skip
+
+    async def reconcile_all(self) -> None:
+        """At start-up: every owner's upstream rights brought in line with the store."""
+        if self.native is None:
+            return
+        for owner in sorted(self.store.share_owners(self.name)):
+            await self.sync_native(owner)
 
     # -- properties davproxy adds ----------------------------------------------------------
 

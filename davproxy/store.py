@@ -235,6 +235,15 @@ class Store:
     def shares_of_collection(self, upstream: str, collection: str) -> list[Share]:
         return self._shares("upstream = ? AND collection = ? ORDER BY id", (upstream, collection))
 
+    def shares_by_owner(self, upstream: str, owner: str) -> list[Share]:
+        return self._shares("upstream = ? AND owner = ? ORDER BY id", (upstream, owner))
+
+    def share_owners(self, upstream: str) -> set[str]:
+        rows = self.db.conn.execute(
+            "SELECT DISTINCT owner FROM shares WHERE upstream = ?", (upstream,)
+        )
+        return {row[0] for row in rows}
+
     def shares_under(self, upstream: str, path: str) -> list[Share]:
         """Shares of the collection at ``path`` or of any collection below it."""
         return self._shares(

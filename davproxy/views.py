@@ -55,7 +55,7 @@ async def sharee(
     copy_path = upstream.paths.public + (share.mount or "")
     if below == "":
         if method == "DELETE":
-            sharing.unbind(share)
+            await sharing.unbind(share)
             return web.Response(status=204)
         if method == "PROPPATCH":
             body = await read_body(request, router.max_body)
@@ -64,6 +64,24 @@ async def sharee(
             raise DavError(403, NEED_PRIVILEGES, "a shared copy cannot be replaced or moved")
     if share.access == "read" and method not in READ_METHODS:
         raise DavError(403, NEED_PRIVILEGES, "this share is read-only")
+
+    if method in ("MOVE", "COPY"):
+        destination = canonical(davxml.href_path(request.headers.get("Destination", "")))
+        if not destination.startswith(canonical(copy_path)):
+            raise DavError(403, NEED_PRIVILEGES, "objects cannot be moved out of a shared copy")
+
+    body_of_request = await read_body(request, router.max_body) if method == "PROPFIND" else None
+
+    def edit(body: bytes) -> bytes:
+        wanted = _wanted(request, body_of_request)
+        return davxml.augment(body, wanted, _copy_provider(sharing, share, copy_path))
+
+    edit_xml = edit if method in ("PROPFIND", "REPORT") else None
+    if sharing.native is not None:
+        # The upstream enforces this share itself: the request goes to the copy's own
+        # path, as the sharee; davproxy only adds the sharing properties.
+        spec = replace(router.spec(ctx, ctx.rest, None), edit_xml=edit_xml, body=body_of_request)
+        return await forward(request, spec, router.max_body, router.allowed)
 
     origin = public_origin(request, router.allowed)
     copy = PathMap(copy_path, upstream.paths.public + share.collection)
@@ -77,21 +95,11 @@ async def sharee(
     def response_hrefs(value: str) -> str:
         return copy.href_to_public(to_public(value), upstream.origin, origin)
 
-    if method in ("MOVE", "COPY"):
-        destination = request.headers.get("Destination", "")
-        if copy.rest(davxml.href_path(destination)) is None:
-            raise DavError(403, NEED_PRIVILEGES, "objects cannot be moved out of a shared copy")
-
-    def edit(body: bytes) -> bytes:
-        wanted = _wanted(request, body_of_request)
-        return davxml.augment(body, wanted, _copy_provider(sharing, share, copy_path))
-
-    body_of_request = await read_body(request, router.max_body) if method == "PROPFIND" else None
     spec = replace(
         base,
         request_hrefs=request_hrefs,
         response_hrefs=response_hrefs,
-        edit_xml=edit if method in ("PROPFIND", "REPORT") else None,
+        edit_xml=edit_xml,
         body=body_of_request,
         dav_tokens=SHARING_TOKENS if method == "OPTIONS" else (),
     )
@@ -167,9 +175,13 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
 
         spec = replace(spec, body=body, edit_xml=edit)
     elif method == "DELETE" and sharing.owns_collection(user, _slash(ctx.rest)):
+        collection = canonical(_slash(ctx.rest))
+        await sharing.sync_native(user, without=collection)  # Radicale: unmap first
         response = await forward(request, spec, router.max_body, router.allowed)
         if 200 <= response.status < 300:
             sharing.owner_deleted(user, ctx.rest)
+        else:
+            await sharing.sync_native(user)  # the delete failed: the shares stand
         return response
     return await forward(request, spec, router.max_body, router.allowed)
 

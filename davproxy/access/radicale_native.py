@@ -318,6 +318,8 @@ class RadicaleSharingApi:
             **self._as_user(user),
             "Content-Type": "application/json",
             "Accept": "application/json",
+            # davproxy's session never decompresses (passthrough keeps encodings)
+            "Accept-Encoding": "identity",
         }
         what = f"Radicale map/{action} as {user}"
         try:

@@ -83,6 +83,24 @@ def xandikos_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         )  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def radicale_native_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """Radicale with its own sharing API, davproxy's radicale-native access backend."""
+    folder = tmp_path_factory.mktemp("radicale-native")
+    with start_radicale(folder / "radicale", auth="x-remote-user", sharing=True) as upstream:
+        yield from _pair(
+            "radicale-native", folder, upstream, TRUSTED, ("/alice/", "/alice/"),
+            kind="radicale", mode="proxy-auth", htpasswd=write_htpasswd(folder / "users.htpasswd"),
+            mapping_extra='[access]\nbackend = "radicale-native"\n',
+        )  # fmt: skip
+
+
 @pytest.fixture(params=["radicale", "xandikos"])
 def pair(request: pytest.FixtureRequest) -> Pair:
+    return request.getfixturevalue(f"{request.param}_pair")
+
+
+@pytest.fixture(params=["radicale", "xandikos", "radicale_native"])
+def sharing_pair(request: pytest.FixtureRequest) -> Pair:
+    """Every access backend: proxy-enforced on both upstreams, and Radicale-native."""
     return request.getfixturevalue(f"{request.param}_pair")

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from lxml import etree
 
+from davproxy.paths import canonical
 from tests.helpers import Answer, basic, fetch, raw_session
 
 from .conftest import Pair
@@ -113,7 +114,8 @@ async def notifications_of(client: Client) -> tuple[str, list[tuple[str, str]]]:
     return url, members
 
 
-async def test_calendar_share_full_flow(pair: Pair) -> None:
+async def test_calendar_share_full_flow(sharing_pair: Pair) -> None:
+    pair = sharing_pair
     name = f"team-{uuid.uuid4().hex[:6]}"
     owner_cal = f"{pair.calendar_home}{name}/"
     bob_home = pair.calendar_home.replace("alice", "bob")
@@ -309,7 +311,8 @@ async def test_calendar_share_full_flow(pair: Pair) -> None:
         assert body.find(".//D:share-access/D:no-access", NS) is not None
 
 
-async def test_decline_delete_and_owner_delete(pair: Pair) -> None:
+async def test_decline_delete_and_owner_delete(sharing_pair: Pair) -> None:
+    pair = sharing_pair
     name = f"decl-{uuid.uuid4().hex[:6]}"
     owner_cal = f"{pair.calendar_home}{name}/"
     async with raw_session() as session:
@@ -354,7 +357,8 @@ async def test_decline_delete_and_owner_delete(pair: Pair) -> None:
         assert absent(await bob("PROPFIND", copy, propfind("D:displayname"), Depth="0"))
 
 
-async def test_address_book_read_only_with_carol(pair: Pair) -> None:
+async def test_address_book_read_only_with_carol(sharing_pair: Pair) -> None:
+    pair = sharing_pair
     name = f"book-{uuid.uuid4().hex[:6]}"
     book = f"{pair.addressbook_home}{name}/"
     carol_books = pair.addressbook_home.replace("alice", "carol")
@@ -392,7 +396,8 @@ async def test_address_book_read_only_with_carol(pair: Pair) -> None:
         assert (await alice("GET", book + "c1.vcf")).status == 200
 
 
-async def test_notification_collection_sync_delete_and_refusals(pair: Pair) -> None:
+async def test_notification_collection_sync_delete_and_refusals(sharing_pair: Pair) -> None:
+    pair = sharing_pair
     name = f"note-{uuid.uuid4().hex[:6]}"
     owner_cal = f"{pair.calendar_home}{name}/"
     async with raw_session() as session:
@@ -474,7 +479,8 @@ async def test_notification_collection_sync_delete_and_refusals(pair: Pair) -> N
         assert garbage.status == 403 and b"valid-sync-token" in garbage.body
 
 
-async def test_encoded_names_at_sign_users_and_missing_slashes(pair: Pair) -> None:
+async def test_encoded_names_at_sign_users_and_missing_slashes(sharing_pair: Pair) -> None:
+    pair = sharing_pair
     """A collection name with a space, a sharee whose id holds '@', paths without the
     trailing slash: all map the same way in both directions."""
     name = f"Team%20Plan%20{uuid.uuid4().hex[:4]}"
@@ -505,9 +511,10 @@ async def test_encoded_names_at_sign_users_and_missing_slashes(pair: Pair) -> No
             "PROPFIND", copy.rstrip("/"), propfind("D:displayname", "D:share-access"), Depth="1"
         )
         assert no_slash.status == 207, no_slash.body
-        hrefs = [h.text for h in xml(no_slash).iterfind(".//D:href", NS)]
-        assert copy + "e%201.ics" in hrefs or copy.rstrip("/") + "/e%201.ics" in hrefs, hrefs
-        assert all(h.startswith(copy.rstrip("/")) for h in hrefs), hrefs
+        # compared canonically: "%40" and "@" are the same path (RFC 3986 §6.2.2)
+        hrefs = [canonical(h.text) for h in xml(no_slash).iterfind(".//D:href", NS)]
+        assert canonical(copy + "e%201.ics") in hrefs, hrefs
+        assert all(h.startswith(canonical(copy).rstrip("/")) for h in hrefs), hrefs
         multiget = (
             '<C:calendar-multiget xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">'
             f"<D:prop><D:getetag/><C:calendar-data/></D:prop><D:href>{copy}e%201.ics</D:href>"
@@ -515,7 +522,10 @@ async def test_encoded_names_at_sign_users_and_missing_slashes(pair: Pair) -> No
         )
         got = await dave("REPORT", copy, multiget, Depth="1")
         assert got.status == 207 and b"UID:e1" in got.body
-        assert all(h.text.startswith(copy) for h in xml(got).iterfind(".//D:href", NS))
+        assert all(
+            canonical(h.text).startswith(canonical(copy))
+            for h in xml(got).iterfind(".//D:href", NS)
+        )
         if pair.flavour == "radicale":  # Xandikos refuses a MOVE inside one calendar
             moved = await dave(
                 "MOVE", copy + "e%201.ics", Destination=pair.proxy.url(copy + "e%202.ics")
@@ -529,8 +539,9 @@ async def test_encoded_names_at_sign_users_and_missing_slashes(pair: Pair) -> No
         assert escape.status == 403
 
 
-async def test_plain_collection_share(pair: Pair) -> None:
-    if pair.flavour == "radicale":
+async def test_plain_collection_share(sharing_pair: Pair) -> None:
+    pair = sharing_pair
+    if pair.flavour.startswith("radicale"):
         pytest.skip("Radicale (owner_only rights) allows only calendars and address books there")
     name = f"files-{uuid.uuid4().hex[:6]}"
     folder = f"{pair.calendar_home}{name}/"
@@ -556,3 +567,93 @@ async def test_plain_collection_share(pair: Pair) -> None:
             listing.status == 207 and xml(listing).find(".//D:share-access/D:read", NS) is not None
         )
         assert (await bob("MKCOL", copy + "sub/")).status == 403
+
+
+async def test_radicale_native_backend_enforces_upstream_and_reconciles_at_start(tmp_path) -> None:
+    """radicale-native: Radicale itself serves and guards the copy (bob reaches it
+    directly, with his own identity); rights are reconciled when davproxy starts."""
+    from davproxy.embedded import start_davproxy, start_radicale
+    from tests.helpers import write_config, write_htpasswd
+
+    with start_radicale(tmp_path / "radicale", sharing=True) as radicale:
+        main, port = write_config(
+            tmp_path / "davproxy", upstream_url=radicale.url, kind="radicale",
+            mode="proxy-auth", htpasswd=write_htpasswd(tmp_path / "users.htpasswd"),
+            mapping_extra='[access]\nbackend = "radicale-native"\n',
+        )  # fmt: skip
+        direct = {"bob": {"X-Remote-User": "bob"}, "alice": {"X-Remote-User": "alice"}}
+        with start_davproxy(main, port=port) as proxy:
+            from tests.integration.conftest import Endpoint
+
+            pair = Pair(
+                "radicale-native",
+                Endpoint(radicale.url, direct),
+                Endpoint(proxy.url, {}),
+                "/alice/",
+                "/alice/",
+                radicale,
+                proxy,
+            )
+            async with raw_session() as session:
+                alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+                await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+                assert (await alice("MKCALENDAR", "/alice/nat/")).status == 201
+                assert (
+                    await alice("PUT", "/alice/nat/a.ics", event("a"), Content_Type="text/calendar")
+                ).status == 201
+                assert (
+                    await alice("POST", "/alice/nat/", share_body(("bob", "read")), **SHARING)
+                ).status == 204
+                _, notes = await notifications_of(bob)
+                accepted = await bob(
+                    "POST", notes[-1][0], reply_body(True, "/bob/", "nat"), **SHARING
+                )
+                assert accepted.status == 201
+                # straight to Radicale as bob: the upstream itself grants read ...
+                got = await fetch(session, "GET", radicale.url + "bob/nat/a.ics", direct["bob"])
+                assert got.status == 200
+                put = await fetch(
+                    session,
+                    "PUT",
+                    radicale.url + "bob/nat/b.ics",
+                    {**direct["bob"], "Content-Type": "text/calendar"},
+                    event("b"),
+                )
+                assert put.status == 403
+                # ... and nothing of alice's outside the share
+                assert (
+                    await fetch(session, "GET", radicale.url + "alice/nat/a.ics", direct["bob"])
+                ).status == 403
+                # a map lost behind davproxy's back (here: deleted directly) ...
+                lost = await fetch(
+                    session,
+                    "POST",
+                    radicale.url + ".sharing/v1/map/delete",
+                    {
+                        **direct["alice"],
+                        "Content-Type": "application/json",
+                        "Accept": "application/json",
+                        "Accept-Encoding": "identity",
+                    },
+                    '{"PathOrToken": "/bob/nat/"}',
+                )
+                assert lost.status == 200
+                assert (
+                    await fetch(session, "GET", radicale.url + "bob/nat/a.ics", direct["bob"])
+                ).status != 200
+        # ... is restored when davproxy starts again
+        with start_davproxy(main, port=port):
+            async with raw_session() as session:
+                assert (
+                    await fetch(session, "GET", radicale.url + "bob/nat/a.ics", direct["bob"])
+                ).status == 200
+                # revoke through davproxy: the upstream refuses bob on the very next request
+                alice = Client(session, pair, "alice")
+                assert (
+                    await alice("POST", "/alice/nat/", share_body(("bob", "no-access")), **SHARING)
+                ).status == 204
+                assert (
+                    await fetch(session, "GET", radicale.url + "bob/nat/a.ics", direct["bob"])
+                ).status != 200
+                # and the owner can delete a collection that was shared (maps are removed first)
+                assert (await alice("DELETE", "/alice/nat/")).status in (200, 204)
