@@ -159,8 +159,13 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
                     CS_NOTIFICATION_URL: element(CS_NOTIFICATION_URL, href(notification_url)),
                 }
             rest = upstream.rest_of(path)
-            if rest is not None and sharing.owns_collection(user, _slash(rest)):
+            if rest is None:
+                return None
+            if sharing.owns_collection(user, _slash(rest)):
                 return sharing.owner_props(_slash(rest))
+            found = sharing.mount_for(user, _slash(rest))
+            if found is not None and found[1] == "":  # a copy the upstream lists itself
+                return sharing.copy_props(found[0])
             return None
 
         def share_privilege(path: str, node: etree._Element) -> bool:
@@ -199,6 +204,8 @@ async def _listing_extras(
         path = collection_path(upstream, user)
         props = site.notifications.collection_props(user)
         extras.append(davxml.answer(path, props, wanted, frozenset({f"{{{DAV}}}sync-token"})))
+    if sharing.native is not None:
+        return extras  # Radicale lists the user's map shares itself (``provide`` adds ours)
     for share in sharing.store.mounts_of(upstream.name, user):
         mount = share.mount or ""
         parent = mount.rstrip("/").rsplit("/", 1)[0] + "/"

@@ -232,13 +232,14 @@ async def test_calendar_share_full_flow(sharing_pair: Pair) -> None:
             Depth="1",
         )
         assert listing.status == 207
-        by_href = {
-            r.findtext("D:href", namespaces=NS): r for r in xml(listing).findall("D:response", NS)
-        }
-        assert copy in by_href, list(by_href)
-        assert by_href[copy].find(".//D:share-access/D:read-write", NS) is not None
-        assert by_href[copy].find(".//D:resourcetype/C:calendar", NS) is not None
-        assert by_href[copy].find(".//C:schedule-calendar-transp/C:transparent", NS) is not None
+        responses = xml(listing).findall("D:response", NS)
+        listed = [canonical(r.findtext("D:href", namespaces=NS)) for r in responses]
+        assert len(listed) == len(set(listed)), listed  # the copy is listed once
+        by_href = dict(zip(listed, responses, strict=True))
+        entry = by_href[canonical(copy)]
+        assert entry.find(".//D:share-access/D:read-write", NS) is not None
+        assert entry.find(".//D:resourcetype/C:calendar", NS) is not None
+        assert entry.find(".//C:schedule-calendar-transp/C:transparent", NS) is not None
         assert url in by_href  # the notification collection is listed in the calendar home
 
         # -- writes through the copy reach alice's calendar
