@@ -20,7 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import davxml
-from .errors import PlainError, payload_too_large
+from .errors import DavError, PlainError, payload_too_large
 from .upstream import Upstream
 
 log = logging.getLogger("davproxy.proxy")
@@ -90,6 +90,7 @@ class Forward:
     response_hrefs: HrefMap | None = None  # upstream href -> client (Location, XML bodies)
     edit_xml: Callable[[bytes], bytes] | None = None  # on XML answers, after mapping
     body: bytes | None = None  # a request body the route has already read
+    strict_bodies: bool = False  # a body whose hrefs cannot be mapped is refused (400)
     dav_tokens: tuple[str, ...] = ()  # feature tokens added to the DAV header
 
     @property
@@ -189,7 +190,7 @@ async def forward(
         headers["Content-Length"] = "0"
     if isinstance(data, bytes):
         if spec.request_hrefs is not None and _maps_body(request, spec):
-            data = _map_body(data, spec.request_hrefs)
+            data = _map_body(data, spec.request_hrefs, spec.strict_bodies)
         headers["Content-Length"] = str(len(data))
 
     async with upstream.request(request.method, spec.path, headers, data) as answer:
@@ -197,17 +198,17 @@ async def forward(
 
 
 def _maps_body(request: web.Request, spec: Forward) -> bool:
-    return (
-        spec.request_hrefs is not None
-        and request.method in _HREF_BODY_METHODS
-        and davxml.is_xml_content_type(request.headers.get("Content-Type", ""))
-    )
+    """REPORT bodies carry hrefs; whatever their declared type, they are mapped (a
+    client must not slip an unmapped href past davproxy by mislabelling the body)."""
+    return spec.request_hrefs is not None and request.method in _HREF_BODY_METHODS
 
 
-def _map_body(body: bytes, mapper: HrefMap) -> bytes:
+def _map_body(body: bytes, mapper: HrefMap, strict: bool = False) -> bytes:
     try:
         return davxml.map_hrefs(body, mapper)
-    except davxml.XmlError:
+    except davxml.XmlError as exc:
+        if strict:  # the request acts as someone else: unmapped hrefs must not pass
+            raise DavError(400, None, f"Unusable XML body: {exc}") from None
         return body  # not ours to judge: the upstream answers malformed bodies itself
 
 

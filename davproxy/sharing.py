@@ -58,6 +58,10 @@ INSTANCE_PROPS = frozenset(
 )
 # What a read-only sharee may do under their copy.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "REPORT"})
+# What a read-write sharee may do besides: the methods whose effect davproxy knows.
+WRITE_METHODS = frozenset(
+    {"PUT", "DELETE", "MOVE", "COPY", "PROPPATCH", "MKCOL", "MKCALENDAR", "POST"}
+)
 _PRIVILEGES = {
     "read": ("read", "read-current-user-privilege-set", "write-properties"),
     "read-write": (

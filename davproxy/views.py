@@ -22,9 +22,9 @@ from . import davxml
 from .davxml import CS, DAV, element, href
 from .errors import DavError
 from .notifications import NEED_PRIVILEGES, collection_path, multistatus_response
-from .paths import PathMap, canonical
+from .paths import PathMap, PathRejected, canonical, check_path
 from .proxy import Forward, forward, public_origin, read_body
-from .sharing import READ_METHODS, Sharing
+from .sharing import READ_METHODS, WRITE_METHODS, Sharing
 from .store import Share
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ async def sharee(
             raise DavError(403, NEED_PRIVILEGES, "a shared copy cannot be replaced or moved")
     if share.access == "read" and method not in READ_METHODS:
         raise DavError(403, NEED_PRIVILEGES, "this share is read-only")
+    if method not in WRITE_METHODS | READ_METHODS:
+        # requests under a copy may run as the owner: only methods whose effect is known
+        raise DavError(403, NEED_PRIVILEGES, f"{method} is not available on a shared copy")
 
     if method in ("MOVE", "COPY"):
         destination = canonical(davxml.href_path(request.headers.get("Destination", "")))
@@ -89,8 +92,25 @@ async def sharee(
     to_upstream = base.request_hrefs or (lambda h: h)
     to_public = base.response_hrefs or (lambda h: h)
 
+    copy_key, owner_key = canonical(copy_path), canonical(upstream.paths.public + share.collection)
+
     def request_hrefs(value: str) -> str:
-        return to_upstream(copy.href_to_upstream(value))
+        """A client href (multiget, Destination) into the owner's collection.
+
+        Requests under a copy run *as the owner*: an href outside the copy (or one the
+        upstream would resolve elsewhere) would read the owner's other data, so it is
+        refused rather than passed on."""
+        path = davxml.href_path(value).partition("?")[0]
+        try:
+            check_path(path)
+        except PathRejected as exc:
+            raise DavError(400, None, f"href not accepted: {exc}") from None
+        path = canonical(path)
+        if path + "/" == copy_key:
+            path = copy_key
+        if not path.startswith(copy_key):
+            raise DavError(403, NEED_PRIVILEGES, "hrefs must stay inside the shared copy")
+        return to_upstream(owner_key + path[len(copy_key) :])
 
     def response_hrefs(value: str) -> str:
         return copy.href_to_public(to_public(value), upstream.origin, origin)
@@ -99,6 +119,7 @@ async def sharee(
         base,
         request_hrefs=request_hrefs,
         response_hrefs=response_hrefs,
+        strict_bodies=True,
         edit_xml=edit_xml,
         body=body_of_request,
         dav_tokens=SHARING_TOKENS if method == "OPTIONS" else (),

@@ -658,3 +658,56 @@ async def test_radicale_native_backend_enforces_upstream_and_reconciles_at_start
                 ).status != 200
                 # and the owner can delete a collection that was shared (maps are removed first)
                 assert (await alice("DELETE", "/alice/nat/")).status in (200, 204)
+
+
+async def test_sharee_cannot_reach_beyond_the_copy(sharing_pair: Pair) -> None:
+    """Under a copy requests may run as the owner: hrefs, Destinations, methods and
+    paths that point anywhere else are refused, never forwarded."""
+    pair = sharing_pair
+    name = f"esc-{uuid.uuid4().hex[:6]}"
+    shared, private = f"{pair.calendar_home}{name}/", f"{pair.calendar_home}{name}-private/"
+    async with raw_session() as session:
+        alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        for collection in (shared, private):
+            assert (await alice("MKCALENDAR", collection)).status == 201
+        assert (
+            await alice(
+                "PUT",
+                private + "secret.ics",
+                event("secret", "SECRET"),
+                Content_Type="text/calendar",
+            )
+        ).status == 201
+        assert (
+            await alice("POST", shared, share_body(("bob", "read-write")), **SHARING)
+        ).status == 204
+        _, notes = await notifications_of(bob)
+        accepted = await bob("POST", notes[-1][0], reply_body(True), **SHARING)
+        copy = "/" + accepted.header("Location").split("://", 1)[1].split("/", 1)[1]
+
+        def multiget(*hrefs: str) -> str:
+            refs = "".join(f"<D:href>{h}</D:href>" for h in hrefs)
+            return f'<C:calendar-multiget xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav"><D:prop><C:calendar-data/></D:prop>{refs}</C:calendar-multiget>'
+
+        for href in (
+            private + "secret.ics",
+            copy + "../" + name + "-private/secret.ics",
+            "http://elsewhere" + private + "secret.ics",
+        ):
+            answer = await bob("REPORT", copy, multiget(href), Depth="1")
+            assert b"SECRET" not in answer.body, href
+            if pair.flavour != "radicale-native":  # native: Radicale answers as bob
+                assert answer.status in (400, 403), (href, answer.status)
+        mislabelled = await bob(
+            "REPORT", copy, multiget(private + "secret.ics"), Depth="1", Content_Type="text/plain"
+        )
+        assert b"SECRET" not in mislabelled.body
+        for destination in (private + "stolen.ics", pair.proxy.url(private + "stolen.ics")):
+            moved = await bob("PUT", copy + "mine.ics", event("mine"), Content_Type="text/calendar")
+            assert moved.status in (201, 204)
+            out = await bob("MOVE", copy + "mine.ics", Destination=destination)
+            assert out.status == 403
+        assert (await alice("GET", private + "stolen.ics")).status == 404
+        for method in ("LOCK", "ACL", "FROBNICATE"):
+            assert (await bob(method, copy + "mine.ics")).status in (403, 405)
