@@ -118,6 +118,7 @@ def start_radicale(
     log_level: str = "warning",
     predefined_collections: str | None = None,
     sharing: bool = False,
+    rights_file: Path | None = None,
     wait: bool = True,
 ) -> ServerProcess:
     """Start Radicale with ``[auth] delay = 0`` (it sleeps on every 401/403 otherwise).
@@ -145,7 +146,8 @@ def start_radicale(
         ]
     lines += [
         "[rights]",
-        f"type = {rights}",
+        f"type = {'from_file' if rights_file else rights}",
+        *([f"file = {rights_file.resolve()}"] if rights_file else []),
         "[storage]",
         f"filesystem_folder = {folder / 'collections'}",
         *([f"predefined_collections = {predefined_collections}"] if predefined_collections else []),

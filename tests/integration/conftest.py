@@ -95,12 +95,57 @@ def radicale_native_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         )  # fmt: skip
 
 
+# Radicale rights for upstream-basic with a service account: everyone owns their own
+# tree, and the account davproxy uses for shared copies may act on every collection.
+SERVICE_RIGHTS = """
+[service]
+user: davproxy-service
+collection: .*
+permissions: RWrw
+[root]
+user: .+
+collection:
+permissions: R
+[principal]
+user: .+
+collection: {user}
+permissions: RW
+[collections]
+user: .+
+collection: {user}/[^/]+
+permissions: rw
+"""
+
+
+@pytest.fixture(scope="session")
+def radicale_service_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """Radicale checking passwords itself; davproxy upstream-basic with a service account."""
+    folder = tmp_path_factory.mktemp("radicale-service")
+    htpasswd = write_htpasswd(folder / "radicale-users", plain=True)
+    with htpasswd.open("a") as users:
+        users.write("davproxy-service:service-secret\n")
+    (folder / "service.pw").write_text("service-secret\n")
+    (folder / "rights").write_text(SERVICE_RIGHTS)
+    with start_radicale(
+        folder / "radicale", auth="htpasswd", htpasswd=htpasswd, rights_file=folder / "rights"
+    ) as upstream:
+        yield from _pair(
+            "radicale-service", folder, upstream, {u: basic(u) for u in USERS},
+            ("/alice/", "/alice/"), kind="radicale", mode="upstream-basic",
+            mapping_extra=(
+                '[access]\nservice_user = "davproxy-service"\n'
+                f'service_password_file = "{folder / "service.pw"}"\n'
+            ),
+        )  # fmt: skip
+
+
 @pytest.fixture(params=["radicale", "xandikos"])
 def pair(request: pytest.FixtureRequest) -> Pair:
     return request.getfixturevalue(f"{request.param}_pair")
 
 
-@pytest.fixture(params=["radicale", "xandikos", "radicale_native"])
+@pytest.fixture(params=["radicale", "xandikos", "radicale_native", "radicale_service"])
 def sharing_pair(request: pytest.FixtureRequest) -> Pair:
-    """Every access backend: proxy-enforced on both upstreams, and Radicale-native."""
+    """Every access backend and identity mode: proxy-enforced (proxy-auth) on both
+    upstreams, Radicale-native, and upstream-basic with a service account."""
     return request.getfixturevalue(f"{request.param}_pair")
