@@ -211,12 +211,15 @@ def augment(
 
     ``provide(path)`` gives the properties davproxy owns for that response (or None);
     those the request asked for are removed from the upstream's propstats (typically
-    its 404) and answered with 200.  ``extra`` responses are appended (listings).
+    its 404) and answered with 200.  ``extra`` responses are appended (listings);
+    ``adjust(path, response)`` may edit a response in place (True when it did).
     """
     root = parse(body)
     changed = bool(extra)
     for node in root.findall(RESPONSE):
         href_text = node.findtext(HREF)
+        if adjust is not None and href_text and adjust(href_path(href_text), node):
+            changed = True
         owned = provide(href_path(href_text)) if href_text else None
         if not owned:
             continue
@@ -281,4 +284,13 @@ def add_privilege(node: etree._Element, privilege: str) -> bool:
     if granted is None or granted.find(f"{{{DAV}}}privilege/{privilege}") is not None:
         return False
     granted.append(element(f"{{{DAV}}}privilege", element(privilege)))
+    return True
+
+
+def add_resourcetype(node: etree._Element, marker: str) -> bool:
+    """Add a marker (``CS:shared-owner``, ``CS:shared``) to a response's resourcetype."""
+    kinds = node.find(f"{PROPSTAT}/{PROP}/{{{DAV}}}resourcetype")
+    if kinds is None or kinds.find(marker) is not None:
+        return False
+    kinds.append(element(marker))
     return True

@@ -66,6 +66,10 @@ def now_stamp() -> float:
     return time.time()
 
 
+def _compact(stamp: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(stamp))
+
+
 def _rfc3339(stamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
@@ -140,6 +144,66 @@ class Renderer:
         if data.get("comment"):
             body.append(element(f"{{{DAV}}}comment", text=data["comment"]))
         return body
+
+    def cs(self, note: Notification) -> bytes:
+        """The Apple CalendarServer form (caldav-sharing §5.1, caldav-notifications)."""
+        data: dict[str, Any] = json.loads(note.body)
+        root = element(
+            f"{{{CS}}}notification",
+            # compact stamp: Calendar.app does not like separators (Cyrus, CCS, sabre)
+            element(f"{{{CS}}}dtstamp", text=_compact(data["dtstamp"])),
+        )
+        if note.type == "share-invite":
+            root.append(self._cs_invite(data))
+        elif note.type == "share-reply":
+            root.append(self._cs_reply(data))
+        return davxml.serialize(root)
+
+    def _organizer(self, user: str) -> etree._Element:
+        return element(
+            f"{{{CS}}}organizer",
+            href(self.principal(user)),
+            element(f"{{{CS}}}common-name", text=self.display_name(user)),
+        )
+
+    def _cs_invite(self, data: dict[str, Any]) -> etree._Element:
+        revoked = data["access"] == "no-access"
+        status = "deleted" if revoked else data["status"]
+        access = "read" if revoked else data["access"]
+        body = element(
+            f"{{{CS}}}invite-notification",
+            element(f"{{{CS}}}uid", text=data["uid"]),
+            href(data["sharee_href"]),
+            element(f"{{{CS}}}invite-{status}"),
+            element(f"{{{CS}}}access", element(f"{{{CS}}}{access}")),
+            element(f"{{{CS}}}hosturl", href(self.public(data["collection"]))),
+            self._organizer(data["sharer"]),
+            element(f"{{{CS}}}summary", text=data.get("comment") or data.get("displayname") or ""),
+        )
+        body.set("shared-type", "addressbook" if data["kind"] == "addressbook" else "calendar")
+        if data["kind"] == "calendar" and data.get("components"):
+            body.append(
+                element(
+                    f"{{{CALDAV}}}supported-calendar-component-set",
+                    *(element(f"{{{CALDAV}}}comp", name=c) for c in data["components"]),
+                )
+            )
+        return body
+
+    def _cs_reply(self, data: dict[str, Any]) -> etree._Element:
+        body = element(
+            f"{{{CS}}}invite-reply",
+            href(data["sharee_href"]),
+            element(f"{{{CS}}}invite-{data['status']}"),
+            element(f"{{{CS}}}hosturl", href(self.public(data["collection"]))),
+            element(f"{{{CS}}}in-reply-to", text=data["uid"]),
+        )
+        if data.get("comment"):
+            body.append(element(f"{{{CS}}}summary", text=data["comment"]))
+        return body
+
+    def render(self, note: Notification, media: str) -> bytes:
+        return self.ietf(note) if media == IETF_MEDIA_TYPE else self.cs(note)
 
     def notification_types(self, note: Notification) -> dict[str, etree._Element]:
         """``D:notificationtype`` and ``CS:notificationtype``: empty copies of the type."""
@@ -308,10 +372,14 @@ class NotificationCollection:
             if request.headers.get("If-None-Match", "").strip() in (etag, "*"):
                 return web.Response(status=304, headers={"ETag": etag})
             media = negotiate(request)
-            body = self.renderer.ietf(note)
+            body = self.renderer.render(note, media)
             response = web.Response(
                 body=body if method == "GET" else None,
-                headers={"ETag": etag, "Content-Type": f"{media}; charset=utf-8"},
+                headers={
+                    "ETag": etag,
+                    "Content-Type": f"{media}; charset=utf-8",
+                    "Vary": "Accept",  # IETF form on request, Apple's otherwise
+                },
             )
             if method == "HEAD":
                 response.content_length = len(body)
@@ -332,7 +400,8 @@ class NotificationCollection:
 
 
 def negotiate(request: web.Request) -> str:
-    """The IETF media type for clients that ask for it; plain XML otherwise (never 406).
+    """The IETF form for clients that ask for its media type; the Apple CalendarServer
+    form as plain XML otherwise (Apple clients send no Accept; never a 406).
 
     Some clients (Kolab) send the IETF type as Content-Type on GET instead of Accept.
     """

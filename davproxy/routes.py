@@ -21,9 +21,9 @@ from . import davxml, views
 from .errors import DavError, PlainError
 from .identity import Authenticator, parse_basic
 from .notifications import COLLECTION_SEGMENT, NotificationCollection
-from .paths import PathRejected, check_path
+from .paths import PathRejected, canonical, check_path
 from .proxy import Forward, forward, public_origin, read_body
-from .sharing import SHARE_RESOURCE, Sharing
+from .sharing import CS_INVITE_REPLY, CS_SHARE, SHARE_RESOURCE, VALID_REQUEST, Sharing
 from .upstream import Upstream
 
 log = logging.getLogger("davproxy.routes")
@@ -208,10 +208,19 @@ class Router:
             body = await read_body(request, self.max_body)
             sharing_type = "davsharing+xml" in request.headers.get("Content-Type", "")
             root = davxml.parse(body) if sharing_type else _root_or_none(body)
-            if root is not None and root.tag == SHARE_RESOURCE:
-                request[ROUTE] = "share"
+            if root is None and site.sharing.owns_collection(user, ctx.rest):
+                # an XML POST to one's own collection can only be a share request here
+                raise DavError(403, VALID_REQUEST, "unusable XML in a share request")
+            tag = root.tag if root is not None else None
+            if tag in (SHARE_RESOURCE, CS_SHARE) or (
+                tag == CS_INVITE_REPLY and canonical(_slash(ctx.rest)) in site.sharing.homes(user)
+            ):
+                request[ROUTE] = "share" if tag != CS_INVITE_REPLY else "reply"
                 if not verified:
                     user = await self.user_for(ctx)
+                assert root is not None
+                if tag == CS_INVITE_REPLY:
+                    return await site.sharing.reply_cs(request, user, root)
                 return await site.sharing.share(request, user, ctx.rest, root)
             if sharing_type and root is not None:
                 raise DavError(400, None, f"expected DAV:share-resource, got {root.tag}")
@@ -232,6 +241,10 @@ class Router:
             "addressbook_home": paths.addressbook_home,
         }
         return web.json_response(body, dumps=lambda v: json.dumps(v, indent=2) + "\n")
+
+
+def _slash(rest: str) -> str:
+    return rest if rest.endswith("/") else rest + "/"
 
 
 def _root_or_none(body: bytes) -> etree._Element | None:

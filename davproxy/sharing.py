@@ -41,6 +41,11 @@ log = logging.getLogger("davproxy.sharing")
 
 SHARE_RESOURCE = f"{{{DAV}}}share-resource"
 INVITE_REPLY = f"{{{DAV}}}invite-reply"
+CS_SHARE = f"{{{CS}}}share"
+CS_INVITE_REPLY = f"{{{CS}}}invite-reply"
+# Error conditions of Apple's CalendarServer (caldavtester expects them).
+VALID_REQUEST = f"{{{CS}}}valid-request"
+INVALID_SHARE = f"{{{CS}}}invalid-share"
 MAX_SHAREES = 500
 _ACCESS = {"read", "read-write", "no-access"}
 
@@ -117,6 +122,43 @@ def parse_share_resource(root: etree._Element) -> list[ShareeRequest]:
             )
         )
     return result
+
+
+def parse_cs_share(root: etree._Element) -> list[ShareeRequest]:
+    """``CS:share`` -> sharees (removes first, so a href in both sets wins: an update);
+    403 ``CS:valid-request`` for anything incomplete."""
+    removes, sets = [], []
+    for node in root:
+        if node.tag not in (f"{{{CS}}}set", f"{{{CS}}}remove"):
+            continue
+        target = (node.findtext(davxml.HREF) or "").strip()
+        if not target or len(target) > 2048:
+            raise DavError(403, VALID_REQUEST, "each CS:set and CS:remove needs one D:href")
+        if node.tag == f"{{{CS}}}remove":
+            removes.append(ShareeRequest(target, "no-access", "", ""))
+            continue
+        if node.find(f"{{{CS}}}read-write") is not None:
+            access = "read-write"
+        elif (
+            node.find(f"{{{CS}}}read") is not None
+            or node.find(f"{{{CS}}}read-write-schedule") is not None
+        ):
+            access = "read" if node.find(f"{{{CS}}}read") is not None else "read-write"
+        else:
+            raise DavError(403, VALID_REQUEST, "each CS:set needs CS:read or CS:read-write")
+        sets.append(
+            ShareeRequest(
+                href=target,
+                access=access,
+                comment=(node.findtext(f"{{{CS}}}summary") or "")[:4096],
+                displayname=(node.findtext(f"{{{CS}}}common-name") or "")[:512],
+            )
+        )
+    if not sets and not removes:
+        raise DavError(403, VALID_REQUEST, "CS:share needs at least one CS:set or CS:remove")
+    if len(sets) + len(removes) > MAX_SHAREES:
+        raise DavError(403, VALID_REQUEST, f"at most {MAX_SHAREES} sharees per request")
+    return removes + sets
 
 
 class Sharing:
@@ -238,19 +280,41 @@ class Sharing:
     async def share(
         self, request: web.Request, user: str, rest: str, root: etree._Element
     ) -> web.StreamResponse:
+        """``D:share-resource`` (IETF, 204) or ``CS:share`` (Apple, 200) on a collection."""
+        apple = root.tag == CS_SHARE
         collection = canonical(rest if rest.endswith("/") else rest + "/")
         if not self.owns_collection(user, collection):
             raise DavError(403, NEED_PRIVILEGES, "only the owner of a collection can share it")
-        sharees = parse_share_resource(root)
+        sharees = parse_cs_share(root) if apple else parse_share_resource(root)
         info = await self.collection_info(
             collection, self.as_user(user, request.headers.get("Authorization"))
         )
+        if apple:
+            unknown = {
+                s.href
+                for s in sharees
+                if s.access != "no-access" and self.directory.resolve(s.href) is None
+            }
+            if unknown:  # CS: all or nothing, each bad href 403, every other one 424
+                return self._partial_failure(sharees, unknown)
         with self.store.transaction():
             for sharee in sharees:
                 self._apply(user, collection, info, sharee)
         await self.sync_native(user)
         log.info("%s changed %d sharee(s) of %s (%s)", user, len(sharees), collection, info.kind)
-        return web.Response(status=204)
+        return web.Response(status=200 if apple else 204)
+
+    @staticmethod
+    def _partial_failure(sharees: list[ShareeRequest], unknown: set[str]) -> web.Response:
+        responses = [
+            davxml.status_response(s.href, 403 if s.href in unknown else 424) for s in sharees
+        ]
+        return web.Response(
+            status=207,
+            body=davxml.serialize(davxml.multistatus(*responses)),
+            content_type="text/xml",
+            charset="utf-8",
+        )
 
     def _apply(
         self, owner: str, collection: str, info: CollectionInfo, wanted: ShareeRequest
@@ -313,31 +377,79 @@ class Sharing:
     async def reply(
         self, request: web.Request, user: str, note: Notification, body: bytes
     ) -> web.StreamResponse:
+        """``D:invite-reply`` POSTed to the invitation (resource-sharing-04 §4.5)."""
         root = davxml.parse(body)
         if root.tag != INVITE_REPLY:
             raise DavError(400, None, "expected DAV:invite-reply")
         if note.type != "share-invite":
             raise DavError(403, NEED_PRIVILEGES, "only invitations can be answered")
-        data = json.loads(note.body)
-        share = self.store.share_by_uid(data["uid"])
-        if share is None or share.sharee != user:
-            raise DavError(403, NEED_PRIVILEGES, "this invitation has been withdrawn")
-        if share.status != "noresponse":
-            raise DavError(403, NEED_PRIVILEGES, "this invitation has already been answered")
+        share = self._open_invitation(json.loads(note.body)["uid"], user)
+        if share is None:
+            raise DavError(403, NEED_PRIVILEGES, "this invitation was withdrawn or answered")
         accepted = root.find(f"{{{DAV}}}invite-accepted") is not None
         declined = root.find(f"{{{DAV}}}invite-declined") is not None
         if accepted == declined:
             raise DavError(400, None, "DAV:invite-reply needs invite-accepted or invite-declined")
-        comment = (root.findtext(f"{{{DAV}}}comment") or "")[:4096]
-        if declined:
+        mount = await self._decide(
+            request, share, accepted, (root.findtext(f"{{{DAV}}}comment") or "")[:4096],
+            root.findtext(f"{{{DAV}}}create-in/{{{DAV}}}href"), root.findtext(f"{{{DAV}}}slug"),
+        )  # fmt: skip
+        if mount is None:
+            return web.Response(status=204)
+        origin = f"{request.scheme}://{request.host}"
+        return web.Response(
+            status=201, headers={"Location": origin + self.upstream.paths.public + mount}
+        )
+
+    async def reply_cs(
+        self, request: web.Request, user: str, root: etree._Element
+    ) -> web.StreamResponse:
+        """``CS:invite-reply`` POSTed to the sharee's home (caldav-sharing §5.3.3)."""
+        uid = (root.findtext(f"{{{CS}}}in-reply-to") or "").strip()
+        accepted = root.find(f"{{{CS}}}invite-accepted") is not None
+        declined = root.find(f"{{{CS}}}invite-declined") is not None
+        if not uid or accepted == declined or root.find(f"{{{CS}}}hosturl") is None:
+            raise DavError(
+                403, VALID_REQUEST, "CS:invite-reply needs a status, CS:hosturl and CS:in-reply-to"
+            )
+        share = self._open_invitation(uid, user)
+        if share is None:
+            raise DavError(403, INVALID_SHARE, "no open invitation with that CS:in-reply-to")
+        summary = (root.findtext(f"{{{CS}}}summary") or "")[:512]
+        mount = await self._decide(request, share, accepted, summary, None, None, summary)
+        if mount is None:
+            return web.Response(status=204)
+        shared_as = element(f"{{{CS}}}shared-as", href(self.upstream.paths.public + mount))
+        return web.Response(
+            status=200, body=davxml.serialize(shared_as), content_type="text/xml", charset="utf-8"
+        )
+
+    def _open_invitation(self, uid: str, user: str) -> Share | None:
+        """The share an invitation stands for, if it is this user's and still open."""
+        share = self.store.share_by_uid(uid)
+        if share is None or share.sharee != user or share.status != "noresponse":
+            return None
+        return share
+
+    async def _decide(
+        self,
+        request: web.Request,
+        share: Share,
+        accept: bool,
+        comment: str,
+        create_in: str | None,
+        slug: str | None,
+        displayname: str = "",
+    ) -> str | None:
+        """Record the sharee's answer (both flavours); the copy's path when accepted."""
+        if not accept:
             with self.store.transaction():
                 self._answer(share, "declined", None, comment)
             await self.sync_native(share.owner)
-            return web.Response(status=204)
-        mount = await self._choose_mount(
-            request, share, root.findtext(f"{{{DAV}}}create-in/{{{DAV}}}href"),
-            root.findtext(f"{{{DAV}}}slug"),
-        )  # fmt: skip
+            return None
+        mount = await self._choose_mount(request, share, create_in, slug)
+        invitation = self.store.notification(self.name, share.sharee, invite_name(share.invite_uid))
+        offered = json.loads(invitation.body).get("displayname", "") if invitation else ""
         with self.store.transaction():
             accepted_share = self._answer(share, "accepted", mount, comment)
             if share.kind == "calendar":
@@ -348,14 +460,12 @@ class Sharing:
                     transp,
                     _inner_xml(element(transp, element(f"{{{CALDAV}}}transparent"))),
                 )
-            if data.get("displayname"):
+            if displayname or offered:
                 self.store.set_instance_prop(
-                    accepted_share.id, f"{{{DAV}}}displayname", data["displayname"]
+                    accepted_share.id, f"{{{DAV}}}displayname", displayname or offered
                 )
         await self.sync_native(share.owner)
-        location = self.upstream.paths.public + mount
-        origin = f"{request.scheme}://{request.host}"
-        return web.Response(status=201, headers={"Location": origin + location})
+        return mount
 
     def _answer(self, share: Share, status: str, mount: str | None, comment: str) -> Share:
         updated = self.store.share_set_status(share.id, status, mount)
@@ -560,6 +670,10 @@ class Sharing:
                 f"{{{DAV}}}owner", href(self.upstream.user_paths(share.owner).principal)
             ),
         }
+        props[f"{{{CS}}}invite"] = self._cs_invite_property(share.collection, share.owner, False)
+        props[f"{{{CS}}}shared-url"] = element(
+            f"{{{CS}}}shared-url", href(self._resource_uri(share))
+        )
         for name, value in self.store.instance_props(share.id).items():
             props[name] = _element_from(name, value)
         return props
@@ -570,13 +684,17 @@ class Sharing:
     def owner_props(self, rest: str) -> dict[str, etree._Element] | None:
         rest = canonical(rest)
         shares = self.store.shares_of_collection(self.name, rest)
+        modes = element(f"{{{CS}}}allowed-sharing-modes", element(f"{{{CS}}}can-be-shared"))
         if not shares:
             return {
                 f"{{{DAV}}}share-access": element(
                     f"{{{DAV}}}share-access", element(f"{{{DAV}}}not-shared")
-                )
+                ),
+                f"{{{CS}}}allowed-sharing-modes": modes,
             }
         return {
+            f"{{{CS}}}allowed-sharing-modes": modes,
+            f"{{{CS}}}invite": self._cs_invite_property(rest, shares[0].owner, True),
             f"{{{DAV}}}share-access": element(
                 f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")
             ),
@@ -585,6 +703,48 @@ class Sharing:
                 f"{{{DAV}}}share-resource-uri", href(self._resource_uri(shares[0]))
             ),
         }
+
+    def shared_marker(self, user: str, rest: str) -> str | None:
+        """The CS resourcetype marker for a path of this user: ``CS:shared-owner`` on a
+        collection they share, ``CS:shared`` on their copy of someone else's."""
+        rest = canonical(rest)
+        found = self.mount_for(user, rest)
+        if found is not None and found[1] == "":
+            return f"{{{CS}}}shared"
+        if self.owns_collection(user, rest) and self.store.shares_of_collection(self.name, rest):
+            return f"{{{CS}}}shared-owner"
+        return None
+
+    def _cs_invite_property(self, collection: str, owner: str, with_uid: bool) -> etree._Element:
+        """``CS:invite``: the organizer (on copies) and one ``CS:user`` per sharee."""
+        node = element(f"{{{CS}}}invite")
+        if not with_uid:
+            node.append(
+                element(
+                    f"{{{CS}}}organizer",
+                    href(self.upstream.user_paths(owner).principal),
+                    element(f"{{{CS}}}common-name", text=self.directory.display_name(owner)),
+                )
+            )
+        for share in self.store.shares_of_collection(self.name, collection):
+            user = element(f"{{{CS}}}user")
+            if with_uid:
+                user.append(element(f"{{{CS}}}uid", text=share.invite_uid))
+            name = share.sharee_name or (
+                self.directory.display_name(share.sharee) if share.status != "invalid" else ""
+            )
+            user.extend(
+                [
+                    href(share.sharee_href),
+                    element(f"{{{CS}}}common-name", text=name),
+                    element(f"{{{CS}}}invite-{share.status}"),
+                    element(f"{{{CS}}}access", element(f"{{{CS}}}{share.access}")),
+                ]
+            )
+            if share.comment:
+                user.append(element(f"{{{CS}}}summary", text=share.comment))
+            node.append(user)
+        return node
 
     def _resource_uri(self, share: Share) -> str:
         return self.upstream.paths.public + share.collection

@@ -32,7 +32,16 @@ if TYPE_CHECKING:
 
 NOTIFICATION_URL = f"{{{DAV}}}notification-URL"
 CS_NOTIFICATION_URL = f"{{{CS}}}notification-URL"
-SHARING_TOKENS = ("resource-sharing",)
+# Shared calendars cannot schedule through davproxy: said so, as CalendarServer does.
+SHARING_TOKENS = (
+    "resource-sharing",
+    "calendarserver-sharing",
+    "calendarserver-sharing-no-scheduling",
+)
+# Upstream properties davproxy extends: the privilege set (D:share on the user's own
+# collections) and resourcetype (CS:shared-owner / CS:shared markers).
+PRIVILEGES = f"{{{DAV}}}current-user-privilege-set"
+RESOURCETYPE = f"{{{DAV}}}resourcetype"
 # Properties davproxy adds to a user's own principal and collections.
 OWNED_PROPS = frozenset(
     {
@@ -41,7 +50,9 @@ OWNED_PROPS = frozenset(
         f"{{{DAV}}}share-access",
         f"{{{DAV}}}invite",
         f"{{{DAV}}}share-resource-uri",
-        f"{{{DAV}}}current-user-privilege-set",  # gains D:share on shareable collections
+        f"{{{CS}}}invite",
+        f"{{{CS}}}allowed-sharing-modes",
+        f"{{{CS}}}shared-url",
     }
 )
 
@@ -77,7 +88,9 @@ async def sharee(
 
     def edit(body: bytes) -> bytes:
         wanted = _wanted(request, body_of_request)
-        return davxml.augment(body, wanted, _copy_provider(sharing, share, copy_path))
+        return davxml.augment(
+            body, wanted, _copy_provider(sharing, share, copy_path), None, _copy_marker(copy_path)
+        )
 
     edit_xml = edit if method in ("PROPFIND", "REPORT") else None
     if sharing.native is not None:
@@ -143,6 +156,17 @@ def _copy_provider(
     return provide
 
 
+def _copy_marker(copy_path: str) -> Callable[[str, etree._Element], bool]:
+    key = canonical(copy_path).rstrip("/")
+
+    def adjust(path: str, node: etree._Element) -> bool:
+        if canonical(path).rstrip("/") != key:
+            return False
+        return davxml.add_resourcetype(node, f"{{{CS}}}shared")
+
+    return adjust
+
+
 def _wanted(request: web.Request, body: bytes | None) -> davxml.PropRequest:
     if request.method != "PROPFIND":
         return davxml.PropRequest("prop", (f"{{{DAV}}}current-user-privilege-set",))
@@ -167,7 +191,17 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
             return await forward(request, replace(spec, body=body), router.max_body, router.allowed)
         depth = request.headers.get("Depth", "infinity").strip()
         extra = await _listing_extras(router, ctx, user, wanted, body) if depth != "0" else []
-        if not extra and not wanted.wants_any(OWNED_PROPS):
+        target = canonical(_slash(ctx.rest))
+        is_home = target in homes
+        owned = sharing.owns_collection(user, target)
+        shared = owned and bool(sharing.store.shares_of_collection(upstream.name, target))
+        edits = (
+            bool(extra)
+            or wanted.wants_any(OWNED_PROPS)
+            or (wanted.wants(PRIVILEGES) and (is_home or owned))
+            or (wanted.wants(RESOURCETYPE) and (is_home or shared))
+        )
+        if not edits:
             # nothing of davproxy's in the answer: plain passthrough (compression kept)
             return await forward(request, replace(spec, body=body), router.max_body, router.allowed)
         principal = canonical(upstream.user_paths(user).principal)
@@ -190,11 +224,18 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
             return None
 
         def share_privilege(path: str, node: etree._Element) -> bool:
-            """The owner may share their collections: D:share (resource-sharing §5.1)."""
+            """The owner may share their collections: D:share (resource-sharing §5.1);
+            shared ones and copies carry Apple's resourcetype markers."""
             rest = upstream.rest_of(path)
-            if rest is None or not sharing.owns_collection(user, _slash(rest)):
+            if rest is None:
                 return False
-            return davxml.add_privilege(node, f"{{{DAV}}}share")
+            changed = False
+            marker = sharing.shared_marker(user, _slash(rest))
+            if marker is not None:
+                changed = davxml.add_resourcetype(node, marker)
+            if sharing.owns_collection(user, _slash(rest)):
+                changed = davxml.add_privilege(node, f"{{{DAV}}}share") or changed
+            return changed
 
         def edit(answer: bytes) -> bytes:
             return davxml.augment(answer, wanted, provide, extra, share_privilege)
@@ -269,7 +310,11 @@ async def _copy_listing(
         link.text = copy_path
     document = davxml.multistatus(node)
     edited = davxml.augment(
-        davxml.serialize(document), wanted, _copy_provider(sharing, share, copy_path)
+        davxml.serialize(document),
+        wanted,
+        _copy_provider(sharing, share, copy_path),
+        None,
+        _copy_marker(copy_path),
     )
     return davxml.parse(edited).find(davxml.RESPONSE)
 

@@ -176,7 +176,9 @@ async def test_discovery_is_identical(pair: Pair) -> None:
         # davproxy adds its feature token to the DAV header, and nothing else.
         direct = await fetch(session, "OPTIONS", pair.direct.url("/alice/"), pair.direct.headers())
         proxied = await fetch(session, "OPTIONS", pair.proxy.url("/alice/"), pair.proxy.headers())
-        assert proxied.header("DAV") == direct.header("DAV") + ", resource-sharing"
+        assert proxied.header("DAV") == direct.header("DAV") + (
+            ", resource-sharing, calendarserver-sharing, calendarserver-sharing-no-scheduling"
+        )
         proxied.headers["dav"] = direct.headers["dav"]
         assert_same(direct, proxied)
 

@@ -171,12 +171,13 @@ async def test_calendar_share_full_flow(sharing_pair: Pair) -> None:
         owner_view = await alice(
             "PROPFIND",
             owner_cal,
-            propfind("D:share-access", "D:invite", "D:displayname"),
+            propfind("D:share-access", "D:invite", "D:displayname", "D:current-user-privilege-set"),
             Depth="0",
         )
         assert owner_view.status == 207
         doc = xml(owner_view)
         assert doc.find(".//D:share-access/D:shared-owner", NS) is not None
+        assert doc.find(".//D:current-user-privilege-set/D:privilege/D:share", NS) is not None
         sharees = {
             s.findtext("D:href", namespaces=NS): s for s in doc.findall(".//D:invite/D:sharee", NS)
         }
