@@ -52,6 +52,18 @@ def xml(answer: Answer) -> etree._Element:
     return etree.fromstring(answer.body)
 
 
+def copy_path(accepted: Answer) -> str:
+    """The path of the sharee's copy from an accepting reply's Location."""
+    assert accepted.status == 201, accepted.body
+    return "/" + accepted.header("Location").split("://", 1)[1].split("/", 1)[1]
+
+
+async def accept_latest(sharee: Client, create_in: str | None = None) -> str:
+    """The sharee accepts their newest invitation; the path of the new copy."""
+    _, notes = await notifications_of(sharee)
+    return copy_path(await sharee("POST", notes[-1][0], reply_body(True, create_in), **SHARING))
+
+
 def absent(answer: Answer) -> bool:
     """Not there for this user: 404/403 (Xandikos: 500 for denials, 207 + 404 inside)."""
     if answer.status == 207:
@@ -337,8 +349,7 @@ async def test_decline_delete_and_owner_delete(sharing_pair: Pair) -> None:
         _, notes = await notifications_of(bob)
         accepted = await bob("POST", notes[-1][0], reply_body(True), **SHARING)
         assert accepted.status == 201
-        copy = accepted.header("Location").split("://", 1)[1].split("/", 1)[1]
-        copy = "/" + copy
+        copy = copy_path(accepted)
         assert (await bob("PROPFIND", copy, propfind("D:displayname"), Depth="0")).status == 207
         assert (await bob("DELETE", copy)).status == 204
         assert (
@@ -504,10 +515,7 @@ async def test_encoded_names_at_sign_users_and_missing_slashes(sharing_pair: Pai
                 **SHARING,
             )
         ).status == 204
-        _, notes = await notifications_of(dave)
-        accepted = await dave("POST", notes[-1][0], reply_body(True), **SHARING)
-        assert accepted.status == 201, accepted.body
-        copy = "/" + accepted.header("Location").split("://", 1)[1].split("/", 1)[1]
+        copy = await accept_latest(dave)
         assert copy.startswith(dave_home) and "%20" in copy and copy.endswith("/")
         no_slash = await dave(
             "PROPFIND", copy.rstrip("/"), propfind("D:displayname", "D:share-access"), Depth="1"
@@ -683,9 +691,7 @@ async def test_sharee_cannot_reach_beyond_the_copy(sharing_pair: Pair) -> None:
         assert (
             await alice("POST", shared, share_body(("bob", "read-write")), **SHARING)
         ).status == 204
-        _, notes = await notifications_of(bob)
-        accepted = await bob("POST", notes[-1][0], reply_body(True), **SHARING)
-        copy = "/" + accepted.header("Location").split("://", 1)[1].split("/", 1)[1]
+        copy = await accept_latest(bob)
 
         def multiget(*hrefs: str) -> str:
             refs = "".join(f"<D:href>{h}</D:href>" for h in hrefs)
