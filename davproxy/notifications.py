@@ -10,7 +10,9 @@ draft-pot-webdav-resource-sharing-04 §5.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -233,19 +235,27 @@ def resourcetype(kind: str) -> etree._Element:
     return node
 
 
-def sync_token(revision: int) -> str:
-    return f"{SYNC_TOKEN_PREFIX}{revision}"
+def collection_tag(upstream: str, user: str) -> str:
+    """Ties a sync token to one collection: another user's token is not valid here."""
+    return hashlib.sha256(f"{upstream}\0{user}".encode()).hexdigest()[:12]
 
 
-def parse_sync_token(token: str, current: int) -> int:
+def sync_token(tag: str, revision: int) -> str:
+    return f"{SYNC_TOKEN_PREFIX}{tag}-{revision}"
+
+
+_TOKEN = re.compile(r"([0-9a-f]{12})-([0-9]{1,18})")
+
+
+def parse_sync_token(token: str, current: int, tag: str) -> int:
     """The revision a client's token stands for; 403 valid-sync-token if not ours."""
     token = token.strip()
     if not token:
         return 0
     if token.startswith(SYNC_TOKEN_PREFIX):
-        number = token[len(SYNC_TOKEN_PREFIX) :]
-        if number.isdigit() and int(number) <= current:
-            return int(number)
+        match = _TOKEN.fullmatch(token[len(SYNC_TOKEN_PREFIX) :])
+        if match and match.group(1) == tag and int(match.group(2)) <= current:
+            return int(match.group(2))
     raise DavError(403, VALID_SYNC_TOKEN, "unknown or expired sync token")
 
 
@@ -304,7 +314,7 @@ class NotificationCollection:
 
     def collection_props(self, user: str) -> dict[str, etree._Element]:
         revision = self.store.notification_revision(self.upstream.name, user)
-        token = sync_token(revision)
+        token = sync_token(collection_tag(self.upstream.name, user), revision)
         return {
             f"{{{DAV}}}resourcetype": element(
                 f"{{{DAV}}}resourcetype",
@@ -343,7 +353,8 @@ class NotificationCollection:
                 403, f"{{{DAV}}}supported-report", f"report {root.tag} is not supported here"
             )
         current = self.store.notification_revision(self.upstream.name, user)
-        since = parse_sync_token(root.findtext(f"{{{DAV}}}sync-token") or "", current)
+        tag = collection_tag(self.upstream.name, user)
+        since = parse_sync_token(root.findtext(f"{{{DAV}}}sync-token") or "", current, tag)
         prop = root.find(davxml.PROP)
         wanted = PropRequest("prop", tuple(str(p.tag) for p in prop) if prop is not None else ())
         responses = []
@@ -355,7 +366,7 @@ class NotificationCollection:
             else:
                 responses.append(davxml.answer(path, self._member_props(note), wanted))
         document = davxml.multistatus(*responses)
-        document.append(element(f"{{{DAV}}}sync-token", text=sync_token(current)))
+        document.append(element(f"{{{DAV}}}sync-token", text=sync_token(tag, current)))
         return multistatus_response(document)
 
     # -- members ---------------------------------------------------------------------------

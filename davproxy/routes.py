@@ -20,7 +20,7 @@ from lxml import etree
 from . import davxml, views
 from .errors import DavError, PlainError
 from .identity import Authenticator, parse_basic
-from .notifications import COLLECTION_SEGMENT, NotificationCollection
+from .notifications import COLLECTION_SEGMENT, NEED_PRIVILEGES, NotificationCollection
 from .paths import PathRejected, canonical, check_path
 from .proxy import Forward, forward, public_origin, read_body
 from .sharing import CS_INVITE_REPLY, CS_SHARE, SHARE_RESOURCE, VALID_REQUEST, Sharing
@@ -195,6 +195,10 @@ class Router:
             return await forward(
                 request, self.spec(ctx, ctx.rest, None), self.max_body, self.allowed
             )
+        if site.sharing.native is not None and ctx.rest.startswith(_UPSTREAM_SHARING):
+            # radicale-native: Radicale's map shares are davproxy's to manage; a client
+            # writing them directly could plant maps in other users' namespaces.
+            raise DavError(403, NEED_PRIVILEGES, "sharing is managed by davproxy here")
         found = site.sharing.mount_for(user, ctx.rest)
         if found is not None:
             if not verified:
@@ -241,6 +245,9 @@ class Router:
             "addressbook_home": paths.addressbook_home,
         }
         return web.json_response(body, dumps=lambda v: json.dumps(v, indent=2) + "\n")
+
+
+_UPSTREAM_SHARING = (".sharing/", ".token/", ".sharing", ".token")
 
 
 def _slash(rest: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
@@ -64,9 +65,8 @@ INSTANCE_PROPS = frozenset(
 # What a read-only sharee may do under their copy.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "REPORT"})
 # What a read-write sharee may do besides: the methods whose effect davproxy knows.
-WRITE_METHODS = frozenset(
-    {"PUT", "DELETE", "MOVE", "COPY", "PROPPATCH", "MKCOL", "MKCALENDAR", "POST"}
-)
+# (No POST: it could carry a share request, or anything else, executed as the owner.)
+WRITE_METHODS = frozenset({"PUT", "DELETE", "MOVE", "COPY", "PROPPATCH", "MKCOL", "MKCALENDAR"})
 _PRIVILEGES = {
     "read": ("read", "read-current-user-privilege-set", "write-properties"),
     "read-write": (
@@ -271,8 +271,9 @@ class Sharing:
     def owns_collection(self, user: str, rest: str) -> bool:
         """A collection strictly inside one of the user's homes, not a shared copy."""
         rest = canonical(rest)
-        if not any(rest.startswith(home) and rest != home for home in self.homes(user)):
-            return False
+        homes = self.homes(user)
+        if rest in homes or not any(rest.startswith(home) for home in homes):
+            return False  # a home (even one inside another, as on Xandikos) is not shared
         return self.mount_for(user, rest) is None
 
     # -- share requests ------------------------------------------------------------------
@@ -447,28 +448,59 @@ class Sharing:
                 self._answer(share, "declined", None, comment)
             await self.sync_native(share.owner)
             return None
-        mount = await self._choose_mount(request, share, create_in, slug)
         invitation = self.store.notification(self.name, share.sharee, invite_name(share.invite_uid))
         offered = json.loads(invitation.body).get("displayname", "") if invitation else ""
-        with self.store.transaction():
-            accepted_share = self._answer(share, "accepted", mount, comment)
-            if share.kind == "calendar":
-                # caldav-sharing-01 §4: a shared calendar starts out transparent.
-                transp = f"{{{CALDAV}}}schedule-calendar-transp"
-                self.store.set_instance_prop(
-                    accepted_share.id,
-                    transp,
-                    _inner_xml(element(transp, element(f"{{{CALDAV}}}transparent"))),
-                )
-            if displayname or offered:
-                self.store.set_instance_prop(
-                    accepted_share.id, f"{{{DAV}}}displayname", displayname or offered
-                )
-        await self.sync_native(share.owner)
-        return mount
+        for _attempt in range(3):
+            mount = await self._choose_mount(request, share, create_in, slug)
+            if self.native is not None:  # the upstream first: nothing recorded if it refuses
+                await self._grant_native(share, mount)
+            try:
+                with self.store.transaction():
+                    self._record_acceptance(share, mount, comment, displayname or offered)
+            except sqlite3.IntegrityError:
+                continue  # a racing reply took this name meanwhile: choose another
+            except DavError:
+                await self.sync_native(share.owner)  # take back what was granted above
+                raise
+            await self.sync_native(share.owner)
+            return mount
+        raise DavError(409, None, "no free name for the shared copy; try again")
+
+    def _record_acceptance(self, share: Share, mount: str, comment: str, name: str) -> None:
+        accepted = self._answer(share, "accepted", mount, comment)
+        if share.kind == "calendar":
+            # caldav-sharing-01 §4: a shared calendar starts out transparent.
+            transp = f"{{{CALDAV}}}schedule-calendar-transp"
+            self.store.set_instance_prop(
+                accepted.id,
+                transp,
+                _inner_xml(element(transp, element(f"{{{CALDAV}}}transparent"))),
+            )
+        if name:
+            self.store.set_instance_prop(accepted.id, f"{{{DAV}}}displayname", name)
+
+    async def _grant_native(self, share: Share, mount: str) -> None:
+        assert self.native is not None
+        try:
+            await self.native.grant(
+                share.owner,
+                self._radicale_path(share.collection),
+                share.sharee,
+                self._radicale_path(mount),
+                share.access,
+            )
+        except NativeSharingError as exc:
+            log.error(
+                "upstream %s refused to map %s for %s: %s", self.name, mount, share.sharee, exc
+            )
+            raise PlainError(
+                502, f"Upstream {self.name} could not set up the shared copy"
+            ) from None
 
     def _answer(self, share: Share, status: str, mount: str | None, comment: str) -> Share:
-        updated = self.store.share_set_status(share.id, status, mount)
+        updated = self.store.share_set_status(share.id, status, mount, expect="noresponse")
+        if updated is None:  # answered or revoked while this reply was on its way
+            raise DavError(403, INVALID_SHARE, "this invitation was withdrawn or answered")
         self.store.notification_delete(self.name, share.sharee, invite_name(share.invite_uid))
         self._tell_owner(updated, status, comment)
         return updated
@@ -556,7 +588,9 @@ class Sharing:
     async def unbind(self, share: Share) -> None:
         """The sharee removed their copy: only the binding goes; the owner is told."""
         with self.store.transaction():
-            updated = self.store.share_set_status(share.id, "declined", None)
+            updated = self.store.share_set_status(share.id, "declined", None, expect="accepted")
+            if updated is None:
+                return  # revoked or left meanwhile: nothing more to undo
             self._tell_owner(updated, "declined")
         await self.sync_native(share.owner)
         log.info("%s removed their copy of %s", share.sharee, share.collection)
@@ -564,7 +598,7 @@ class Sharing:
     def owner_deleted(self, owner: str, rest: str) -> None:
         """The owner deleted a collection (or a parent of one): every share of it ends."""
         collection = canonical(rest if rest.endswith("/") else rest + "/")
-        shares = self.store.shares_under(self.name, collection)
+        shares = [s for s in self.store.shares_under(self.name, collection) if s.owner == owner]
         if not shares:
             return
         with self.store.transaction():

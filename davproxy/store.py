@@ -300,14 +300,20 @@ class Store:
         assert updated is not None
         return updated, False
 
-    def share_set_status(self, share_id: int, status: str, mount: str | None = None) -> Share:
-        self.db.conn.execute(
-            "UPDATE shares SET status = ?, mount = ?, updated = ? WHERE id = ?",
-            (status, mount, time.time(), share_id),
-        )
-        share = self.share(share_id)
-        assert share is not None
-        return share
+    def share_set_status(
+        self, share_id: int, status: str, mount: str | None = None, expect: str | None = None
+    ) -> Share | None:
+        """Set a share's status (and copy path); with ``expect``, only if the share is
+        still in that status: None when it is gone or was changed meanwhile (a racing
+        reply or revocation), so two answers can never both win."""
+        query = "UPDATE shares SET status = ?, mount = ?, updated = ? WHERE id = ?"
+        params: tuple[object, ...] = (status, mount, time.time(), share_id)
+        if expect is not None:
+            query += " AND status = ?"
+            params += (expect,)
+        if self.db.conn.execute(query, params).rowcount != 1:
+            return None
+        return self.share(share_id)
 
     def share_delete(self, share_id: int) -> None:
         self.db.conn.execute("DELETE FROM shares WHERE id = ?", (share_id,))

@@ -80,8 +80,10 @@ async def sharee(
         raise DavError(403, NEED_PRIVILEGES, f"{method} is not available on a shared copy")
 
     if method in ("MOVE", "COPY"):
+        # strictly inside: onto the copy itself would replace the owner's collection
         destination = canonical(davxml.href_path(request.headers.get("Destination", "")))
-        if not destination.startswith(canonical(copy_path)):
+        root = canonical(copy_path).rstrip("/")
+        if not destination.startswith(root + "/") or destination.rstrip("/") == root:
             raise DavError(403, NEED_PRIVILEGES, "objects cannot be moved out of a shared copy")
 
     body_of_request = await read_body(request, router.max_body) if method == "PROPFIND" else None
@@ -241,7 +243,10 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
             return davxml.augment(answer, wanted, provide, extra, share_privilege)
 
         spec = replace(spec, body=body, edit_xml=edit)
-    elif method == "DELETE" and sharing.owns_collection(user, _slash(ctx.rest)):
+    elif method == "DELETE" and sharing.store.shares_under(
+        upstream.name, canonical(_slash(ctx.rest))
+    ):
+        # a shared collection, or a home (or anything else) that holds one
         collection = canonical(_slash(ctx.rest))
         await sharing.sync_native(user, without=collection)  # Radicale: unmap first
         response = await forward(request, spec, router.max_body, router.allowed)

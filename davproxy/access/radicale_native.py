@@ -187,6 +187,9 @@ class RadicaleSharingApi:
             desired.setdefault(owner, {})[path] = entry
 
         changed = removed = 0
+        # Best effort per map: one map Radicale refuses must not keep the others (a
+        # revocation above all) from being applied.  Failures are raised together.
+        failures: list[str] = []
         async with self._lock:
             current: dict[str, list[dict[str, Any]]] = {}
             for owner in sorted(set(owners) | set(desired)):
@@ -198,16 +201,25 @@ class RadicaleSharingApi:
                     target = keep.get(row["PathOrToken"])
                     if target is not None and (row["PathMapped"], row["User"]) == target[:2]:
                         continue
-                    await self._delete(owner, row["PathOrToken"])
+                    try:
+                        await self._delete(owner, row["PathOrToken"])
+                    except NativeSharingError as error:
+                        failures.append(str(error))
+                        continue
                     rows.remove(row)
                     if target is None:
                         removed += 1
             for owner, maps in desired.items():
                 for mount, (collection, sharee, permissions) in maps.items():
-                    if await self._ensure(
-                        current[owner], owner, collection, sharee, mount, permissions
-                    ):
-                        changed += 1
+                    try:
+                        if await self._ensure(
+                            current[owner], owner, collection, sharee, mount, permissions
+                        ):
+                            changed += 1
+                    except NativeSharingError as error:
+                        failures.append(str(error))
+        if failures:
+            raise NativeSharingError(f"{len(failures)} map(s) not applied: " + "; ".join(failures))
         return changed, removed
 
     # -- internals -----------------------------------------------------------------

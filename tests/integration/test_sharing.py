@@ -484,9 +484,7 @@ async def test_notification_collection_sync_delete_and_refusals(sharing_pair: Pa
         assert "404" in (statuses.get(member) or "")
         # ... and the sharer is not told (draft §4.5): alice has no reply for this share
         _, alice_notes = await notifications_of(alice)
-        invalid = await bob(
-            "REPORT", url, sync.format("urn:x-davproxy:notifications:sync:999999999"), **XML
-        )
+        invalid = await bob("REPORT", url, sync.format(token2[:-1] + "99999999"), **XML)
         assert invalid.status == 403 and b"valid-sync-token" in invalid.body
         garbage = await bob("REPORT", url, sync.format("http://example.org/other-token"), **XML)
         assert garbage.status == 403 and b"valid-sync-token" in garbage.body
@@ -718,3 +716,69 @@ async def test_sharee_cannot_reach_beyond_the_copy(sharing_pair: Pair) -> None:
         assert (await alice("GET", private + "stolen.ics")).status == 404
         for method in ("LOCK", "ACL", "FROBNICATE"):
             assert (await bob(method, copy + "mine.ics")).status in (403, 405)
+
+
+async def test_review_regressions(sharing_pair: Pair) -> None:
+    """Defects a security review found, each pinned: replacing the owner's collection
+    through the copy root, POST under a copy, sharing a home, racing replies, and a
+    deleted home leaving its shares behind."""
+    import asyncio
+
+    pair = sharing_pair
+    name = f"rev-{uuid.uuid4().hex[:6]}"
+    owner_cal = f"{pair.calendar_home}{name}/"
+    async with raw_session() as session:
+        alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        assert (await alice("MKCALENDAR", owner_cal)).status == 201
+        assert (
+            await alice("PUT", owner_cal + "a.ics", event("a"), Content_Type="text/calendar")
+        ).status == 201
+        # a home is not a collection one can share
+        home_share = await alice("POST", pair.calendar_home, share_body(("bob", "read")), **SHARING)
+        assert home_share.status == 403
+        assert (
+            await alice("POST", owner_cal, share_body(("bob", "read-write")), **SHARING)
+        ).status == 204
+
+        # two answers racing for one invitation: exactly one wins, no 500
+        _, notes = await notifications_of(bob)
+        answers = await asyncio.gather(
+            bob("POST", notes[-1][0], reply_body(True, None, "one"), **SHARING),
+            bob("POST", notes[-1][0], reply_body(True, None, "two"), **SHARING),
+        )
+        statuses = sorted(a.status for a in answers)
+        assert statuses[0] == 201 and statuses[1] in (403, 404), statuses
+        copy = copy_path(next(a for a in answers if a.status == 201))
+
+        # nothing may land on the copy root itself: it would replace alice's calendar
+        for method in ("COPY", "MOVE"):
+            over = await bob(
+                method, copy + "a.ics", Destination=pair.proxy.url(copy), Overwrite="T"
+            )
+            assert over.status == 403, (method, over.status)
+        listing = await alice("PROPFIND", owner_cal, propfind("D:resourcetype"), Depth="0")
+        assert xml(listing).find(".//D:resourcetype/C:calendar", NS) is not None
+        # POST under a copy could carry anything, executed as the owner
+        assert (await bob("POST", copy, share_body(("carol", "read")), **SHARING)).status == 403
+        assert (await bob("POST", copy, "x", Content_Type="text/calendar")).status == 403
+        if pair.flavour == "radicale-native":
+            planted = await bob(
+                "POST",
+                "/.sharing/v1/map/create",
+                '{"PathOrToken": "/carol/x/"}',
+                Content_Type="application/json",
+            )
+            assert planted.status == 403
+
+        # the owner deleting the home that holds a shared collection ends the share
+        home = pair.calendar_home
+        if pair.flavour == "xandikos":
+            home = owner_cal  # deleting a Xandikos calendar home is refused upstream
+        elif pair.flavour != "radicale":
+            return  # native/service: their home deletions are covered by the flow tests
+        deleted = await alice("DELETE", home)
+        assert deleted.status in (200, 204), deleted.body
+        assert absent(await bob("GET", copy + "a.ics"))
+        owner_invites = await alice("PROPFIND", "/alice/", propfind("D:displayname"), Depth="0")
+        assert owner_invites.status in (207, 404)

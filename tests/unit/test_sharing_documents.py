@@ -9,7 +9,7 @@ from yarl import URL
 from davproxy import davxml
 from davproxy.config import AccessConfig, IdentityConfig, Layout, ServerConfig, UpstreamConfig
 from davproxy.errors import DavError
-from davproxy.notifications import Renderer, parse_sync_token, sync_token
+from davproxy.notifications import Renderer, collection_tag, parse_sync_token, sync_token
 from davproxy.sharing import parse_share_resource
 from davproxy.store import Notification
 from davproxy.upstream import Upstream
@@ -130,11 +130,19 @@ def test_bad_share_resource_is_400(body: str) -> None:
 
 
 def test_sync_tokens() -> None:
-    assert parse_sync_token("", 5) == 0
-    assert parse_sync_token(sync_token(3), 5) == 3
-    for bad in (sync_token(6), "http://radicale.org/ns/sync/abc", sync_token(-1) + "x"):
+    mine, theirs = collection_tag("u", "bob"), collection_tag("u", "carol")
+    assert parse_sync_token("", 5, mine) == 0
+    assert parse_sync_token(sync_token(mine, 3), 5, mine) == 3
+    for bad in (
+        sync_token(mine, 6),  # from the future
+        sync_token(theirs, 3),  # another user's collection
+        "http://radicale.org/ns/sync/abc",
+        sync_token(mine, 3) + "x",
+        sync_token(mine, 0)[:-1] + "\u00b2",  # a digit isdigit() accepts and int() refuses
+        sync_token(mine, 0)[:-1] + "9" * 5000,
+    ):
         with pytest.raises(DavError) as error:
-            parse_sync_token(bad, 5)
+            parse_sync_token(bad, 5, mine)
         assert error.value.status == 403 and error.value.condition == "{DAV:}valid-sync-token"
 
 
