@@ -708,12 +708,20 @@ class Sharing:
         props[f"{{{CS}}}shared-url"] = element(
             f"{{{CS}}}shared-url", href(self._resource_uri(share))
         )
+        props.update(self.member_props(share))
         for name, value in self.store.instance_props(share.id).items():
             props[name] = _element_from(name, value)
         return props
 
     def member_props(self, share: Share) -> dict[str, etree._Element]:
-        return {f"{{{DAV}}}current-user-privilege-set": privilege_set(*_PRIVILEGES[share.access])}
+        return {
+            f"{{{DAV}}}current-user-privilege-set": privilege_set(*_PRIVILEGES[share.access]),
+            # the upstream answered as the owner; the client is the sharee
+            f"{{{DAV}}}current-user-principal": element(
+                f"{{{DAV}}}current-user-principal",
+                href(self.upstream.user_paths(share.sharee).principal),
+            ),
+        }
 
     def owner_props(self, rest: str) -> dict[str, etree._Element] | None:
         rest = canonical(rest)

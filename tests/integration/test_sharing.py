@@ -302,8 +302,13 @@ async def test_calendar_share_full_flow(sharing_pair: Pair) -> None:
         assert (await alice("GET", owner_cal + "c.ics")).status == 404
         assert (await bob("DELETE", copy + "a.ics")).status == 403
         privileges = await bob(
-            "PROPFIND", copy, propfind("D:current-user-privilege-set", "D:share-access"), Depth="0"
+            "PROPFIND",
+            copy,
+            propfind("D:current-user-privilege-set", "D:share-access", "D:current-user-principal"),
+            Depth="0",
         )
+        principal = xml(privileges).findtext(".//D:current-user-principal/D:href", namespaces=NS)
+        assert canonical(principal) == "/bob/"  # the sharee, not the owner the upstream saw
         granted = {
             etree.QName(p).localname for p in xml(privileges).iterfind(".//D:privilege/*", NS)
         }
