@@ -13,6 +13,7 @@ import sys
 
 from . import config as config_mod
 from . import logs
+from .admin import add_parser as add_admin_parser
 from .server import StartupError, run_until_signal
 
 EXIT_CONFIG = 2
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080, help="davproxy port (default 8080)")
     demo.add_argument("--host", default="127.0.0.1", help="davproxy address (default 127.0.0.1)")
     demo.set_defaults(func=cmd_demo)
+
+    add_admin_parser(sub)
     return parser
 
 

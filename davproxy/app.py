@@ -16,6 +16,7 @@ from .directory import Directory
 from .errors import DavError, PlainError
 from .identity import Authenticator
 from .logs import log_access
+from .monitoring import Metrics, Monitor
 from .notifications import NotificationCollection, Renderer
 from .proxy import keep_upstream_headers
 from .routes import ROUTE, USER, Router, Site
@@ -37,6 +38,7 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 ROUTER = web.AppKey("router", Router)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 @web.middleware
@@ -62,14 +64,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error on %s %s", request.method, request.path)
         return PlainError(500, "Internal error in davproxy (see its log)").to_response()
     finally:
-        log_access(
-            request.method,
-            request.raw_path,
-            request.get(ROUTE, "-"),
-            request.get(USER),
-            status,
-            time.perf_counter() - started,
-        )
+        seconds = time.perf_counter() - started
+        route = request.get(ROUTE, "-")
+        log_access(request.method, request.raw_path, route, request.get(USER), status, seconds)
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.observe_request(route, request.method, status, seconds)
 
 
 class SetupError(Exception):
@@ -123,7 +123,13 @@ def create_app(config: Config) -> web.Application:
                 log.error("start-up reconciliation with %s failed: %s", site.upstream.name, exc)
         app[STORE] = store
         app[SESSION] = session
+        metrics = Metrics(store)
+        for site in sites:
+            site.upstream.on_answer = metrics.upstream.labels(site.upstream.name).observe
+            site.upstream.on_bytes = metrics.relayed.labels(site.upstream.name).inc
+        app[METRICS] = metrics
         app[ROUTER] = Router(sites, config.server.max_body_bytes, config.server.forwarded_allow_ips)
+        app[ROUTER].monitor = Monitor(store, metrics, config.monitoring)
         try:
             yield
         finally:

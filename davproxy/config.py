@@ -12,6 +12,7 @@ The documented examples with every key and its default are in ``config/``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -103,6 +104,14 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitoringConfig:
+    """Who may read /.davproxy/metrics: these networks, or a bearer token."""
+
+    allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    token: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Layout:
     """Templates, relative to the upstream root, with ``{user}`` for the user id."""
 
@@ -161,6 +170,7 @@ class Config:
     store: StoreConfig
     logging: LoggingConfig
     upstreams: tuple[UpstreamConfig, ...] = field(default_factory=tuple)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
 
 class _Table:
@@ -328,12 +338,22 @@ def load(path: str | Path) -> Config:
     )
     log_t.finish()
 
+    mon_t = root.table("monitoring")
+    allow = mon_t.strings("allow", MonitoringConfig().allow)
+    for entry in allow:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise mon_t.error("allow", f"not an IP network: {entry!r}") from None
+    monitoring = MonitoringConfig(allow=allow, token=mon_t.secret("token"))
+    mon_t.finish()
+
     upstreams = tuple(_load_upstream(source, t) for t in root.tables("upstream"))
     root.finish()
     if not upstreams:
         raise ConfigError(f"{source}: at least one [[upstream]] table is required")
     _check_unique(source, upstreams)
-    return Config(source, server, store, logging_cfg, upstreams)
+    return Config(source, server, store, logging_cfg, upstreams, monitoring)
 
 
 def _check_unique(source: Path, upstreams: tuple[UpstreamConfig, ...]) -> None:

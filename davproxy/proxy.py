@@ -248,6 +248,7 @@ async def _relay(
             body = spec.edit_xml(body)
 
     has_body = request.method != "HEAD" and answer.status not in (204, 304)
+    counted = spec.upstream.on_bytes
     if (
         body is None
         and has_body
@@ -258,6 +259,8 @@ async def _relay(
         # and a body the upstream breaks off still becomes a clean 502.
         body = await _read_answer(answer)
     if body is not None:
+        if counted is not None:
+            counted(len(body))
         return web.Response(status=answer.status, reason=answer.reason, headers=headers, body=body)
 
     response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
@@ -267,7 +270,7 @@ async def _relay(
     if prefix:
         await response.write(prefix)
     if has_body and not await _pump(
-        request, answer, response, spec.upstream.name, spec.upstream.read_timeout
+        request, answer, response, spec.upstream.name, spec.upstream.read_timeout, counted
     ):
         _abort(request)
         return response
@@ -307,6 +310,7 @@ async def _pump(
     response: web.StreamResponse,
     upstream_name: str,
     write_timeout: float,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> bool:
     """Copy the body chunk by chunk; False when either side broke off."""
     chunks = answer.content.iter_any()
@@ -326,6 +330,8 @@ async def _pump(
                 exc.__class__.__name__,
             )
             return False
+        if on_bytes is not None:
+            on_bytes(len(chunk))
         try:
             # A client that stops reading must not hold the upstream slot forever.
             async with asyncio.timeout(write_timeout):

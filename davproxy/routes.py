@@ -20,6 +20,8 @@ from lxml import etree
 from . import davxml, views
 from .errors import DavError, PlainError
 from .identity import Authenticator, parse_basic
+from .monitoring import PATHS as MONITORING_PATHS
+from .monitoring import Monitor
 from .notifications import COLLECTION_SEGMENT, NEED_PRIVILEGES, NotificationCollection
 from .paths import PathRejected, canonical, check_path
 from .proxy import Forward, forward, public_origin, read_body
@@ -80,6 +82,7 @@ class Router:
         self.default_site = sites[0]
         self.max_body = max_body
         self.allowed = forwarded_allow_ips
+        self.monitor: Monitor | None = None  # set by the application once it has a store
         self.own_routes: list[OwnRoute] = [
             OwnRoute("whoami", frozenset({"GET", "HEAD"}), "whoami", self.whoami),
         ]
@@ -95,6 +98,10 @@ class Router:
         raw = request.raw_path
         path, sep, query = raw.partition("?")
         query = sep + query
+        which = MONITORING_PATHS.get(path)
+        if which is not None and self.monitor is not None:
+            request[ROUTE] = which
+            return await self.monitor.answer(request, which, [s.upstream for s in self.sites])
         try:
             check_path(path)
             if "Destination" in request.headers:

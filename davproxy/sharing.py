@@ -585,6 +585,12 @@ class Sharing:
                 return share, ""
         return None
 
+    async def revoke(self, share: Share) -> None:
+        """End one share as if its owner had said no-access (the admin command)."""
+        with self.store.transaction():
+            self._revoke(share, None)
+        await self.sync_native(share.owner)
+
     async def unbind(self, share: Share) -> None:
         """The sharee removed their copy: only the binding goes; the owner is told."""
         with self.store.transaction():

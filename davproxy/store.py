@@ -180,6 +180,26 @@ class Store:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         return StoreInfo(self.path, self.schema_version(), instance[0], mode)
 
+    def check_writable(self) -> None:
+        """Raise sqlite3.Error unless the store can take its write lock right now."""
+        if self._in_transaction:
+            return
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+
+    def share_counts(self) -> list[tuple[str, str, int]]:
+        rows = self.db.conn.execute(
+            "SELECT upstream, status, COUNT(*) FROM shares GROUP BY upstream, status"
+        )
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    def notification_counts(self) -> list[tuple[str, int]]:
+        rows = self.db.conn.execute(
+            "SELECT upstream, COUNT(*) FROM notifications WHERE deleted = 0 GROUP BY upstream"
+        )
+        return [(r[0], int(r[1])) for r in rows]
+
     def integrity_ok(self) -> bool:
         return bool(self.db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 
@@ -234,6 +254,9 @@ class Store:
 
     def shares_of_collection(self, upstream: str, collection: str) -> list[Share]:
         return self._shares("upstream = ? AND collection = ? ORDER BY id", (upstream, collection))
+
+    def all_shares(self) -> list[Share]:
+        return self._shares("1 = 1 ORDER BY upstream, owner, collection, sharee", ())
 
     def shares_by_owner(self, upstream: str, owner: str) -> list[Share]:
         return self._shares("upstream = ? AND owner = ? ORDER BY id", (upstream, owner))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -64,6 +65,9 @@ class Upstream:
         self.read_timeout = server.upstream_timeout
         # At most max_connections requests in flight; the rest queue here, in order.
         self._slots = asyncio.Semaphore(config.max_connections)
+        # Observers (metrics): seconds until an answer's head; answer body bytes.
+        self.on_answer: Callable[[float], None] | None = None
+        self.on_bytes: Callable[[int], None] | None = None
 
     def url_for(self, upstream_raw_path: str) -> URL:
         """An upstream URL from an already percent-encoded path (and query)."""
@@ -129,11 +133,20 @@ class Upstream:
             raise UpstreamError(
                 504, f"Upstream {self.name} is saturated (gateway timeout)"
             ) from None
+        started = time.perf_counter()
         try:
             async with self._send(method, url, headers, data) as response:
+                if self.on_answer is not None:
+                    self.on_answer(time.perf_counter() - started)
                 yield response
         finally:
             self._slots.release()
+
+    async def ping(self) -> int:
+        """Any HTTP answer to OPTIONS on the base path means the upstream is up."""
+        async with self.request("OPTIONS", self.paths.upstream, {}) as response:
+            await response.read()
+            return response.status
 
     @asynccontextmanager
     async def _send(

@@ -494,3 +494,46 @@ async def test_malformed_host_is_no_server_error(upstream_server, proxy) -> None
             session, "PUT", base + "/dav/created", {**basic("alice"), "Host": "a:b:c"}, "x"
         )
     assert answer.status < 500
+
+
+async def test_health_readiness_and_metrics(upstream_server, proxy, tmp_path) -> None:
+    base = await proxy(await upstream_server())
+    async with raw_session() as session:
+        await fetch(session, "GET", base + "/alice/cal/x.ics", basic("alice"))
+        health = await fetch(session, "GET", base + "/.davproxy/healthz")
+        ready = await fetch(session, "GET", base + "/.davproxy/readyz")
+        metrics = await fetch(session, "GET", base + "/.davproxy/metrics")
+    assert health.status == 200 and health.body == b"ok\n"
+    assert ready.status == 200 and b"store ok" in ready.body and b"upstream up ok" in ready.body
+    assert metrics.status == 200 and metrics.header("Content-Type").startswith("text/plain")
+    text = metrics.body.decode()
+    assert 'davproxy_requests_total{method="GET",route="passthrough",status="200"} 1.0' in text
+    assert 'davproxy_upstream_duration_seconds_count{upstream="up"}' in text
+    assert 'davproxy_relayed_bytes_total{upstream="up"}' in text
+    assert "# TYPE davproxy_shares gauge" in text
+
+
+async def test_readiness_fails_when_the_upstream_is_down(proxy) -> None:
+    base = await proxy(f"http://127.0.0.1:{free_port()}/")
+    async with raw_session() as session:
+        ready = await fetch(session, "GET", base + "/.davproxy/readyz")
+        health = await fetch(session, "GET", base + "/.davproxy/healthz")
+    assert ready.status == 503 and b"upstream up FAILED" in ready.body
+    assert health.status == 200
+
+
+async def test_metrics_limited_to_networks_or_token(upstream_server, proxy, tmp_path) -> None:
+    token = tmp_path / "metrics.token"
+    token.write_text("s3cret\n")
+    extra = f'[monitoring]\nallow = ["10.99.0.0/16"]\ntoken_file = "{token}"\n'
+    base = await proxy(await upstream_server(), server_extra=extra)
+    async with raw_session() as session:
+        refused = await fetch(session, "GET", base + "/.davproxy/metrics")
+        wrong = await fetch(
+            session, "GET", base + "/.davproxy/metrics", {"Authorization": "Bearer nope"}
+        )
+        allowed = await fetch(
+            session, "GET", base + "/.davproxy/metrics", {"Authorization": "Bearer s3cret"}
+        )
+    assert refused.status == wrong.status == 403
+    assert allowed.status == 200 and b"davproxy_requests_total" in allowed.body

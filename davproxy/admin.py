@@ -1,0 +1,202 @@
+"""``davproxy admin``: look after shares and notifications from the command line.
+
+Reads the same configuration and store as the running server (SQLite in WAL mode
+allows both at once).  Human-readable tables by default, ``--json`` for scripts.
+Changes go through the same code as requests do, so a revocation from here notifies
+the sharee and, with the radicale-native backend, updates Radicale's rights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from . import config as config_mod
+from .app import _site
+from .errors import PlainError
+from .paths import canonical
+from .routes import Site
+from .server import StartupError
+from .store import Store, StoreError
+from .upstream import Upstream
+
+
+def add_parser(sub: Any) -> None:
+    admin = sub.add_parser("admin", help="inspect and manage shares, notifications, the store")
+    admin.add_argument("--config", "-c", required=True, help="main TOML file")
+    admin.add_argument("--json", action="store_true", help="machine-readable output")
+    verbs = admin.add_subparsers(dest="verb", required=True)
+
+    shares = verbs.add_parser("shares", help="list shares")
+    for name in ("upstream", "owner", "sharee", "collection", "status"):
+        shares.add_argument(f"--{name}")
+
+    revoke = verbs.add_parser("revoke", help="end one share (the sharee is told)")
+    revoke.add_argument("--upstream", help="upstream name (default: the first)")
+    revoke.add_argument("--collection", required=True, help="the owner's collection path")
+    revoke.add_argument("--sharee", required=True, help="sharee user id (or href if invalid)")
+
+    notes = verbs.add_parser("notifications", help="list a user's notifications")
+    notes.add_argument("--user", required=True)
+    notes.add_argument("--upstream")
+
+    verbs.add_parser("check", help="store integrity, schema version and counts")
+    reconcile = verbs.add_parser(
+        "reconcile", help="bring upstream-native access rights in line with the store"
+    )
+    reconcile.add_argument("--upstream")
+    admin.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        raise StartupError(f"configuration error: {exc}") from None
+    try:
+        store = Store.open(config.store.path)
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        return asyncio.run(_run(args, config, store))
+    finally:
+        store.close()
+
+
+async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store) -> int:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        sites = {
+            up.name: _site(store, Upstream(up, config.server, session)) for up in config.upstreams
+        }
+        verb = args.verb
+        if verb == "shares":
+            return _shares(args, store)
+        if verb == "notifications":
+            return _notifications(args, store, _pick(sites, args.upstream))
+        if verb == "check":
+            return _check(args, store)
+        if verb == "revoke":
+            return await _revoke(args, store, _pick(sites, args.upstream))
+        if verb == "reconcile":
+            chosen = [_pick(sites, args.upstream)] if args.upstream else list(sites.values())
+            for site in chosen:
+                if site.sharing.native is None:
+                    print(f"{site.upstream.name}: backend proxy-enforced, nothing to reconcile")
+                    continue
+                await site.sharing.reconcile_all()
+                print(f"{site.upstream.name}: upstream rights match the store")
+            return 0
+    return 2
+
+
+def _pick(sites: dict[str, Site], name: str | None) -> Site:
+    if name is None:
+        return next(iter(sites.values()))
+    if name not in sites:
+        raise SystemExit(f"davproxy: no upstream named {name!r} (have: {', '.join(sites)})")
+    return sites[name]
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    for row in rows:
+        lines.append(
+            "  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True))
+        )
+    return "\n".join(lines)
+
+
+def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_table(rows, columns))
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+
+
+def _shares(args: argparse.Namespace, store: Store) -> int:
+    rows = []
+    for share in store.all_shares():
+        values = {
+            "upstream": share.upstream, "owner": share.owner, "sharee": share.sharee,
+            "collection": share.collection, "status": share.status,
+        }  # fmt: skip
+        if any(
+            getattr(args, key) is not None
+            and canonical(getattr(args, key).strip("/")) != canonical(value.strip("/"))
+            for key, value in values.items()
+        ):
+            continue
+        rows.append(
+            {
+                **values,
+                "access": share.access,
+                "copy": share.mount or "",
+                "updated": _when(share.updated),
+            }
+        )
+    _emit(
+        args,
+        rows,
+        ("upstream", "owner", "collection", "sharee", "access", "status", "copy", "updated"),
+    )
+    return 0
+
+
+def _notifications(args: argparse.Namespace, store: Store, site: Site) -> int:
+    rows = [
+        {"name": n.name, "type": n.type, "revision": n.revision, "created": _when(n.created)}
+        for n in store.notifications(site.upstream.name, args.user)
+    ]
+    _emit(args, rows, ("name", "type", "revision", "created"))
+    return 0
+
+
+def _check(args: argparse.Namespace, store: Store) -> int:
+    info = store.info()
+    ok = store.integrity_ok()
+    report = {
+        "store": str(info.path),
+        "schema_version": info.schema_version,
+        "journal_mode": info.journal_mode,
+        "integrity": "ok" if ok else "FAILED",
+        "shares": {f"{u}/{s}": n for u, s, n in store.share_counts()},
+        "notifications": dict(store.notification_counts()),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key:15} {value}")
+    return 0 if ok else 1
+
+
+async def _revoke(args: argparse.Namespace, store: Store, site: Site) -> int:
+    collection = site.upstream.rest_of(args.collection) if args.collection.startswith("/") else None
+    collection = canonical(
+        (collection if collection is not None else args.collection).rstrip("/") + "/"
+    )
+    share = store.share_for(site.upstream.name, collection, args.sharee)
+    if share is None:
+        print(f"davproxy: no share of {collection} with {args.sharee}", file=sys.stderr)
+        return 1
+    try:
+        await site.sharing.revoke(share)
+    except PlainError as exc:
+        print(f"davproxy: share ended in the store, but: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"revoked: {collection} no longer shared with {args.sharee}")
+    return 0

@@ -1,0 +1,147 @@
+"""Health, readiness and Prometheus metrics, at ``/.davproxy/{healthz,readyz,metrics}``.
+
+These live in davproxy's reserved namespace at the root, outside every upstream's DAV
+space (user ids cannot start with a dot, so no collection can shadow them).  Health
+and readiness say nothing secret and are open; metrics are limited to the configured
+networks (loopback by default) or a bearer token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import sqlite3
+import time
+from collections.abc import Iterable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .config import MonitoringConfig
+from .store import Store
+from .upstream import Upstream, UpstreamError
+
+PATHS = {
+    "/.davproxy/healthz": "healthz",
+    "/.davproxy/readyz": "readyz",
+    "/.davproxy/metrics": "metrics",
+}
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class StoreCollector(Collector):
+    """Gauges read from the store at scrape time: shares by status, notifications."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        shares = GaugeMetricFamily(
+            "davproxy_shares",
+            "Sharee instances by upstream and status",
+            labels=["upstream", "status"],
+        )
+        notes = GaugeMetricFamily(
+            "davproxy_notifications",
+            "Notifications waiting in users' collections",
+            labels=["upstream"],
+        )
+        try:
+            for upstream, status, count in self.store.share_counts():
+                shares.add_metric([upstream, status], count)
+            for upstream, count in self.store.notification_counts():
+                notes.add_metric([upstream], count)
+        except sqlite3.Error:
+            pass  # a scrape must not fail because the store is busy; readyz tells that
+        yield shares
+        yield notes
+
+
+class Metrics:
+    """One registry per application (tests run several apps in one process)."""
+
+    def __init__(self, store: Store) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "davproxy_requests", "Requests answered", ["route", "method", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "davproxy_request_duration_seconds", "Time to answer a request", ["route"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.upstream = Histogram(
+            "davproxy_upstream_duration_seconds", "Time until the upstream's answer head",
+            ["upstream"], registry=self.registry,
+        )  # fmt: skip
+        self.relayed = Counter(
+            "davproxy_relayed_bytes", "Answer body bytes relayed from upstreams", ["upstream"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(StoreCollector(store))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        known = method if method in _METHODS else "other"  # bounded label values
+        self.requests.labels(route, known, str(status)).inc()
+        self.duration.labels(route).observe(seconds)
+
+
+_METHODS = frozenset(
+    {"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PROPFIND", "PROPPATCH", "REPORT"}
+    | {"MKCOL", "MKCALENDAR", "COPY", "MOVE", "LOCK", "UNLOCK", "ACL"}
+)
+
+
+def _allowed(request: web.Request, config: MonitoringConfig) -> bool:
+    if config.token is not None:
+        given = request.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {config.token.reveal()}".encode()):
+            return True
+    try:
+        peer = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return False
+    return any(peer in ipaddress.ip_network(net, strict=False) for net in config.allow)
+
+
+class Monitor:
+    """Answers the three monitoring paths for one application."""
+
+    def __init__(self, store: Store, metrics: Metrics, config: MonitoringConfig) -> None:
+        self.store, self.metrics, self.config = store, metrics, config
+
+    async def answer(
+        self, request: web.Request, which: str, upstreams: list[Upstream]
+    ) -> web.Response:
+        if which == "healthz":
+            return web.Response(text="ok\n")
+        if which == "readyz":
+            return await _ready(self.store, upstreams)
+        if not _allowed(request, self.config):
+            return web.Response(status=403, text="metrics are limited to configured networks\n")
+        return web.Response(
+            body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE}
+        )
+
+
+async def _ready(store: Store, upstreams: list[Upstream]) -> web.Response:
+    """Ready when the store takes a write lock and every upstream answers at all."""
+    lines, ready = [], True
+    try:
+        store.check_writable()
+        lines.append("store ok")
+    except sqlite3.Error as exc:
+        ready = False
+        lines.append(f"store FAILED: {exc}")
+    for upstream in upstreams:
+        started = time.perf_counter()
+        try:
+            status = await upstream.ping()
+            took = 1000 * (time.perf_counter() - started)
+            lines.append(f"upstream {upstream.name} ok ({status}, {took:.0f} ms)")
+        except UpstreamError as exc:
+            ready = False
+            lines.append(f"upstream {upstream.name} FAILED: {exc.message}")
+    return web.Response(status=200 if ready else 503, text="\n".join(lines) + "\n")
