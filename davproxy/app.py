@@ -18,7 +18,7 @@ from .identity import Authenticator
 from .logs import log_access
 from .monitoring import Metrics, Monitor
 from .notifications import NotificationCollection, Renderer
-from .proxy import keep_upstream_headers
+from .proxy import UPSTREAM_SECONDS, keep_upstream_headers
 from .routes import ROUTE, USER, Router, Site
 from .sharing import Sharing
 from .store import Store
@@ -66,7 +66,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     finally:
         seconds = time.perf_counter() - started
         route = request.get(ROUTE, "-")
-        log_access(request.method, request.raw_path, route, request.get(USER), status, seconds)
+        log_access(
+            request.method,
+            request.raw_path,
+            route,
+            request.get(USER),
+            status,
+            seconds,
+            request.get(UPSTREAM_SECONDS),
+        )
         metrics = request.app.get(METRICS)
         if metrics is not None:
             metrics.observe_request(route, request.method, status, seconds)

@@ -50,7 +50,13 @@ def setup(config: LoggingConfig) -> None:
 
 
 def log_access(
-    method: str, path: str, route: str, user: str | None, status: int, seconds: float
+    method: str,
+    path: str,
+    route: str,
+    user: str | None,
+    status: int,
+    seconds: float,
+    upstream_seconds: float | None = None,
 ) -> None:
     if access_log.disabled or not access_log.isEnabledFor(logging.INFO):
         return
@@ -64,13 +70,18 @@ def log_access(
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
     }
+    upstream = "-"
+    if upstream_seconds is not None:
+        fields["upstream_ms"] = round(upstream_seconds * 1000, 2)
+        upstream = f"{upstream_seconds * 1000:.1f}ms"
     access_log.info(
-        "%s %s route=%s user=%s status=%d %.1fms",
+        "%s %s route=%s user=%s status=%d %.1fms upstream=%s",
         method,
         path,
         route,
         user or "-",
         status,
         seconds * 1000,
+        upstream,
         extra={"fields": fields},
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ HOP_BY_HOP = frozenset(
 CHUNK = 64 * 1024
 # Names of the headers the upstream sent, so defaults aiohttp adds can be taken back.
 UPSTREAM_HEADER_NAMES = web.RequestKey("upstream_header_names", frozenset)
+UPSTREAM_SECONDS = web.RequestKey("upstream_seconds", float)
 _DEFAULTED_BY_AIOHTTP = ("Content-Type", "Server")
 # Answers up to this size are read whole and sent in one write.
 SMALL_ANSWER = 256 * 1024
@@ -193,7 +195,9 @@ async def forward(
             data = _map_body(data, spec.request_hrefs, spec.strict_bodies)
         headers["Content-Length"] = str(len(data))
 
+    started = time.perf_counter()
     async with upstream.request(request.method, spec.path, headers, data) as answer:
+        request[UPSTREAM_SECONDS] = time.perf_counter() - started  # for the access line
         return await _relay(request, answer, spec)
 
 

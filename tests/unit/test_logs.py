@@ -1,0 +1,36 @@
+import json
+import logging
+
+import pytest
+
+from davproxy import logs
+from davproxy.config import LoggingConfig
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+    logs.access_log.disabled = False
+
+
+def test_json_access_line_has_fields_and_escapes_the_path(capsys) -> None:
+    logs.setup(LoggingConfig(level="info", format="json"))
+    logs.log_access("PUT", "/alice/a%0a\nfake line", "passthrough", "alice", 201, 0.0123, 0.01)
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line  # a newline in a path cannot forge a second line
+    entry = json.loads(line)
+    assert entry["route"] == "passthrough" and entry["user"] == "alice"
+    assert entry["status"] == 201 and entry["duration_ms"] == 12.3 and entry["upstream_ms"] == 10.0
+    assert entry["path"] == "/alice/a%0a\\nfake line"
+
+
+def test_text_access_line_and_switch_off(capsys) -> None:
+    logs.setup(LoggingConfig(level="info", format="text"))
+    logs.log_access("GET", "/x", "whoami", None, 200, 0.001)
+    assert "GET /x route=whoami user=- status=200 1.0ms upstream=-" in capsys.readouterr().err
+    logs.setup(LoggingConfig(level="info", access_log=False))
+    logs.log_access("GET", "/x", "whoami", None, 200, 0.001)
+    assert capsys.readouterr().err == ""
