@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test soak lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,15 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy davproxy
 
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak"
+
+# The long reliability suite: SIGKILL loop, 200-client load, 10,000 fuzzed requests.
+soak: $(VENV)/.test-installed
+	DAVPROXY_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -p no:cacheprovider -s \
+		-m "soak" tests/soak
+	DAVPROXY_FUZZ_EXAMPLES=10000 DAVPROXY_PARSER_EXAMPLES=2000 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/integration/test_fuzz_http.py tests/unit/test_fuzz_parsers.py
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/passthrough.py
