@@ -29,7 +29,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy davproxy
 
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak or regression"
 
 # The long reliability suite: SIGKILL loop, 200-client load, 10,000 fuzzed requests.
 soak: $(VENV)/.test-installed

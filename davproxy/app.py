@@ -126,6 +126,7 @@ def create_app(config: Config) -> web.Application:
             raise SetupError(f"cannot read an htpasswd file: {exc}") from None
         for site in sites:
             try:
+                await site.sharing.settle_deletions()
                 await site.sharing.reconcile_all()
             except PlainError as exc:  # the upstream may still be starting: log, go on
                 log.error("start-up reconciliation with %s failed: %s", site.upstream.name, exc)

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
@@ -498,7 +499,7 @@ class Sharing:
             ) from None
 
     def _answer(self, share: Share, status: str, mount: str | None, comment: str) -> Share:
-        updated = self.store.share_set_status(share.id, status, mount, expect="noresponse")
+        updated = self.store.share_set_status(share, status, mount, expect="noresponse")
         if updated is None:  # answered or revoked while this reply was on its way
             raise DavError(403, INVALID_SHARE, "this invitation was withdrawn or answered")
         self.store.notification_delete(self.name, share.sharee, invite_name(share.invite_uid))
@@ -577,8 +578,11 @@ class Sharing:
     def mount_for(self, user: str, rest: str) -> tuple[Share, str] | None:
         """The accepted share whose copy contains ``rest``, and the path below the copy."""
         rest = canonical(rest)
+        doubtful = [path for _, path in self.store.pending_deletions(self.name)]
         for share in self.store.mounts_of(self.name, user):
             assert share.mount is not None
+            if any(share.collection.startswith(path) for path in doubtful):
+                continue  # its collection may be gone: not served until that is settled
             if rest.startswith(share.mount):
                 return share, rest[len(share.mount) :]
             if rest + "/" == share.mount:
@@ -594,12 +598,40 @@ class Sharing:
     async def unbind(self, share: Share) -> None:
         """The sharee removed their copy: only the binding goes; the owner is told."""
         with self.store.transaction():
-            updated = self.store.share_set_status(share.id, "declined", None, expect="accepted")
+            updated = self.store.share_set_status(share, "declined", None, expect="accepted")
             if updated is None:
                 return  # revoked or left meanwhile: nothing more to undo
             self._tell_owner(updated, "declined")
         await self.sync_native(share.owner)
         log.info("%s removed their copy of %s", share.sharee, share.collection)
+
+    async def delete_owned(self, owner: str, rest: str, send: Callable[[], Awaitable[int]]) -> None:
+        """An owner's DELETE of something that holds shares, crash-safe: the intent is
+        recorded first, the outcome settled after (or at start-up, if davproxy died)."""
+        path = canonical(rest if rest.endswith("/") else rest + "/")
+        with self.store.transaction():
+            self.store.deletion_begin(self.name, owner, path)
+        await self.sync_native(owner, without=path)  # Radicale refuses to delete mapped ones
+        status = 0
+        try:
+            status = await send()
+        finally:
+            with self.store.transaction():
+                if 200 <= status < 300:
+                    self.owner_deleted(owner, path)
+                self.store.deletion_end(self.name, owner, path)
+            if not 200 <= status < 300:
+                await self.sync_native(owner)  # the delete failed: the shares stand
+
+    async def settle_deletions(self) -> None:
+        """At start-up: deletions davproxy never saw the end of are checked upstream."""
+        for owner, path in self.store.pending_deletions(self.name):
+            gone = not await self._exists(path, self.as_user(owner))
+            with self.store.transaction():
+                if gone:
+                    self.owner_deleted(owner, path)
+                self.store.deletion_end(self.name, owner, path)
+            log.info("settled an interrupted deletion of %s: %s", path, "gone" if gone else "kept")
 
     def owner_deleted(self, owner: str, rest: str) -> None:
         """The owner deleted a collection (or a parent of one): every share of it ends."""
@@ -639,6 +671,8 @@ class Sharing:
                 node.append(davxml.propstat(424, [etree.Element(n) for n, _ in changes]))
             return davxml.multistatus(node)
         with self.store.transaction():
+            if not self.store.share_is_current(share):  # revoked while this was on its way
+                raise DavError(404, None, "this shared copy no longer exists")
             for name, value in changes:
                 self.store.set_instance_prop(share.id, name, value)
         return davxml.multistatus(davxml.response(path, [etree.Element(n) for n, _ in changes]))

@@ -98,10 +98,26 @@ def _m002_sharing(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO counters VALUES ('revision', 0)")
 
 
+def _m003_pending_deletions(db: sqlite_utils.Database) -> None:
+    # An owner's DELETE of something that holds shares, recorded before it is sent:
+    # if davproxy dies before it learns the outcome, start-up settles it, and copies of
+    # what may be gone are not served meanwhile.
+    db.execute(
+        """CREATE TABLE pending_deletions (
+            upstream TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            path TEXT NOT NULL,
+            created REAL NOT NULL,
+            PRIMARY KEY (upstream, owner, path)
+        )"""
+    )
+
+
 # Append only: a released migration is never edited, only followed by a new one.
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "meta", _m001_meta),
     (2, "sharing", _m002_sharing),
+    (3, "pending_deletions", _m003_pending_deletions),
 )
 
 
@@ -255,6 +271,25 @@ class Store:
     def shares_of_collection(self, upstream: str, collection: str) -> list[Share]:
         return self._shares("upstream = ? AND collection = ? ORDER BY id", (upstream, collection))
 
+    def deletion_begin(self, upstream: str, owner: str, path: str) -> None:
+        self.db.conn.execute(
+            "INSERT OR REPLACE INTO pending_deletions VALUES (?, ?, ?, ?)",
+            (upstream, owner, path, time.time()),
+        )
+
+    def deletion_end(self, upstream: str, owner: str, path: str) -> None:
+        self.db.conn.execute(
+            "DELETE FROM pending_deletions WHERE upstream = ? AND owner = ? AND path = ?",
+            (upstream, owner, path),
+        )
+
+    def pending_deletions(self, upstream: str) -> list[tuple[str, str]]:
+        """(owner, path) of deletions whose outcome davproxy never learned."""
+        rows = self.db.conn.execute(
+            "SELECT owner, path FROM pending_deletions WHERE upstream = ?", (upstream,)
+        )
+        return [(r[0], r[1]) for r in rows]
+
     def all_shares(self) -> list[Share]:
         return self._shares("1 = 1 ORDER BY upstream, owner, collection, sharee", ())
 
@@ -324,19 +359,28 @@ class Store:
         return updated, False
 
     def share_set_status(
-        self, share_id: int, status: str, mount: str | None = None, expect: str | None = None
+        self, share: Share, status: str, mount: str | None = None, expect: str | None = None
     ) -> Share | None:
         """Set a share's status (and copy path); with ``expect``, only if the share is
         still in that status: None when it is gone or was changed meanwhile (a racing
-        reply or revocation), so two answers can never both win."""
-        query = "UPDATE shares SET status = ?, mount = ?, updated = ? WHERE id = ?"
-        params: tuple[object, ...] = (status, mount, time.time(), share_id)
+        reply or revocation), so two answers can never both win.  The invitation id is
+        part of the match: SQLite reuses row ids, and a newer share must never be
+        changed on behalf of an older one."""
+        query = (
+            "UPDATE shares SET status = ?, mount = ?, updated = ? WHERE id = ? AND invite_uid = ?"
+        )
+        params: tuple[object, ...] = (status, mount, time.time(), share.id, share.invite_uid)
         if expect is not None:
             query += " AND status = ?"
             params += (expect,)
         if self.db.conn.execute(query, params).rowcount != 1:
             return None
-        return self.share(share_id)
+        return self.share(share.id)
+
+    def share_is_current(self, share: Share) -> bool:
+        """The share row still stands for this invitation (ids are reused)."""
+        current = self.share(share.id)
+        return current is not None and current.invite_uid == share.invite_uid
 
     def share_delete(self, share_id: int) -> None:
         self.db.conn.execute("DELETE FROM shares WHERE id = ?", (share_id,))

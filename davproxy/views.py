@@ -247,14 +247,14 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
         upstream.name, canonical(_slash(ctx.rest))
     ):
         # a shared collection, or a home (or anything else) that holds one
-        collection = canonical(_slash(ctx.rest))
-        await sharing.sync_native(user, without=collection)  # Radicale: unmap first
-        response = await forward(request, spec, router.max_body, router.allowed)
-        if 200 <= response.status < 300:
-            sharing.owner_deleted(user, ctx.rest)
-        else:
-            await sharing.sync_native(user)  # the delete failed: the shares stand
-        return response
+        answers: list[web.StreamResponse] = []
+
+        async def send() -> int:
+            answers.append(await forward(request, spec, router.max_body, router.allowed))
+            return answers[0].status
+
+        await sharing.delete_owned(user, ctx.rest, send)
+        return answers[0]
     return await forward(request, spec, router.max_body, router.allowed)
 
 
