@@ -25,7 +25,8 @@ from .monitoring import Monitor
 from .notifications import COLLECTION_SEGMENT, NEED_PRIVILEGES, NotificationCollection
 from .paths import PathRejected, canonical, check_path
 from .proxy import Forward, forward, public_origin, read_body
-from .sharing import CS_INVITE_REPLY, CS_SHARE, SHARE_RESOURCE, VALID_REQUEST, Sharing
+from .share_requests import CS_INVITE_REPLY, CS_SHARE, SHARE_RESOURCE, VALID_REQUEST
+from .sharing import Sharing
 from .upstream import Upstream
 
 log = logging.getLogger("davproxy.routes")

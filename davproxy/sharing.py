@@ -23,7 +23,7 @@ from lxml import etree
 
 from . import davxml
 from .access.radicale_native import NativeSharingError, RadicaleSharingApi
-from .davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href
+from .davxml import CALDAV, CARDDAV, CS, DAV, element, href
 from .directory import Directory
 from .errors import DavError, PlainError
 from .identity import Authenticator
@@ -32,49 +32,29 @@ from .notifications import (
     Renderer,
     invite_name,
     now_stamp,
-    privilege_set,
     reply_name,
 )
 from .paths import canonical
+from .share_properties import INSTANCE_PROPS, SharingProperties, inner_xml
+from .share_requests import (
+    CS_SHARE,
+    INVALID_SHARE,
+    INVITE_REPLY,
+    VALID_REQUEST,
+    ShareeRequest,
+    parse_cs_share,
+    parse_share_resource,
+)
 from .store import NewShare, Notification, Share, Store
 from .upstream import Upstream
 
 log = logging.getLogger("davproxy.sharing")
 
-SHARE_RESOURCE = f"{{{DAV}}}share-resource"
-INVITE_REPLY = f"{{{DAV}}}invite-reply"
-CS_SHARE = f"{{{CS}}}share"
-CS_INVITE_REPLY = f"{{{CS}}}invite-reply"
-# Error conditions of Apple's CalendarServer (caldavtester expects them).
-VALID_REQUEST = f"{{{CS}}}valid-request"
-INVALID_SHARE = f"{{{CS}}}invalid-share"
-MAX_SHAREES = 500
-_ACCESS = {"read", "read-write", "no-access"}
-
-# Properties each sharee keeps for themselves on their copy (caldav-sharing-01 §5,
-# CS caldav-sharing §5.2).  Every sharee may write them, read-only ones included.
-INSTANCE_PROPS = frozenset(
-    {
-        f"{{{DAV}}}displayname",
-        f"{{{ICAL}}}calendar-color",
-        f"{{{ICAL}}}calendar-order",
-        f"{{{CALDAV}}}calendar-description",
-        f"{{{CALDAV}}}schedule-calendar-transp",
-        f"{{{CARDDAV}}}addressbook-description",
-    }
-)
 # What a read-only sharee may do under their copy.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "REPORT"})
 # What a read-write sharee may do besides: the methods whose effect davproxy knows.
 # (No POST: it could carry a share request, or anything else, executed as the owner.)
 WRITE_METHODS = frozenset({"PUT", "DELETE", "MOVE", "COPY", "PROPPATCH", "MKCOL", "MKCALENDAR"})
-_PRIVILEGES = {
-    "read": ("read", "read-current-user-privilege-set", "write-properties"),
-    "read-write": (
-        "read", "read-current-user-privilege-set", "write-properties", "write",
-        "write-content", "bind", "unbind",
-    ),
-}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,84 +62,6 @@ class CollectionInfo:
     kind: str  # calendar | addressbook | collection
     displayname: str
     components: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ShareeRequest:
-    href: str
-    access: str
-    comment: str
-    displayname: str
-
-
-def parse_share_resource(root: etree._Element) -> list[ShareeRequest]:
-    """``D:share-resource`` -> sharees; a 400 naming what is wrong otherwise."""
-    sharees = root.findall(f"{{{DAV}}}sharee")
-    if not sharees:
-        raise DavError(400, None, "DAV:share-resource needs at least one DAV:sharee")
-    if len(sharees) > MAX_SHAREES:
-        raise DavError(400, None, f"at most {MAX_SHAREES} sharees per request")
-    result = []
-    for node in sharees:
-        target = (node.findtext(davxml.HREF) or "").strip()
-        access_node = node.find(f"{{{DAV}}}share-access")
-        access = [
-            etree.QName(child).localname
-            for child in (access_node if access_node is not None else [])
-            if isinstance(child.tag, str) and etree.QName(child).namespace == DAV
-        ]
-        if not target or len(target) > 2048:
-            raise DavError(400, None, "each DAV:sharee needs one DAV:href (at most 2048 chars)")
-        if len(access) != 1 or access[0] not in _ACCESS:
-            raise DavError(
-                400, None, "each DAV:sharee needs DAV:share-access: read, read-write or no-access"
-            )
-        result.append(
-            ShareeRequest(
-                href=target,
-                access=access[0],
-                comment=(node.findtext(f"{{{DAV}}}comment") or "")[:4096],
-                displayname=(node.findtext(f"{{{DAV}}}prop/{{{DAV}}}displayname") or "")[:512],
-            )
-        )
-    return result
-
-
-def parse_cs_share(root: etree._Element) -> list[ShareeRequest]:
-    """``CS:share`` -> sharees (removes first, so a href in both sets wins: an update);
-    403 ``CS:valid-request`` for anything incomplete."""
-    removes, sets = [], []
-    for node in root:
-        if node.tag not in (f"{{{CS}}}set", f"{{{CS}}}remove"):
-            continue
-        target = (node.findtext(davxml.HREF) or "").strip()
-        if not target or len(target) > 2048:
-            raise DavError(403, VALID_REQUEST, "each CS:set and CS:remove needs one D:href")
-        if node.tag == f"{{{CS}}}remove":
-            removes.append(ShareeRequest(target, "no-access", "", ""))
-            continue
-        if node.find(f"{{{CS}}}read-write") is not None:
-            access = "read-write"
-        elif (
-            node.find(f"{{{CS}}}read") is not None
-            or node.find(f"{{{CS}}}read-write-schedule") is not None
-        ):
-            access = "read" if node.find(f"{{{CS}}}read") is not None else "read-write"
-        else:
-            raise DavError(403, VALID_REQUEST, "each CS:set needs CS:read or CS:read-write")
-        sets.append(
-            ShareeRequest(
-                href=target,
-                access=access,
-                comment=(node.findtext(f"{{{CS}}}summary") or "")[:4096],
-                displayname=(node.findtext(f"{{{CS}}}common-name") or "")[:512],
-            )
-        )
-    if not sets and not removes:
-        raise DavError(403, VALID_REQUEST, "CS:share needs at least one CS:set or CS:remove")
-    if len(sets) + len(removes) > MAX_SHAREES:
-        raise DavError(403, VALID_REQUEST, f"at most {MAX_SHAREES} sharees per request")
-    return removes + sets
 
 
 class Sharing:
@@ -175,6 +77,7 @@ class Sharing:
         native: RadicaleSharingApi | None = None,
     ) -> None:
         self.native = native
+        self.properties = SharingProperties(store, upstream, directory)
         self.store = store
         self.upstream = upstream
         self.auth = auth
@@ -475,7 +378,7 @@ class Sharing:
             self.store.set_instance_prop(
                 accepted.id,
                 transp,
-                _inner_xml(element(transp, element(f"{{{CALDAV}}}transparent"))),
+                inner_xml(element(transp, element(f"{{{CALDAV}}}transparent"))),
             )
         if name:
             self.store.set_instance_prop(accepted.id, f"{{{DAV}}}displayname", name)
@@ -660,7 +563,7 @@ class Sharing:
                 if name not in INSTANCE_PROPS:
                     refused.append(name)
                 elif action.tag == f"{{{DAV}}}set":
-                    changes.append((name, _inner_xml(prop)))
+                    changes.append((name, inner_xml(prop)))
                 else:
                     changes.append((name, None))
         path = self.upstream.paths.public + (share.mount or "")
@@ -724,68 +627,6 @@ class Sharing:
         for owner in sorted(self.store.share_owners(self.name)):
             await self.sync_native(owner)
 
-    # -- properties davproxy adds ----------------------------------------------------------
-
-    def copy_props(self, share: Share) -> dict[str, etree._Element]:
-        """Properties of a sharee's copy: its sharing state and the sharee's own values."""
-        props: dict[str, etree._Element] = {
-            f"{{{DAV}}}share-access": element(
-                f"{{{DAV}}}share-access", element(f"{{{DAV}}}{share.access}")
-            ),
-            f"{{{DAV}}}share-resource-uri": element(
-                f"{{{DAV}}}share-resource-uri", href(self._resource_uri(share))
-            ),
-            f"{{{DAV}}}sharer-resource-uri": element(
-                f"{{{DAV}}}sharer-resource-uri", href(self._resource_uri(share))
-            ),
-            f"{{{DAV}}}invite": self._invite_property(share.collection, share.owner),
-            f"{{{DAV}}}current-user-privilege-set": privilege_set(*_PRIVILEGES[share.access]),
-            f"{{{DAV}}}owner": element(
-                f"{{{DAV}}}owner", href(self.upstream.user_paths(share.owner).principal)
-            ),
-        }
-        props[f"{{{CS}}}invite"] = self._cs_invite_property(share.collection, share.owner, False)
-        props[f"{{{CS}}}shared-url"] = element(
-            f"{{{CS}}}shared-url", href(self._resource_uri(share))
-        )
-        props.update(self.member_props(share))
-        for name, value in self.store.instance_props(share.id).items():
-            props[name] = _element_from(name, value)
-        return props
-
-    def member_props(self, share: Share) -> dict[str, etree._Element]:
-        return {
-            f"{{{DAV}}}current-user-privilege-set": privilege_set(*_PRIVILEGES[share.access]),
-            # the upstream answered as the owner; the client is the sharee
-            f"{{{DAV}}}current-user-principal": element(
-                f"{{{DAV}}}current-user-principal",
-                href(self.upstream.user_paths(share.sharee).principal),
-            ),
-        }
-
-    def owner_props(self, rest: str) -> dict[str, etree._Element] | None:
-        rest = canonical(rest)
-        shares = self.store.shares_of_collection(self.name, rest)
-        modes = element(f"{{{CS}}}allowed-sharing-modes", element(f"{{{CS}}}can-be-shared"))
-        if not shares:
-            return {
-                f"{{{DAV}}}share-access": element(
-                    f"{{{DAV}}}share-access", element(f"{{{DAV}}}not-shared")
-                ),
-                f"{{{CS}}}allowed-sharing-modes": modes,
-            }
-        return {
-            f"{{{CS}}}allowed-sharing-modes": modes,
-            f"{{{CS}}}invite": self._cs_invite_property(rest, shares[0].owner, True),
-            f"{{{DAV}}}share-access": element(
-                f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")
-            ),
-            f"{{{DAV}}}invite": self._invite_property(rest, shares[0].owner),
-            f"{{{DAV}}}share-resource-uri": element(
-                f"{{{DAV}}}share-resource-uri", href(self._resource_uri(shares[0]))
-            ),
-        }
-
     def shared_marker(self, user: str, rest: str) -> str | None:
         """The CS resourcetype marker for a path of this user: ``CS:shared-owner`` on a
         collection they share, ``CS:shared`` on their copy of someone else's."""
@@ -797,88 +638,8 @@ class Sharing:
             return f"{{{CS}}}shared-owner"
         return None
 
-    def _cs_invite_property(self, collection: str, owner: str, with_uid: bool) -> etree._Element:
-        """``CS:invite``: the organizer (on copies) and one ``CS:user`` per sharee."""
-        node = element(f"{{{CS}}}invite")
-        if not with_uid:
-            node.append(
-                element(
-                    f"{{{CS}}}organizer",
-                    href(self.upstream.user_paths(owner).principal),
-                    element(f"{{{CS}}}common-name", text=self.directory.display_name(owner)),
-                )
-            )
-        for share in self.store.shares_of_collection(self.name, collection):
-            user = element(f"{{{CS}}}user")
-            if with_uid:
-                user.append(element(f"{{{CS}}}uid", text=share.invite_uid))
-            name = share.sharee_name or (
-                self.directory.display_name(share.sharee) if share.status != "invalid" else ""
-            )
-            user.extend(
-                [
-                    href(share.sharee_href),
-                    element(f"{{{CS}}}common-name", text=name),
-                    element(f"{{{CS}}}invite-{share.status}"),
-                    element(f"{{{CS}}}access", element(f"{{{CS}}}{share.access}")),
-                ]
-            )
-            if share.comment:
-                user.append(element(f"{{{CS}}}summary", text=share.comment))
-            node.append(user)
-        return node
-
-    def _resource_uri(self, share: Share) -> str:
-        return self.upstream.paths.public + share.collection
-
-    def _invite_property(self, collection: str, owner: str) -> etree._Element:
-        node = element(
-            f"{{{DAV}}}invite",
-            element(
-                f"{{{DAV}}}principal",
-                href(self.upstream.user_paths(owner).principal),
-                element(f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")),
-                element(
-                    davxml.PROP,
-                    element(f"{{{DAV}}}displayname", text=self.directory.display_name(owner)),
-                ),
-            ),
-        )
-        for share in self.store.shares_of_collection(self.name, collection):
-            sharee = element(
-                f"{{{DAV}}}sharee",
-                href(share.sharee_href),
-                element(f"{{{DAV}}}invite-{share.status}"),
-                element(f"{{{DAV}}}share-access", element(f"{{{DAV}}}{share.access}")),
-            )
-            name = share.sharee_name or (
-                self.directory.display_name(share.sharee) if share.status != "invalid" else ""
-            )
-            if name:
-                sharee.append(element(davxml.PROP, element(f"{{{DAV}}}displayname", text=name)))
-            node.append(sharee)
-        return node
-
 
 def _segment(text: str) -> str:
     """A safe path segment from a client's slug: no separators, dots or control chars."""
     cleaned = re.sub(r"[\x00-\x1f/\\?#%]+", "", text).strip().strip(".")[:64]
     return quote(cleaned, safe="@!$&'()*+,;=:-_~") if cleaned else ""
-
-
-def _inner_xml(prop: etree._Element) -> str:
-    """A property value kept as XML text, so structured values survive."""
-    return etree.tostring(prop, encoding="unicode")
-
-
-def _element_from(name: str, value: str) -> etree._Element:
-    try:
-        node = davxml.parse(value.encode())
-        if node.tag == name:
-            return node
-    except davxml.XmlError:
-        pass
-    return element(name, text=value)
-
-
-__all__ = ["CS", "Sharing", "parse_share_resource"]

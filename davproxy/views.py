@@ -150,9 +150,9 @@ def _copy_provider(
     def provide(path: str) -> dict[str, etree._Element] | None:
         path = canonical(path)
         if path.rstrip("/") == copy_path.rstrip("/"):
-            return sharing.copy_props(share)
+            return sharing.properties.copy_props(share)
         if path.startswith(copy_path):
-            return sharing.member_props(share)
+            return sharing.properties.member_props(share)
         return None
 
     return provide
@@ -219,10 +219,10 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
             if rest is None:
                 return None
             if sharing.owns_collection(user, _slash(rest)):
-                return sharing.owner_props(_slash(rest))
+                return sharing.properties.owner_props(_slash(rest))
             found = sharing.mount_for(user, _slash(rest))
             if found is not None and found[1] == "":  # a copy the upstream lists itself
-                return sharing.copy_props(found[0])
+                return sharing.properties.copy_props(found[0])
             return None
 
         def share_privilege(path: str, node: etree._Element) -> bool:

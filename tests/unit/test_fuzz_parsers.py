@@ -15,7 +15,7 @@ from davproxy import davxml
 from davproxy.errors import DavError
 from davproxy.identity import parse_basic
 from davproxy.paths import PathRejected, canonical, check_path
-from davproxy.sharing import parse_cs_share, parse_share_resource
+from davproxy.share_requests import parse_cs_share, parse_share_resource
 
 EXAMPLES = int(os.environ.get("DAVPROXY_PARSER_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,7 @@ from davproxy import davxml
 from davproxy.config import AccessConfig, IdentityConfig, Layout, ServerConfig, UpstreamConfig
 from davproxy.errors import DavError
 from davproxy.notifications import Renderer, collection_tag, parse_sync_token, sync_token
-from davproxy.sharing import parse_share_resource
+from davproxy.share_requests import parse_share_resource
 from davproxy.store import Notification
 from davproxy.upstream import Upstream
 

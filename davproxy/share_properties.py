@@ -1,0 +1,185 @@
+"""The sharing properties davproxy adds to collections (both flavours from one record).
+
+Owner's collection: ``D:share-access``, ``D:invite``, ``D:share-resource-uri``,
+``CS:invite`` (with ``CS:uid``), ``CS:allowed-sharing-modes``.  A sharee's copy: its
+sharing state, the sharer (``D:owner``, ``CS:organizer``), ``CS:shared-url``, the
+sharee's privileges and their own per-copy values (resource-sharing-04 §5,
+caldav-sharing-01 §5, CalendarServer caldav-sharing §5.2).
+"""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from . import davxml
+from .davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href
+from .directory import Directory
+from .notifications import privilege_set
+from .paths import canonical
+from .store import Share, Store
+from .upstream import Upstream
+
+# Properties each sharee keeps for themselves on their copy (caldav-sharing-01 §5,
+# CS caldav-sharing §5.2).  Every sharee may write them, read-only ones included.
+INSTANCE_PROPS = frozenset(
+    {
+        f"{{{DAV}}}displayname",
+        f"{{{ICAL}}}calendar-color",
+        f"{{{ICAL}}}calendar-order",
+        f"{{{CALDAV}}}calendar-description",
+        f"{{{CALDAV}}}schedule-calendar-transp",
+        f"{{{CARDDAV}}}addressbook-description",
+    }
+)
+_PRIVILEGES = {
+    "read": ("read", "read-current-user-privilege-set", "write-properties"),
+    "read-write": (
+        "read", "read-current-user-privilege-set", "write-properties", "write",
+        "write-content", "bind", "unbind",
+    ),
+}  # fmt: skip
+
+
+class SharingProperties:
+    def __init__(self, store: Store, upstream: Upstream, directory: Directory) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.directory = directory
+        self.name = upstream.name
+
+    def copy_props(self, share: Share) -> dict[str, etree._Element]:
+        """Properties of a sharee's copy: its sharing state and the sharee's own values."""
+        props: dict[str, etree._Element] = {
+            f"{{{DAV}}}share-access": element(
+                f"{{{DAV}}}share-access", element(f"{{{DAV}}}{share.access}")
+            ),
+            f"{{{DAV}}}share-resource-uri": element(
+                f"{{{DAV}}}share-resource-uri", href(self._resource_uri(share))
+            ),
+            f"{{{DAV}}}sharer-resource-uri": element(
+                f"{{{DAV}}}sharer-resource-uri", href(self._resource_uri(share))
+            ),
+            f"{{{DAV}}}invite": self._invite_property(share.collection, share.owner),
+            f"{{{DAV}}}current-user-privilege-set": privilege_set(*_PRIVILEGES[share.access]),
+            f"{{{DAV}}}owner": element(
+                f"{{{DAV}}}owner", href(self.upstream.user_paths(share.owner).principal)
+            ),
+        }
+        props[f"{{{CS}}}invite"] = self._cs_invite_property(share.collection, share.owner, False)
+        props[f"{{{CS}}}shared-url"] = element(
+            f"{{{CS}}}shared-url", href(self._resource_uri(share))
+        )
+        props.update(self.member_props(share))
+        for name, value in self.store.instance_props(share.id).items():
+            props[name] = element_from(name, value)
+        return props
+
+    def member_props(self, share: Share) -> dict[str, etree._Element]:
+        return {
+            f"{{{DAV}}}current-user-privilege-set": privilege_set(*_PRIVILEGES[share.access]),
+            # the upstream answered as the owner; the client is the sharee
+            f"{{{DAV}}}current-user-principal": element(
+                f"{{{DAV}}}current-user-principal",
+                href(self.upstream.user_paths(share.sharee).principal),
+            ),
+        }
+
+    def owner_props(self, rest: str) -> dict[str, etree._Element] | None:
+        rest = canonical(rest)
+        shares = self.store.shares_of_collection(self.name, rest)
+        modes = element(f"{{{CS}}}allowed-sharing-modes", element(f"{{{CS}}}can-be-shared"))
+        if not shares:
+            return {
+                f"{{{DAV}}}share-access": element(
+                    f"{{{DAV}}}share-access", element(f"{{{DAV}}}not-shared")
+                ),
+                f"{{{CS}}}allowed-sharing-modes": modes,
+            }
+        return {
+            f"{{{CS}}}allowed-sharing-modes": modes,
+            f"{{{CS}}}invite": self._cs_invite_property(rest, shares[0].owner, True),
+            f"{{{DAV}}}share-access": element(
+                f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")
+            ),
+            f"{{{DAV}}}invite": self._invite_property(rest, shares[0].owner),
+            f"{{{DAV}}}share-resource-uri": element(
+                f"{{{DAV}}}share-resource-uri", href(self._resource_uri(shares[0]))
+            ),
+        }
+
+    def _cs_invite_property(self, collection: str, owner: str, with_uid: bool) -> etree._Element:
+        """``CS:invite``: the organizer (on copies) and one ``CS:user`` per sharee."""
+        node = element(f"{{{CS}}}invite")
+        if not with_uid:
+            node.append(
+                element(
+                    f"{{{CS}}}organizer",
+                    href(self.upstream.user_paths(owner).principal),
+                    element(f"{{{CS}}}common-name", text=self.directory.display_name(owner)),
+                )
+            )
+        for share in self.store.shares_of_collection(self.name, collection):
+            user = element(f"{{{CS}}}user")
+            if with_uid:
+                user.append(element(f"{{{CS}}}uid", text=share.invite_uid))
+            name = share.sharee_name or (
+                self.directory.display_name(share.sharee) if share.status != "invalid" else ""
+            )
+            user.extend(
+                [
+                    href(share.sharee_href),
+                    element(f"{{{CS}}}common-name", text=name),
+                    element(f"{{{CS}}}invite-{share.status}"),
+                    element(f"{{{CS}}}access", element(f"{{{CS}}}{share.access}")),
+                ]
+            )
+            if share.comment:
+                user.append(element(f"{{{CS}}}summary", text=share.comment))
+            node.append(user)
+        return node
+
+    def _resource_uri(self, share: Share) -> str:
+        return self.upstream.paths.public + share.collection
+
+    def _invite_property(self, collection: str, owner: str) -> etree._Element:
+        node = element(
+            f"{{{DAV}}}invite",
+            element(
+                f"{{{DAV}}}principal",
+                href(self.upstream.user_paths(owner).principal),
+                element(f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")),
+                element(
+                    davxml.PROP,
+                    element(f"{{{DAV}}}displayname", text=self.directory.display_name(owner)),
+                ),
+            ),
+        )
+        for share in self.store.shares_of_collection(self.name, collection):
+            sharee = element(
+                f"{{{DAV}}}sharee",
+                href(share.sharee_href),
+                element(f"{{{DAV}}}invite-{share.status}"),
+                element(f"{{{DAV}}}share-access", element(f"{{{DAV}}}{share.access}")),
+            )
+            name = share.sharee_name or (
+                self.directory.display_name(share.sharee) if share.status != "invalid" else ""
+            )
+            if name:
+                sharee.append(element(davxml.PROP, element(f"{{{DAV}}}displayname", text=name)))
+            node.append(sharee)
+        return node
+
+
+def inner_xml(prop: etree._Element) -> str:
+    """A property value kept as XML text, so structured values survive."""
+    return etree.tostring(prop, encoding="unicode")
+
+
+def element_from(name: str, value: str) -> etree._Element:
+    try:
+        node = davxml.parse(value.encode())
+        if node.tag == name:
+            return node
+    except davxml.XmlError:
+        pass
+    return element(name, text=value)
