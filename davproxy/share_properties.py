@@ -31,6 +31,7 @@ INSTANCE_PROPS = frozenset(
         f"{{{CARDDAV}}}addressbook-description",
     }
 )
+# What each access level grants on a copy (resource-sharing-04 §5.5 suggestions).
 _PRIVILEGES = {
     "read": ("read", "read-current-user-privilege-set", "write-properties"),
     "read-write": (
