@@ -172,13 +172,24 @@ class Sharing:
         }
         return sorted(rests, key=len, reverse=True)
 
-    def owns_collection(self, user: str, rest: str) -> bool:
-        """A collection strictly inside one of the user's homes, not a shared copy."""
+    def role(self, user: str, rest: str) -> tuple[str | None, Share | None]:
+        """What a path of this user is to sharing, from one look at their copies:
+        ``("copy", share)`` their copy of someone else's collection, ``("in-copy",
+        share)`` something inside one, ``("owned", None)`` a collection strictly inside
+        one of their homes (a home, even one nested in another as on Xandikos, is not
+        shareable), or ``(None, None)``."""
         rest = canonical(rest)
+        found = self.mount_for(user, rest)
+        if found is not None:
+            return ("copy" if found[1] == "" else "in-copy"), found[0]
         homes = self.homes(user)
         if rest in homes or not any(rest.startswith(home) for home in homes):
-            return False  # a home (even one inside another, as on Xandikos) is not shared
-        return self.mount_for(user, rest) is None
+            return None, None
+        return "owned", None
+
+    def owns_collection(self, user: str, rest: str) -> bool:
+        """A collection strictly inside one of the user's homes, not a shared copy."""
+        return self.role(user, rest)[0] == "owned"
 
     # -- share requests ------------------------------------------------------------------
 
@@ -627,14 +638,12 @@ class Sharing:
         for owner in sorted(self.store.share_owners(self.name)):
             await self.sync_native(owner)
 
-    def shared_marker(self, user: str, rest: str) -> str | None:
-        """The CS resourcetype marker for a path of this user: ``CS:shared-owner`` on a
-        collection they share, ``CS:shared`` on their copy of someone else's."""
-        rest = canonical(rest)
-        found = self.mount_for(user, rest)
-        if found is not None and found[1] == "":
+    def shared_marker(self, role: str | None, rest: str) -> str | None:
+        """The CS resourcetype marker for a path in the given ``role``: ``CS:shared-owner``
+        on a collection its owner shares, ``CS:shared`` on a sharee's copy."""
+        if role == "copy":
             return f"{{{CS}}}shared"
-        if self.owns_collection(user, rest) and self.store.shares_of_collection(self.name, rest):
+        if role == "owned" and self.store.shares_of_collection(self.name, canonical(rest)):
             return f"{{{CS}}}shared-owner"
         return None
 

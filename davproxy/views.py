@@ -208,6 +208,17 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
             return await forward(request, replace(spec, body=body), router.max_body, router.allowed)
         principal = canonical(upstream.user_paths(user).principal)
         notification_url = collection_path(upstream, user)
+        roles: dict[str, tuple[str | None, Share | None]] = {}
+
+        def role_of(path: str) -> tuple[str, str | None, Share | None]:
+            """Each listed path is classified once, whichever hook asks first."""
+            rest = upstream.rest_of(path)
+            if rest is None:
+                return "", None, None
+            key = canonical(_slash(rest))
+            if key not in roles:
+                roles[key] = sharing.role(user, key)
+            return (key, *roles[key])
 
         def provide(path: str) -> dict[str, etree._Element] | None:
             if canonical(path) == principal:
@@ -215,27 +226,22 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
                     NOTIFICATION_URL: element(NOTIFICATION_URL, href(notification_url)),
                     CS_NOTIFICATION_URL: element(CS_NOTIFICATION_URL, href(notification_url)),
                 }
-            rest = upstream.rest_of(path)
-            if rest is None:
-                return None
-            if sharing.owns_collection(user, _slash(rest)):
-                return sharing.properties.owner_props(_slash(rest))
-            found = sharing.mount_for(user, _slash(rest))
-            if found is not None and found[1] == "":  # a copy the upstream lists itself
-                return sharing.properties.copy_props(found[0])
+            rest, role, share = role_of(path)
+            if role == "owned":
+                return sharing.properties.owner_props(rest)
+            if role == "copy" and share is not None:  # a copy the upstream lists itself
+                return sharing.properties.copy_props(share)
             return None
 
         def share_privilege(path: str, node: etree._Element) -> bool:
             """The owner may share their collections: D:share (resource-sharing §5.1);
             shared ones and copies carry Apple's resourcetype markers."""
-            rest = upstream.rest_of(path)
-            if rest is None:
-                return False
+            rest, role, _ = role_of(path)
             changed = False
-            marker = sharing.shared_marker(user, _slash(rest))
+            marker = sharing.shared_marker(role, rest)
             if marker is not None:
                 changed = davxml.add_resourcetype(node, marker)
-            if sharing.owns_collection(user, _slash(rest)):
+            if role == "owned":
                 changed = davxml.add_privilege(node, f"{{{DAV}}}share") or changed
             return changed
 
