@@ -27,7 +27,7 @@ async def test_admin_lists_checks_and_revokes(radicale_pair: Pair) -> None:
     owner_cal = f"/alice/{name}/"
     async with raw_session() as session:
         alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
-        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        await bob.hello()
         assert (await alice("MKCALENDAR", owner_cal)).status == 201
         assert (
             await alice("POST", owner_cal, share_body(("bob", "read")), **SHARING)

@@ -72,7 +72,7 @@ async def test_apple_calendar_share_accept_use_leave(sharing_pair: Pair) -> None
     bob_home = pair.calendar_home.replace("alice", "bob")
     async with raw_session() as session:
         alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
-        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        await bob.hello()
         assert (await alice("MKCALENDAR", owner_cal)).status == 201
         assert (
             await alice("PUT", owner_cal + "a.ics", event("a"), Content_Type="text/calendar")
@@ -245,7 +245,7 @@ async def test_ietf_share_answered_the_apple_way_and_address_books(sharing_pair:
     mkcol = '<D:mkcol xmlns:D="DAV:" xmlns:CR="urn:ietf:params:xml:ns:carddav"><D:set><D:prop><D:resourcetype><D:collection/><CR:addressbook/></D:resourcetype></D:prop></D:set></D:mkcol>'
     async with raw_session() as session:
         alice, carol = Client(session, pair, "alice"), Client(session, pair, "carol")
-        await carol("PROPFIND", "/carol/", propfind("D:displayname"), Depth="0")
+        await carol.hello()
         assert (await alice("MKCOL", book, mkcol, Content_Type="application/xml")).status == 201
         body = ('<D:share-resource xmlns:D="DAV:"><D:sharee><D:href>mailto:carol@example.org</D:href>'
                 "<D:share-access><D:read/></D:share-access></D:sharee></D:share-resource>")  # fmt: skip

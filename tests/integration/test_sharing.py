@@ -99,6 +99,11 @@ class Client:
             body,
         )
 
+    async def hello(self) -> None:
+        """Make sure the user's principal and homes exist upstream (created on first use)."""
+        answer = await self("PROPFIND", f"/{self.user}/", propfind("D:displayname"), Depth="0")
+        assert answer.status == 207, answer.body
+
 
 async def notifications_of(client: Client) -> tuple[str, list[tuple[str, str]]]:
     """(collection URL, [(member href, IETF type)]) via the principal's notification-URL."""
@@ -140,7 +145,7 @@ async def test_calendar_share_full_flow(sharing_pair: Pair) -> None:
             )
         ).status == 201
         # make sure bob's principal and homes exist upstream
-        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        await bob.hello()
 
         # -- negative paths before anything is shared
         assert (
@@ -336,7 +341,7 @@ async def test_decline_delete_and_owner_delete(sharing_pair: Pair) -> None:
     owner_cal = f"{pair.calendar_home}{name}/"
     async with raw_session() as session:
         alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
-        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        await bob.hello()
         assert (await alice("MKCALENDAR", owner_cal)).status == 201
         assert (
             await alice("POST", owner_cal, share_body(("/bob/", "read")), **SHARING)
@@ -384,7 +389,7 @@ async def test_address_book_read_only_with_carol(sharing_pair: Pair) -> None:
     card = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:c1\r\nFN:Dora\r\nN:Dora;;;;\r\nEND:VCARD\r\n"
     async with raw_session() as session:
         alice, carol = Client(session, pair, "alice"), Client(session, pair, "carol")
-        await carol("PROPFIND", "/carol/", propfind("D:displayname"), Depth="0")
+        await carol.hello()
         assert (await alice("MKCOL", book, mkcol, **XML)).status == 201
         assert (await alice("PUT", book + "c1.vcf", card, Content_Type="text/vcard")).status == 201
         assert (
@@ -420,7 +425,7 @@ async def test_notification_collection_sync_delete_and_refusals(sharing_pair: Pa
     owner_cal = f"{pair.calendar_home}{name}/"
     async with raw_session() as session:
         alice, bob, carol = (Client(session, pair, u) for u in ("alice", "bob", "carol"))
-        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        await bob.hello()
         url, _ = await notifications_of(bob)
         sync = '<D:sync-collection xmlns:D="DAV:"><D:sync-token>{}</D:sync-token><D:sync-level>1</D:sync-level><D:prop><D:getetag/><D:notificationtype/></D:prop></D:sync-collection>'
         first = await bob("REPORT", url, sync.format(""), **XML)
@@ -496,15 +501,15 @@ async def test_notification_collection_sync_delete_and_refusals(sharing_pair: Pa
 
 
 async def test_encoded_names_at_sign_users_and_missing_slashes(sharing_pair: Pair) -> None:
-    pair = sharing_pair
     """A collection name with a space, a sharee whose id holds '@', paths without the
     trailing slash: all map the same way in both directions."""
+    pair = sharing_pair
     name = f"Team%20Plan%20{uuid.uuid4().hex[:4]}"
     owner_cal = f"{pair.calendar_home}{name}/"
     dave_home = pair.calendar_home.replace("alice", "dave@corp")
     async with raw_session() as session:
         alice, dave = Client(session, pair, "alice"), Client(session, pair, "dave@corp")
-        await dave("PROPFIND", "/dave@corp/", propfind("D:displayname"), Depth="0")
+        await dave.hello()
         assert (await alice("MKCALENDAR", owner_cal)).status == 201
         assert (
             await alice("PUT", owner_cal + "e%201.ics", event("e1"), Content_Type="text/calendar")
@@ -560,7 +565,7 @@ async def test_plain_collection_share(sharing_pair: Pair) -> None:
     folder = f"{pair.calendar_home}{name}/"
     async with raw_session() as session:
         alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
-        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        await bob.hello()
         made = await alice("MKCOL", folder)
         assert made.status == 201, made.body
         assert (await alice("POST", folder, share_body(("bob", "read")), **SHARING)).status == 204
@@ -609,7 +614,7 @@ async def test_radicale_native_backend_enforces_upstream_and_reconciles_at_start
             )
             async with raw_session() as session:
                 alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
-                await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+                await bob.hello()
                 assert (await alice("MKCALENDAR", "/alice/nat/")).status == 201
                 assert (
                     await alice("PUT", "/alice/nat/a.ics", event("a"), Content_Type="text/calendar")
@@ -680,7 +685,7 @@ async def test_sharee_cannot_reach_beyond_the_copy(sharing_pair: Pair) -> None:
     shared, private = f"{pair.calendar_home}{name}/", f"{pair.calendar_home}{name}-private/"
     async with raw_session() as session:
         alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
-        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        await bob.hello()
         for collection in (shared, private):
             assert (await alice("MKCALENDAR", collection)).status == 201
         assert (
@@ -734,7 +739,7 @@ async def test_review_regressions(sharing_pair: Pair) -> None:
     owner_cal = f"{pair.calendar_home}{name}/"
     async with raw_session() as session:
         alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
-        await bob("PROPFIND", "/bob/", propfind("D:displayname"), Depth="0")
+        await bob.hello()
         assert (await alice("MKCALENDAR", owner_cal)).status == 201
         assert (
             await alice("PUT", owner_cal + "a.ics", event("a"), Content_Type="text/calendar")
