@@ -1,4 +1,4 @@
-"""``davproxy admin``: look after shares and notifications from the command line.
+"""``davproxy admin``: look after shares, notifications and feeds from the command line.
 
 Reads the same configuration and store as the running server (SQLite in WAL mode
 allows both at once).  Human-readable tables by default, ``--json`` for scripts.
@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from . import config as config_mod
-from .app import _site
+from .app import FeedParts, _site, feed_parts
 from .errors import PlainError
 from .paths import canonical
 from .routes import Site
@@ -47,6 +47,11 @@ def add_parser(sub: Any) -> None:
     notes.add_argument("--user", required=True)
     notes.add_argument("--upstream")
 
+    feeds = verbs.add_parser("feeds", help="list feed sources: last fetch, status, next refresh")
+    feeds.add_argument("--upstream")
+    refresh = verbs.add_parser("refresh", help="fetch feeds now (all, or those named)")
+    refresh.add_argument("names", nargs="*", help="feed names, subscription paths or URLs")
+
     verbs.add_parser("check", help="store integrity, schema version and counts")
     reconcile = verbs.add_parser(
         "reconcile", help="bring upstream-native access rights in line with the store"
@@ -71,11 +76,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store) -> int:
+    parts = feed_parts(store, config)
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         sites = {
-            up.name: _site(store, Upstream(up, config.server, session)) for up in config.upstreams
+            up.name: _site(store, Upstream(up, config.server, session), parts)
+            for up in config.upstreams
         }
         verb = args.verb
+        if verb in ("feeds", "refresh"):
+            for site in sites.values():
+                site.subscriptions.sync_configured()  # the config may be newer than the server
+            try:
+                if verb == "feeds":
+                    return _feeds(args, parts)
+                return await _refresh(args, parts)
+            finally:
+                await parts.fetcher.close()
         if verb == "shares":
             return _shares(args, store)
         if verb == "notifications":
@@ -163,6 +179,68 @@ def _notifications(args: argparse.Namespace, store: Store, site: Site) -> int:
     ]
     _emit(args, rows, ("name", "type", "revision", "created"))
     return 0
+
+
+def _feed_rows(parts: FeedParts) -> list[dict[str, Any]]:
+    rows = []
+    for sub in parts.feeds.subscriptions():
+        source = parts.feeds.source(sub.source_id)
+        if source is None:
+            continue
+        rows.append(
+            {
+                "upstream": sub.upstream,
+                "name": sub.name,
+                "owner": sub.owner or "(operator)",
+                "path": sub.path,
+                "url": source.url,
+                "status": source.status,
+                "objects": parts.feeds.count(source.id),
+                "revision": source.revision,
+                "last_fetch": _when(source.last_attempt) if source.last_attempt else "never",
+                "next_fetch": _when(source.next_fetch) if source.next_fetch else "now",
+                "error": source.error,
+                "source_id": source.id,
+            }
+        )
+    return rows
+
+
+def _feeds(args: argparse.Namespace, parts: FeedParts) -> int:
+    rows = [r for r in _feed_rows(parts) if args.upstream in (None, r["upstream"])]
+    _emit(
+        args,
+        rows,
+        ("name", "owner", "status", "objects", "last_fetch", "next_fetch", "url", "error"),
+    )
+    return 0
+
+
+async def _refresh(args: argparse.Namespace, parts: FeedParts) -> int:
+    rows = _feed_rows(parts)
+    wanted = set(args.names)
+    chosen = [r for r in rows if not wanted or wanted & {r["name"], r["path"], r["url"]}]
+    if wanted and not chosen:
+        print(f"davproxy: no feed matches {', '.join(sorted(wanted))}", file=sys.stderr)
+        return 1
+    failed = 0
+    results = []
+    for source_id in dict.fromkeys(r["source_id"] for r in chosen):  # one fetch per source
+        report = await parts.refresher.refresh(source_id)
+        failed += report.outcome == "failed"
+        results.append(
+            {
+                "url": next(r["url"] for r in chosen if r["source_id"] == source_id),
+                "outcome": report.outcome,
+                "added": report.added,
+                "changed": report.changed,
+                "removed": report.removed,
+                "revision": report.revision,
+                "error": report.error,
+            }
+        )
+    _emit(args, results, ("url", "outcome", "added", "changed", "removed", "revision", "error"))
+    return 1 if failed else 0
 
 
 def _check(args: argparse.Namespace, store: Store) -> int:

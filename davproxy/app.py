@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import http_parser, web, web_protocol
@@ -14,6 +17,10 @@ from .access.radicale_native import RadicaleSharingApi
 from .config import Config
 from .directory import Directory
 from .errors import DavError, PlainError
+from .feed_fetch import Fetcher
+from .feed_refresh import Refresher
+from .feed_store import FeedStore
+from .feed_views import FeedServer
 from .identity import Authenticator
 from .logs import log_access
 from .monitoring import Metrics, Monitor
@@ -22,6 +29,7 @@ from .proxy import UPSTREAM_SECONDS, keep_upstream_headers
 from .routes import ROUTE, USER, Router, Site
 from .sharing import Sharing
 from .store import Store
+from .subscriptions import Subscriptions
 from .upstream import Upstream
 
 log = logging.getLogger("davproxy.app")
@@ -39,6 +47,7 @@ STORE = web.AppKey("store", Store)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 ROUTER = web.AppKey("router", Router)
 METRICS = web.AppKey("metrics", Metrics)
+REFRESHER = web.AppKey("refresher", Refresher)
 
 
 @web.middleware
@@ -84,7 +93,28 @@ class SetupError(Exception):
     """A resource named in the configuration cannot be used (one line for the operator)."""
 
 
-def _site(store: Store, upstream: Upstream) -> Site:
+@dataclass(frozen=True, slots=True)
+class FeedParts:
+    """The subscription machinery every upstream shares: one fetch per source URL."""
+
+    feeds: FeedStore
+    fetcher: Fetcher
+    refresher: Refresher
+    server: FeedServer
+
+
+def feed_parts(store: Store, config: Config) -> FeedParts:
+    feeds = FeedStore(store)
+    fetcher = Fetcher(config.feeds)
+    return FeedParts(
+        feeds,
+        fetcher,
+        Refresher(feeds, fetcher, config.feeds),
+        FeedServer(feeds, config.server.max_body_bytes),
+    )
+
+
+def _site(store: Store, upstream: Upstream, parts: FeedParts) -> Site:
     """Everything that serves one upstream, wired together."""
     auth = Authenticator(upstream.config.identity, upstream)
     htpasswd = auth.htpasswd
@@ -97,7 +127,10 @@ def _site(store: Store, upstream: Upstream) -> Site:
         )
     sharing = Sharing(store, upstream, auth, directory, renderer, native)
     notifications = NotificationCollection(store, renderer, sharing.reply)
-    return Site(upstream, auth, sharing, notifications)
+    subscriptions = Subscriptions(
+        parts.feeds, parts.server, parts.refresher, parts.fetcher, upstream, parts.fetcher.settings
+    )
+    return Site(upstream, auth, sharing, notifications, subscriptions)
 
 
 def create_app(config: Config) -> web.Application:
@@ -118,12 +151,17 @@ def create_app(config: Config) -> web.Application:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must never keep cookies
         )
+        parts = feed_parts(store, config)
         try:
-            sites = [_site(store, Upstream(up, config.server, session)) for up in config.upstreams]
+            sites = [
+                _site(store, Upstream(up, config.server, session), parts) for up in config.upstreams
+            ]
         except (OSError, ValueError) as exc:
             await session.close()
             store.close()
             raise SetupError(f"cannot read an htpasswd file: {exc}") from None
+        for site in sites:
+            site.subscriptions.sync_configured()
         for site in sites:
             try:
                 await site.sharing.settle_deletions()
@@ -139,9 +177,16 @@ def create_app(config: Config) -> web.Application:
         app[METRICS] = metrics
         app[ROUTER] = Router(sites, config.server.max_body_bytes, config.server.forwarded_allow_ips)
         app[ROUTER].monitor = Monitor(store, metrics, config.monitoring)
+        parts.refresher.on_report = metrics.observe_refresh
+        app[REFRESHER] = parts.refresher
+        scheduler = asyncio.create_task(parts.refresher.run(), name="feed-refresh")
         try:
             yield
         finally:
+            scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scheduler
+            await parts.fetcher.close()
             await session.close()
             store.close()
 

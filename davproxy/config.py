@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,40 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedsConfig:
+    """How davproxy fetches subscribed feeds (main file ``[feeds]``)."""
+
+    #: networks (CIDR) a feed origin may resolve to although they are not public: loopback,
+    #: private and link-local addresses are refused otherwise (SSRF)
+    allow_networks: tuple[str, ...] = ()
+    max_bytes: int = 20 * 1024 * 1024
+    fetch_timeout: float = 30.0
+    max_redirects: int = 5
+    refresh_default: int = 3600  # seconds, when the feed gives no REFRESH-INTERVAL
+    refresh_floor: int = 900  # never poll an origin more often than this
+    refresh_ceiling: int = 86400  # nor less often than this
+    jitter: float = 0.1  # up to this fraction of the interval is added, spreading fetches
+    retry_base: int = 60  # first back-off after a failure; doubles per failure
+    tombstone_days: float = 30.0  # deletions older than this leave sync history
+    max_subscriptions_per_user: int = 100
+    user_agent: str = "davproxy-feeds/1 (+https://github.com/davproxy)"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig:
+    """One feed an operator publishes (mapping file ``[[feeds]]``)."""
+
+    name: str  # the collection's path segment below <prefix>.davproxy/feeds/
+    url: str  # http(s), webcal(s) already mapped to http(s)
+    users: tuple[str, ...] = ("*",)  # who may read it ("*": every authenticated user)
+    public: bool = False  # readable without credentials (advertised as subscribe-caldav)
+    display_name: str = ""
+    color: str = ""
+    refresh_floor: int | None = None  # per-feed overrides of [feeds] bounds
+    refresh_ceiling: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Layout:
     """Templates, relative to the upstream root, with ``{user}`` for the user id."""
 
@@ -155,7 +190,7 @@ class UpstreamConfig:
     identity: IdentityConfig
     access: AccessConfig
     users: tuple[DirectoryUser, ...] = ()
-    feeds: tuple[dict[str, Any], ...] = ()
+    feeds: tuple[FeedConfig, ...] = ()
     max_connections: int = 32
 
     @property
@@ -171,6 +206,7 @@ class Config:
     logging: LoggingConfig
     upstreams: tuple[UpstreamConfig, ...] = field(default_factory=tuple)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    feeds: FeedsConfig = field(default_factory=FeedsConfig)
 
 
 class _Table:
@@ -348,12 +384,113 @@ def load(path: str | Path) -> Config:
     monitoring = MonitoringConfig(allow=allow, token=mon_t.secret("token"))
     mon_t.finish()
 
+    feeds = _load_feeds_settings(root.table("feeds"))
+
     upstreams = tuple(_load_upstream(source, t) for t in root.tables("upstream"))
     root.finish()
     if not upstreams:
         raise ConfigError(f"{source}: at least one [[upstream]] table is required")
     _check_unique(source, upstreams)
-    return Config(source, server, store, logging_cfg, upstreams, monitoring)
+    return Config(source, server, store, logging_cfg, upstreams, monitoring, feeds)
+
+
+def _networks(table: _Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    networks = table.strings(key, default)
+    for entry in networks:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise table.error(key, f"not an IP network: {entry!r}") from None
+    return networks
+
+
+def _load_feeds_settings(table: _Table) -> FeedsConfig:
+    d = FeedsConfig()
+    floor = table.integer("refresh_floor", d.refresh_floor, 1)
+    ceiling = table.integer("refresh_ceiling", d.refresh_ceiling, 1)
+    if ceiling < floor:
+        raise table.error("refresh_ceiling", f"must be >= refresh_floor ({floor})")
+    jitter = table.number("jitter", d.jitter, minimum=-1e-9)
+    if jitter > 1:
+        raise table.error("jitter", f"must be between 0 and 1; got {jitter}")
+    settings = FeedsConfig(
+        allow_networks=_networks(table, "allow_networks", ()),
+        max_bytes=table.integer("max_bytes", d.max_bytes, 1024),
+        fetch_timeout=table.number("fetch_timeout", d.fetch_timeout),
+        max_redirects=table.integer("max_redirects", d.max_redirects, 0, 20),
+        refresh_default=table.integer("refresh_default", d.refresh_default, 1),
+        refresh_floor=floor,
+        refresh_ceiling=ceiling,
+        jitter=jitter,
+        retry_base=table.integer("retry_base", d.retry_base, 1),
+        tombstone_days=table.number("tombstone_days", d.tombstone_days),
+        max_subscriptions_per_user=table.integer(
+            "max_subscriptions_per_user", d.max_subscriptions_per_user, 0
+        ),
+        user_agent=table.text("user_agent", d.user_agent),
+    )
+    table.finish()
+    return settings
+
+
+_FEED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def feed_url(value: str) -> str | None:
+    """The http(s) URL to fetch for a subscription source, or None if it is not one.
+
+    ``webcal://`` and ``webcals://`` are the same resource over http and https (the
+    scheme only tells the operating system to open a calendar application).
+    """
+    text = value.strip()
+    lowered = text.lower()
+    for scheme, replacement in (("webcals://", "https://"), ("webcal://", "http://")):
+        if lowered.startswith(scheme):
+            text = replacement + text[len(scheme) :]
+            break
+    try:
+        url = URL(text)
+    except (ValueError, TypeError):
+        return None
+    if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
+        return None
+    try:
+        url.port  # noqa: B018 - raises on an out-of-range port
+    except ValueError:
+        return None
+    return str(url.with_fragment(None))
+
+
+def _load_feed(table: _Table) -> FeedConfig:
+    name = table.text("name", _REQUIRED)
+    if not _FEED_NAME.fullmatch(name):
+        raise table.error(
+            "name",
+            f"must be 1-64 letters, digits, '.', '_' or '-', not starting with a dot; got {name!r}",
+        )
+    raw_url = table.text("url", _REQUIRED)
+    url = feed_url(raw_url)
+    if url is None:
+        raise table.error(
+            "url", f"must be an http(s):// or webcal(s):// URL without credentials; got {raw_url!r}"
+        )
+    floor = table.integer("refresh_floor", None, 1) if "refresh_floor" in table.data else None
+    ceiling = table.integer("refresh_ceiling", None, 1) if "refresh_ceiling" in table.data else None
+    if floor is not None and ceiling is not None and ceiling < floor:
+        raise table.error("refresh_ceiling", f"must be >= refresh_floor ({floor})")
+    users = table.strings("users", ("*",))
+    feed = FeedConfig(
+        name=name,
+        url=url,
+        users=users,
+        public=table.flag("public", False),
+        display_name=table.text("display_name", ""),
+        color=table.text("color", ""),
+        refresh_floor=floor,
+        refresh_ceiling=ceiling,
+    )
+    table.finish()
+    return feed
 
 
 def _check_unique(source: Path, upstreams: tuple[UpstreamConfig, ...]) -> None:
@@ -439,10 +576,11 @@ def _load_upstream(source: Path, table: _Table) -> UpstreamConfig:
             raise ConfigError(f"{mapping_path}: [users[{i}]] id: {user.id!r} is listed twice")
         seen.add(user.id)
 
-    feeds_raw = mapping.data.get("feeds", [])
-    mapping._used.add("feeds")  # the subscription feature validates these
-    if not isinstance(feeds_raw, list):
-        raise mapping.error("feeds", "must be an array of tables ([[feeds]])")
+    feeds = tuple(_load_feed(t) for t in mapping.tables("feeds"))
+    names = [feed.name for feed in feeds]
+    for i, feed in enumerate(feeds):
+        if names.index(feed.name) != i:
+            raise ConfigError(f"{mapping_path}: [feeds[{i}]] name: {feed.name!r} is used twice")
     mapping.finish()
 
     return UpstreamConfig(
@@ -456,7 +594,7 @@ def _load_upstream(source: Path, table: _Table) -> UpstreamConfig:
         identity=identity,
         access=access,
         users=users,
-        feeds=tuple(feeds_raw),
+        feeds=feeds,
         max_connections=max_connections or _MAX_CONNECTIONS.get(kind, 32),
     )
 

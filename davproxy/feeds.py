@@ -95,6 +95,12 @@ class Resource:
     #: referenced TZIDs the feed does not define (passed through as they are)
     missing_tzids: tuple[str, ...] = ()
     synthetic_uid: bool = False
+    #: where the object's own components start in ``text`` (after header and VTIMEZONEs)
+    body_start: int = 0
+
+    @property
+    def components(self) -> str:
+        return self.text[self.body_start : len(self.text) - len("END:VCALENDAR\r\n")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,9 +559,11 @@ def split_feed(raw: bytes) -> FeedSplit:
                 missing_seen.add(t)
                 warnings.append(FeedWarning("missing-timezone", members[0].lineno, t))
         all_lines = [ln for c in (*used, *members) for ln in c.lines]
-        text = _CRLF.join(
-            ["BEGIN:VCALENDAR", *meta.header, *(ln.raw for ln in all_lines), "END:VCALENDAR", ""]
+        prefix = _CRLF.join(
+            ["BEGIN:VCALENDAR", *meta.header, *(ln.raw for c in used for ln in c.lines), ""]
         )
+        body = _CRLF.join([*(ln.raw for c in members for ln in c.lines), ""])
+        text = prefix + body + "END:VCALENDAR" + _CRLF
         canon_lines = [*head, *all_lines, tail]
         resources[uid] = Resource(
             uid=uid,
@@ -568,6 +576,7 @@ def split_feed(raw: bytes) -> FeedSplit:
             tzids=tuple(refs),
             missing_tzids=missing,
             synthetic_uid=group.synthetic,
+            body_start=len(prefix),
         )
     timezones = {
         tzid: _CRLF.join([*(ln.raw for ln in comp.lines), ""]) for tzid, comp in zones.items()

@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .config import MonitoringConfig
+from .feed_refresh import RefreshReport
 from .store import Store
 from .upstream import Upstream, UpstreamError
 
@@ -55,8 +56,22 @@ class StoreCollector(Collector):
                 notes.add_metric([upstream], count)
         except sqlite3.Error:
             pass  # a scrape must not fail because the store is busy; readyz tells that
+        feeds = GaugeMetricFamily(
+            "davproxy_feed_sources", "Feed sources by last refresh status", labels=["status"]
+        )
+        subscriptions = GaugeMetricFamily(
+            "davproxy_feed_subscriptions", "Subscriptions (operator feeds and users' own)"
+        )
+        try:
+            for status, count in self.store.feed_counts():
+                feeds.add_metric([status], count)
+            subscriptions.add_metric([], self.store.subscription_count())
+        except sqlite3.Error:
+            pass
         yield shares
         yield notes
+        yield feeds
+        yield subscriptions
 
 
 class Metrics:
@@ -80,7 +95,19 @@ class Metrics:
             "davproxy_relayed_bytes", "Answer body bytes relayed from upstreams", ["upstream"],
             registry=self.registry,
         )  # fmt: skip
+        self.refreshes = Counter(
+            "davproxy_feed_refreshes", "Feed refreshes by outcome", ["outcome"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.refresh_duration = Histogram(
+            "davproxy_feed_refresh_duration_seconds", "Time to fetch and apply one feed",
+            registry=self.registry,
+        )  # fmt: skip
         self.registry.register(StoreCollector(store))
+
+    def observe_refresh(self, report: RefreshReport) -> None:
+        self.refreshes.labels(report.outcome).inc()
+        self.refresh_duration.observe(report.seconds)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         known = method if method in _METHODS else "other"  # bounded label values

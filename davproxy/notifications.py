@@ -384,17 +384,15 @@ class NotificationCollection:
                 return web.Response(status=304, headers={"ETag": etag})
             media = negotiate(request)
             body = self.renderer.render(note, media)
-            response = web.Response(
-                body=body if method == "GET" else None,
+            # aiohttp answers HEAD with this body's Content-Length and no body
+            return web.Response(
+                body=body,
                 headers={
                     "ETag": etag,
                     "Content-Type": f"{media}; charset=utf-8",
                     "Vary": "Accept",  # IETF form on request, Apple's otherwise
                 },
             )
-            if method == "HEAD":
-                response.content_length = len(body)
-            return response
         if method == "DELETE":
             with self.store.transaction():
                 self.store.notification_delete(self.upstream.name, user, name)

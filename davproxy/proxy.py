@@ -13,7 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -94,6 +94,8 @@ class Forward:
     body: bytes | None = None  # a request body the route has already read
     strict_bodies: bool = False  # a body whose hrefs cannot be mapped is refused (400)
     dav_tokens: tuple[str, ...] = ()  # feature tokens added to the DAV header
+    #: headers to add, chosen from the upstream's status and headers (Link on .ics exports)
+    add_headers: Callable[[int, Mapping[str, str]], dict[str, str]] | None = None
 
     @property
     def edits_answers(self) -> bool:
@@ -223,6 +225,8 @@ async def _relay(
     request[UPSTREAM_HEADER_NAMES] = frozenset(name.lower() for name in headers)
     if spec.dav_tokens and "DAV" in headers:
         headers["DAV"] = ", ".join([headers["DAV"], *spec.dav_tokens])
+    if spec.add_headers is not None:
+        headers.update(spec.add_headers(answer.status, headers))
     body: bytes | None = None
     if spec.response_hrefs is not None:
         for name in ("Location", "Content-Location"):

@@ -27,6 +27,7 @@ from .paths import PathRejected, canonical, check_path
 from .proxy import Forward, forward, public_origin, read_body
 from .share_requests import CS_INVITE_REPLY, CS_SHARE, SHARE_RESOURCE, VALID_REQUEST
 from .sharing import Sharing
+from .subscriptions import FEEDS_SEGMENT, Subscriptions
 from .upstream import Upstream
 
 log = logging.getLogger("davproxy.routes")
@@ -37,6 +38,7 @@ USER = web.RequestKey("user", str)
 
 OWN_SEGMENT = ".davproxy"
 NOTIFICATIONS_PREFIX = f"{COLLECTION_SEGMENT}/"
+FEEDS_PREFIX = f"{FEEDS_SEGMENT}/"
 WELL_KNOWN = ("/.well-known/caldav", "/.well-known/carddav")
 # Requests a client may make before it has credentials (service discovery, RFC 6764).
 _ANONYMOUS_METHODS = frozenset({"OPTIONS"})
@@ -50,6 +52,7 @@ class Site:
     auth: Authenticator
     sharing: Sharing
     notifications: NotificationCollection
+    subscriptions: Subscriptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,15 @@ class Router:
         return await self.passthrough(ctx)
 
     async def serve_own(self, ctx: Context, subpath: str) -> web.StreamResponse:
+        if subpath == FEEDS_SEGMENT or subpath.startswith(FEEDS_PREFIX):
+            ctx.request[ROUTE] = "feeds"
+            if subpath == FEEDS_SEGMENT:
+                raise web.HTTPMovedPermanently(ctx.path + "/")
+            # public feeds need no credentials; credentials that are sent are checked
+            user = await self.user_for(ctx) if "Authorization" in ctx.request.headers else None
+            return await ctx.site.subscriptions.serve_configured(
+                ctx.request, subpath[len(FEEDS_PREFIX) :], user, lambda: self.user_for(ctx)
+            )
         if subpath.startswith(NOTIFICATIONS_PREFIX):
             ctx.request[ROUTE] = "notifications"
             user = await self.user_for(ctx)
@@ -213,7 +225,23 @@ class Router:
                 user = await self.user_for(ctx)
             request[ROUTE] = "sharee"
             return await views.sharee(self, ctx, user, *found)
+        subscribed = site.subscriptions.mounted(user, ctx.rest)
+        if subscribed is not None:
+            if not verified:
+                user = await self.user_for(ctx)
+            request[ROUTE] = "subscription"
+            return await site.subscriptions.serve_mounted(request, user, *subscribed)
         body: bytes | None = None
+        if request.method in _COLLECTION_CREATORS and request.body_exists:
+            body = await read_body(request, self.max_body)
+            wanted = site.subscriptions.wants_subscription(body)
+            if wanted is not None:
+                request[ROUTE] = "subscribe"
+                if not verified:
+                    user = await self.user_for(ctx)
+                return await site.subscriptions.create(
+                    user, ctx.rest, *wanted, exists_upstream=lambda: self.exists_upstream(ctx)
+                )
         if request.method == "POST" and davxml.is_xml_content_type(
             request.headers.get("Content-Type", "")
         ):
@@ -239,6 +267,16 @@ class Router:
         spec = replace(self.spec(ctx, ctx.rest, None), body=body)
         return await views.own(self, ctx, user, spec)
 
+    async def exists_upstream(self, ctx: Context) -> bool:
+        """Whether the client already has something at its request path upstream."""
+        spec = self.spec(ctx, ctx.rest, None)
+        headers = {**spec.set_headers, "Depth": "0"}
+        if not ctx.site.auth.proxy_auth and "Authorization" in ctx.request.headers:
+            headers["Authorization"] = ctx.request.headers["Authorization"]
+        async with ctx.site.upstream.request("PROPFIND", spec.path, headers) as answer:
+            await answer.read()
+            return answer.status in (200, 207)
+
     async def whoami(self, ctx: Context) -> web.StreamResponse:
         """Who davproxy takes the caller to be, and where their collections live."""
         user = await self.user_for(ctx)
@@ -256,6 +294,7 @@ class Router:
 
 
 _UPSTREAM_SHARING = (".sharing/", ".token/", ".sharing", ".token")
+_COLLECTION_CREATORS = frozenset({"MKCOL", "MKCALENDAR"})
 
 
 def _slash(rest: str) -> str:

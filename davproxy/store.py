@@ -1,10 +1,10 @@
 """davproxy's own state: one SQLite file through sqlite-utils, in WAL mode.
 
-All SQL lives in this module, behind verbs that return plain values, so handlers never
-see a cursor and a server-grade backend can replace this one without touching them.
-The schema evolves by numbered migrations applied in order, each in its own
-transaction, recorded in ``schema_migrations``; a store written by a newer davproxy is
-refused rather than damaged.
+All SQL lives in this module (and, for subscriptions, in feed_store), behind verbs that
+return plain values, so handlers never see a cursor and a server-grade backend can
+replace this one without touching them.  The schema evolves by numbered migrations
+applied in order, each in its own transaction, recorded in ``schema_migrations``; a store
+written by a newer davproxy is refused rather than damaged.
 """
 
 from __future__ import annotations
@@ -113,11 +113,78 @@ def _m003_pending_deletions(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m004_feeds(db: sqlite_utils.Database) -> None:
+    # One row per unique source URL, shared by every subscriber: one origin fetch each.
+    # ``tag`` is random so a sync token of a deleted source never matches a new one.
+    db.execute(
+        """CREATE TABLE feed_sources (
+            id INTEGER PRIMARY KEY,
+            url TEXT NOT NULL UNIQUE,
+            fetch_url TEXT NOT NULL,
+            tag TEXT NOT NULL UNIQUE,
+            etag TEXT,
+            last_modified TEXT,
+            body_hash TEXT,
+            suspect_hash TEXT,
+            meta TEXT NOT NULL DEFAULT '{}',
+            timezones TEXT NOT NULL DEFAULT '{}',
+            revision INTEGER NOT NULL DEFAULT 0,
+            min_revision INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL DEFAULT 'new',
+            error TEXT NOT NULL DEFAULT '',
+            failures INTEGER NOT NULL DEFAULT 0,
+            last_attempt REAL,
+            last_success REAL,
+            last_change REAL,
+            next_fetch REAL NOT NULL DEFAULT 0,
+            interval INTEGER,
+            bytes INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL
+        )"""
+    )
+    # One row per calendar object resource (UID); deletions stay as tombstones so
+    # sync-collection and enhanced GET can report them; one revision per change.
+    db.execute(
+        """CREATE TABLE feed_items (
+            source_id INTEGER NOT NULL REFERENCES feed_sources (id) ON DELETE CASCADE,
+            href TEXT NOT NULL,
+            uid TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            text TEXT NOT NULL,
+            body_start INTEGER NOT NULL,
+            tzids TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            etag TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            modified REAL NOT NULL,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (source_id, href)
+        )"""
+    )
+    db.execute("CREATE INDEX feed_items_by_revision ON feed_items (source_id, revision)")
+    # Where a feed is visible: operator feeds (owner '') and users' own subscriptions.
+    db.execute(
+        """CREATE TABLE feed_subscriptions (
+            id INTEGER PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            path TEXT NOT NULL,
+            name TEXT NOT NULL,
+            source_id INTEGER NOT NULL REFERENCES feed_sources (id),
+            props TEXT NOT NULL DEFAULT '{}',
+            created REAL NOT NULL,
+            UNIQUE (upstream, path)
+        )"""
+    )
+    db.execute("CREATE INDEX feed_subscriptions_by_owner ON feed_subscriptions (upstream, owner)")
+
+
 # Append only: a released migration is never edited, only followed by a new one.
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "meta", _m001_meta),
     (2, "sharing", _m002_sharing),
     (3, "pending_deletions", _m003_pending_deletions),
+    (4, "feeds", _m004_feeds),
 )
 
 
@@ -215,6 +282,17 @@ class Store:
             "SELECT upstream, COUNT(*) FROM notifications WHERE deleted = 0 GROUP BY upstream"
         )
         return [(r[0], int(r[1])) for r in rows]
+
+    def feed_counts(self) -> list[tuple[str, int]]:
+        rows = self.db.conn.execute(
+            "SELECT status, COUNT(*) FROM feed_sources WHERE url NOT LIKE 'upstream:%'"
+            " GROUP BY status"
+        )
+        return [(r[0], int(r[1])) for r in rows]
+
+    def subscription_count(self) -> int:
+        row = self.db.conn.execute("SELECT COUNT(*) FROM feed_subscriptions").fetchone()
+        return int(row[0])
 
     def integrity_ok(self) -> bool:
         return bool(self.db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")

@@ -15,15 +15,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 from lxml import etree
 
 from . import davxml
 from .davxml import CS, DAV, element, href
-from .errors import DavError
+from .errors import DavError, PlainError
+from .feed_views import ENHANCED, preferences
 from .notifications import NEED_PRIVILEGES, collection_path, multistatus_response
 from .paths import PathMap, PathRejected, canonical, check_path
-from .proxy import Forward, forward, public_origin, read_body
+from .proxy import Forward, end_to_end, forward, public_origin, read_body
 from .sharing import READ_METHODS, WRITE_METHODS, Sharing
 from .store import Share
 
@@ -182,6 +184,11 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
     method = request.method
     homes = sharing.homes(user)
     in_homes = any(ctx.rest.startswith(home) for home in homes)
+    if method in ("GET", "HEAD") and ctx.rest.endswith("/"):
+        # a collection exported as one .ics: advertise it as a subscription access point
+        if method == "GET" and ENHANCED in preferences(request):
+            return await _enhanced_export(router, ctx, user, spec)
+        spec = replace(spec, add_headers=site.subscriptions.export_links(ctx.path))
     if method == "OPTIONS" and in_homes:
         spec = replace(spec, dav_tokens=SHARING_TOKENS)
     elif method == "PROPFIND" and in_homes:
@@ -264,6 +271,41 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
     return await forward(request, spec, router.max_body, router.allowed)
 
 
+_NOT_FOR_EXPORTS = frozenset(
+    {"content-length", "accept-encoding", "if-none-match", "if-modified-since", "if-match"}
+)
+
+
+async def _enhanced_export(
+    router: Router, ctx: Context, user: str, spec: Forward
+) -> web.StreamResponse:
+    """Enhanced GET on an upstream calendar: fetch its export as the client, then let
+    the subscription machinery answer with what changed since the client's token."""
+    request, site = ctx.request, ctx.site
+    headers = end_to_end(request.headers, spec.drop_headers | _NOT_FOR_EXPORTS)
+    headers.update(spec.set_headers)
+    cap = site.subscriptions.settings.max_bytes
+    async with site.upstream.request("GET", spec.path, headers) as answer:
+        calendar = answer.headers.get("Content-Type", "").lower().startswith("text/calendar")
+        if answer.content_length is not None and answer.content_length > cap:
+            raise PlainError(502, f"The upstream's export is over {cap} bytes")
+        try:
+            body = await answer.content.read(cap + 1)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PlainError(502, "Upstream broke off its answer") from exc
+        if len(body) > cap:
+            raise PlainError(502, f"The upstream's export is over {cap} bytes")
+        if answer.status != 200 or not calendar:
+            # not a calendar export (or refused): the client sees the upstream's answer
+            return web.Response(
+                status=answer.status,
+                reason=answer.reason,
+                body=body,
+                headers=end_to_end(answer.headers, frozenset({"content-length"})),
+            )
+    return await site.subscriptions.serve_export(request, user, ctx.rest, ctx.path, body)
+
+
 async def _listing_extras(
     router: Router, ctx: Context, user: str, wanted: davxml.PropRequest, body: bytes
 ) -> list[etree._Element]:
@@ -277,6 +319,7 @@ async def _listing_extras(
         path = collection_path(upstream, user)
         props = site.notifications.collection_props(user)
         extras.append(davxml.answer(path, props, wanted, frozenset({f"{{{DAV}}}sync-token"})))
+    extras += site.subscriptions.listing(user, home, wanted)
     if sharing.native is not None:
         return extras  # Radicale lists the user's map shares itself (``provide`` adds ours)
     for share in sharing.store.mounts_of(upstream.name, user):

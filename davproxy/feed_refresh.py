@@ -1,0 +1,296 @@
+"""Keeping feed sources fresh: when to fetch, and turning a fetched body into changes.
+
+One refresh per source at a time (callers that arrive meanwhile share its outcome), so
+any number of subscribers cost one origin fetch.  A refresh never loses the last good
+data: a failed, truncated, empty or unparsable answer only records the error and backs
+off; a body that drops most objects is applied only when a second fetch confirms it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from .config import FeedsConfig
+from .feed_fetch import Fetcher, FetchResult
+from .feed_store import FeedSource, FeedStore
+from .feeds import FeedSplit, diff, plausible, split_feed
+
+log = logging.getLogger("davproxy.feeds")
+
+#: Sources whose body davproxy gets from an upstream calendar export, not by a schedule.
+UPSTREAM_SOURCE = "upstream:"
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshReport:
+    source_id: int
+    outcome: str  # unchanged | changed | not-modified | suspect | failed
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    revision: int = 0
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    floor: int
+    ceiling: int
+
+
+def _content_hash(split: FeedSplit) -> str:
+    joined = "\n".join(sorted(split.fingerprints().values()))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def _meta_json(split: FeedSplit) -> str:
+    meta = split.meta
+    return json.dumps(
+        {
+            "name": meta.name,
+            "description": meta.description,
+            "color": meta.color,
+            "timezone": meta.timezone,
+            "refresh_seconds": meta.refresh_seconds,
+            "source": meta.source,
+            "header": list(meta.header),
+            "properties": list(meta.properties),
+        },
+        sort_keys=True,
+    )
+
+
+class Refresher:
+    def __init__(
+        self,
+        feeds: FeedStore,
+        fetcher: Fetcher,
+        settings: FeedsConfig,
+        clock: Clock = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.feeds = feeds
+        self.fetcher = fetcher
+        self.settings = settings
+        self.clock = clock
+        self.rng = rng
+        self.bounds: dict[str, Bounds] = {}  # per source URL, from the operator's feeds
+        self._inflight: dict[int, asyncio.Task[RefreshReport]] = {}
+        self._wake = asyncio.Event()
+        self.on_report: Callable[[RefreshReport], None] | None = None  # metrics hook
+        self.fetches = 0  # origin requests made (for tests and benchmarks)
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def interval(self, source: FeedSource, hinted: int | None) -> int:
+        bounds = self.bounds.get(
+            source.url, Bounds(self.settings.refresh_floor, self.settings.refresh_ceiling)
+        )
+        wanted = hinted if hinted is not None else self.settings.refresh_default
+        return max(bounds.floor, min(bounds.ceiling, wanted))
+
+    def _next(self, interval: float) -> float:
+        return self.clock() + interval * (1 + self.settings.jitter * self.rng())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, concurrency: int = 4) -> None:
+        """Refresh due sources until cancelled; sleeps until the next one is due."""
+        while True:
+            try:
+                due = self.feeds.due_sources(self.clock(), UPSTREAM_SOURCE)[:concurrency]
+                if due:
+                    await asyncio.gather(*(self.refresh(s.id) for s in due))
+                    continue
+                upcoming = self.feeds.next_due(UPSTREAM_SOURCE)
+                wait = 60.0 if upcoming is None else min(60.0, max(0.05, upcoming - self.clock()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one bad source stop every refresh
+                log.exception("feed scheduler error")
+                wait = 5.0
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    # -- one refresh ---------------------------------------------------------------------
+
+    async def refresh(self, source_id: int) -> RefreshReport:
+        """Fetch and apply one source now; concurrent callers share the same refresh."""
+        task = self._inflight.get(source_id)
+        if task is None:
+            task = asyncio.ensure_future(self._refresh(source_id))
+            self._inflight[source_id] = task
+            task.add_done_callback(lambda _: self._inflight.pop(source_id, None))
+        return await asyncio.shield(task)
+
+    async def _refresh(self, source_id: int) -> RefreshReport:
+        started = time.perf_counter()
+        source = self.feeds.source(source_id)
+        if source is None:
+            return RefreshReport(source_id, "failed", error="source no longer exists")
+        self.fetches += 1
+        result = await self.fetcher.fetch(source.fetch_url, source.etag, source.last_modified)
+        report = await self._settle(source, result)
+        report = replace(report, seconds=time.perf_counter() - started)
+        level = logging.WARNING if report.outcome in ("failed", "suspect") else logging.INFO
+        log.log(
+            level,
+            "feed %s: %s%s (+%d ~%d -%d, revision %d, %.0f ms)",
+            source.url,
+            report.outcome,
+            f": {report.error}" if report.error else "",
+            report.added,
+            report.changed,
+            report.removed,
+            report.revision,
+            report.seconds * 1000,
+        )
+        if self.on_report is not None:
+            self.on_report(report)
+        return report
+
+    async def _settle(self, source: FeedSource, result: FetchResult) -> RefreshReport:
+        now = self.clock()
+        moved = {"fetch_url": result.moved_to} if result.moved_to else {}
+        if result.moved_to:
+            log.info("feed %s moved permanently to %s", source.url, result.moved_to)
+        if result.outcome == "failed":
+            return self.fail(source, result.error, result.retry_after, **moved)
+        if result.outcome == "not-modified":
+            with self.feeds.transaction():
+                self.feeds.source_update(
+                    source.id,
+                    last_attempt=now,
+                    last_success=now,
+                    status="ok",
+                    error="",
+                    failures=0,
+                    next_fetch=self._next(source.interval or self.interval(source, None)),
+                    **moved,
+                )
+            return RefreshReport(source.id, "not-modified", revision=source.revision)
+        validators = {"etag": result.etag, "last_modified": result.last_modified, **moved}
+        return await self.apply(source, result.body, validators=validators)
+
+    def fail(
+        self, source: FeedSource, error: str, retry_after: float | None = None, **extra: object
+    ) -> RefreshReport:
+        """Record a failed refresh and back off; the stored data stays as it was."""
+        failures = source.failures + 1
+        delay = min(self.settings.refresh_ceiling, self.settings.retry_base * 2 ** (failures - 1))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, 7 * 86400))
+        with self.feeds.transaction():
+            self.feeds.source_update(
+                source.id,
+                last_attempt=self.clock(),
+                status="error",
+                error=error,
+                failures=failures,
+                next_fetch=self.clock() + delay,
+                **extra,
+            )
+        return RefreshReport(source.id, "failed", revision=source.revision, error=error)
+
+    async def apply(
+        self,
+        source: FeedSource,
+        body: bytes,
+        confirm_losses: bool = True,
+        validators: dict[str, str | None] | None = None,
+    ) -> RefreshReport:
+        """Turn a fetched body into item changes.  ``confirm_losses``: a body that lost
+        most objects waits for a second fetch (off for an upstream's own export, which
+        is authoritative)."""
+        now = self.clock()
+        validators = validators or {}
+        body_hash = hashlib.sha256(body).hexdigest()
+        if body_hash == source.body_hash and source.status != "new":
+            # the very same bytes: nothing to parse (the cheap, common case)
+            with self.feeds.transaction():
+                self.feeds.source_update(
+                    source.id,
+                    last_attempt=now,
+                    last_success=now,
+                    status="ok",
+                    error="",
+                    failures=0,
+                    next_fetch=self._next(source.interval or self.interval(source, None)),
+                    **validators,
+                )
+            return RefreshReport(source.id, "unchanged", revision=source.revision)
+        if not body.strip():
+            return self.fail(source, "origin sent an empty body")
+        # splitting 10,000 events takes a few hundred ms: off the event loop
+        split = await asyncio.to_thread(split_feed, body)
+        if not split.complete:
+            return self.fail(source, "not a complete iCalendar document (truncated or garbage)")
+        content = _content_hash(split)
+        with self.feeds.transaction():
+            fresh = self.feeds.source(source.id)
+            if fresh is None:
+                return RefreshReport(source.id, "failed", error="source no longer exists")
+            old = self.feeds.fingerprints(source.id)
+            new = split.fingerprints()
+            changes = diff(old, new)
+            interval = self.interval(fresh, split.meta.refresh_seconds)
+            suspicious = confirm_losses and not plausible(len(old), len(new))
+            if suspicious and fresh.suspect_hash != content:
+                # lost most of its objects: believe it only when the next fetch agrees
+                self.feeds.source_update(
+                    source.id,
+                    suspect_hash=content,
+                    last_attempt=now,
+                    error=f"{len(old)} -> {len(new)} objects; waiting for a second fetch",
+                    next_fetch=now + min(interval, self.settings.retry_base),
+                )
+                return RefreshReport(
+                    source.id, "suspect", revision=fresh.revision, error="needs confirmation"
+                )
+            resources = [split.resources[uid] for uid in (*changes.added, *changes.changed)]
+            revision = self.feeds.record_changes(fresh, resources, changes.removed, now)
+            meta = _meta_json(split)
+            timezones = json.dumps(dict(split.timezones), sort_keys=True)
+            touched = revision != fresh.revision or meta != fresh.meta
+            self.feeds.source_update(
+                source.id,
+                body_hash=body_hash,
+                suspect_hash=None,
+                meta=meta,
+                timezones=timezones,
+                revision=revision,
+                status="ok",
+                error="",
+                failures=0,
+                last_attempt=now,
+                last_success=now,
+                last_change=now if touched or fresh.last_change is None else fresh.last_change,
+                next_fetch=self._next(interval),
+                interval=interval,
+                bytes=len(body),
+                **validators,
+            )
+            current = self.feeds.source(source.id)
+            assert current is not None
+            self.feeds.prune_tombstones(current, now - self.settings.tombstone_days * 86400)
+        return RefreshReport(
+            source.id,
+            "changed" if not changes.empty else "unchanged",
+            len(changes.added),
+            len(changes.changed),
+            len(changes.removed),
+            revision,
+        )

@@ -1,0 +1,371 @@
+"""Subscriptions end to end: a real origin, Radicale, davproxy, and a real HTTP client.
+
+Refreshes are forced with ``davproxy admin refresh`` (the same code the scheduler runs),
+so no test waits for a clock.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from davproxy.embedded import ServerProcess, start_radicale
+from tests.feed_origin import Origin, calendar, event
+from tests.helpers import basic, fetch, raw_session, start_proxy, write_htpasswd
+
+NS = {"D": "DAV:", "C": "urn:ietf:params:xml:ns:caldav", "CS": "http://calendarserver.org/ns/"}
+FEEDS = "/.davproxy/feeds/"
+PROPS = """<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav"
+ xmlns:CS="http://calendarserver.org/ns/"><D:prop><D:resourcetype/><D:displayname/>
+ <D:current-user-privilege-set/><D:sync-token/><CS:getctag/><D:supported-report-set/>
+ <C:supported-calendar-component-set/><D:getetag/></D:prop></D:propfind>"""
+
+
+def sync_body(token: str = "", limit: int | None = None, data: bool = False) -> str:
+    limit_xml = f"<D:limit><D:nresults>{limit}</D:nresults></D:limit>" if limit else ""
+    extra = "<C:calendar-data/>" if data else ""
+    return (
+        '<?xml version="1.0"?><D:sync-collection xmlns:D="DAV:" '
+        'xmlns:C="urn:ietf:params:xml:ns:caldav">'
+        f"<D:sync-token>{token}</D:sync-token><D:sync-level>1</D:sync-level>{limit_xml}"
+        f"<D:prop><D:getetag/>{extra}</D:prop></D:sync-collection>"
+    )
+
+
+@dataclass
+class Setup:
+    origin: Origin
+    proxy: ServerProcess
+    config: Path
+    folder: Path
+
+    def url(self, path: str) -> str:
+        return self.proxy.url.rstrip("/") + path
+
+    def refresh(self, *names: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "davproxy", "admin", "-c", str(self.config), "refresh", *names],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.stdout + done.stderr
+
+
+FEED_TABLES = """
+[[feeds]]
+name = "team"
+url = "{origin}/team.ics"
+users = ["alice", "bob"]
+
+[[feeds]]
+name = "public"
+url = "webcal://127.0.0.1:{port}/public.ics"
+public = true
+display_name = "Public holidays"
+
+[[feeds]]
+name = "private"
+url = "{origin}/private.ics"
+users = ["bob"]
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    folder = tmp_path_factory.mktemp("feeds")
+    origin = Origin()
+    origin.serve("/team.ics", calendar(event("a@x", "Alpha"), event("b@x", "Beta")), etag='"v1"')
+    origin.serve("/public.ics", calendar(event("h@x", "Holiday"), name="Holidays"))
+    origin.serve("/private.ics", calendar(event("p@x", "Secret")))
+    with origin.running(), start_radicale(folder / "radicale", auth="x-remote-user") as radicale:
+        tables = FEED_TABLES.format(origin=origin.base, port=origin.port)
+        options = {
+            "upstream_url": radicale.url,
+            "kind": "radicale",
+            "mode": "proxy-auth",
+            "htpasswd": write_htpasswd(folder / "users.htpasswd"),
+            "mapping_extra": tables,
+            "server_extra": '[feeds]\nallow_networks = ["127.0.0.0/8"]\n',
+        }
+        with start_proxy(folder / "davproxy", **options) as proxy:
+            setup = Setup(origin, proxy, folder / "davproxy" / "davproxy.toml", folder)
+            setup.refresh()
+            yield setup
+
+
+def multistatus(body: bytes) -> etree._Element:
+    return etree.fromstring(body)
+
+
+def hrefs(root: etree._Element) -> dict[str, str | None]:
+    """href -> status line of a response without propstat (None when it has props)."""
+    found = {}
+    for response in root.findall("D:response", NS):
+        found[response.findtext("D:href", namespaces=NS)] = response.findtext(
+            "D:status", namespaces=NS
+        )
+    return found
+
+
+async def test_operator_feed_is_a_read_only_calendar(setup: Setup) -> None:
+    async with raw_session() as s:
+        answer = await fetch(
+            s, "PROPFIND", setup.url(FEEDS + "team/"), {**basic("alice"), "Depth": "1"}, PROPS
+        )
+    assert answer.status == 207
+    root = multistatus(answer.body)
+    collection = root.find("D:response", NS)
+    assert collection.find(".//D:resourcetype/C:calendar", NS) is not None
+    privileges = collection.findall(".//D:current-user-privilege-set/D:privilege/*", NS)
+    assert [etree.QName(p).localname for p in privileges] == ["read"]
+    reports = {etree.QName(r).localname for r in collection.findall(".//D:report/*", NS)}
+    assert reports == {"sync-collection", "calendar-multiget", "calendar-query"}
+    token = collection.findtext(".//D:sync-token", namespaces=NS)
+    assert token == collection.findtext(".//CS:getctag", namespaces=NS)
+    assert collection.findtext(".//D:displayname", namespaces=NS) == "Team"
+    members = [r for r in root.findall("D:response", NS)][1:]
+    assert len(members) == 2
+    for member in members:
+        assert re.fullmatch(r'"[0-9a-f]{32}"', member.findtext(".//D:getetag", namespaces=NS))
+
+
+async def test_writes_are_refused_with_need_privileges(setup: Setup) -> None:
+    async with raw_session() as s:
+        for method, path, body in (
+            ("PUT", "team/new.ics", calendar(event("n@x", "New"))),
+            ("DELETE", "team/", ""),
+            ("PROPPATCH", "team/", "<x/>"),
+            ("MKCOL", "team/sub/", ""),
+        ):
+            answer = await fetch(s, method, setup.url(FEEDS + path), basic("alice"), body)
+            assert answer.status == 403, (method, answer.status)
+            assert b"need-privileges" in answer.body
+
+
+async def test_who_may_read(setup: Setup) -> None:
+    async with raw_session() as s:
+        # bob only: alice is refused, no credentials asks for them
+        refused = await fetch(s, "GET", setup.url(FEEDS + "private.ics"), basic("alice"))
+        anonymous = await fetch(s, "GET", setup.url(FEEDS + "private.ics"))
+        allowed = await fetch(s, "GET", setup.url(FEEDS + "private.ics"), basic("bob"))
+        wrong = await fetch(s, "GET", setup.url(FEEDS + "private.ics"), basic("bob", "nope"))
+        public = await fetch(s, "GET", setup.url(FEEDS + "public.ics"))
+    assert refused.status == 403
+    assert anonymous.status == 401
+    assert wrong.status == 401
+    assert allowed.status == 200 and b"Secret" in allowed.body
+    assert public.status == 200 and b"Holiday" in public.body
+    assert 'rel="subscribe-caldav"' in public.header("link")
+    assert 'rel="subscribe-caldav-auth"' in allowed.header("link")
+
+
+async def test_whole_feed_get_head_and_304(setup: Setup) -> None:
+    async with raw_session() as s:
+        full = await fetch(s, "GET", setup.url(FEEDS + "team.ics"), basic("alice"))
+        head = await fetch(s, "HEAD", setup.url(FEEDS + "team.ics"), basic("alice"))
+        again = await fetch(
+            s, "GET", setup.url(FEEDS + "team.ics"),
+            {**basic("alice"), "If-None-Match": full.header("etag")},
+        )  # fmt: skip
+    assert full.status == 200
+    assert full.header("content-type").startswith("text/calendar")
+    assert b"METHOD:" not in full.body
+    assert full.body.count(b"BEGIN:VEVENT") == 2
+    assert b"REFRESH-INTERVAL;VALUE=DURATION:PT" in full.body
+    assert head.status == 200 and head.body == b""
+    assert head.header("etag") == full.header("etag")
+    assert int(head.header("content-length")) == len(full.body)
+    assert again.status == 304
+    links = full.header("link")
+    for rel in ("subscribe-caldav-auth", "subscribe-webdav-sync", "subscribe-enhanced-get"):
+        assert f'rel="{rel}"' in links
+
+
+async def test_sync_after_origin_change_and_enhanced_get(setup: Setup) -> None:
+    origin = setup.origin
+    enhanced = {**basic("alice"), "Prefer": "subscribe-enhanced-get"}
+    async with raw_session() as s:
+        first = await fetch(s, "REPORT", setup.url(FEEDS + "team/"), basic("alice"), sync_body())
+        token = multistatus(first.body).findtext("D:sync-token", namespaces=NS)
+        full = await fetch(s, "GET", setup.url(FEEDS + "team.ics"), enhanced)
+        feed_token = full.header("sync-token")
+        assert full.header("preference-applied") == "subscribe-enhanced-get"
+        assert full.header("vary") == "Prefer, Sync-Token"
+
+        # beta changes, alpha only gets a new DTSTAMP (churn), gamma appears
+        origin.serve(
+            "/team.ics",
+            calendar(
+                event("a@x", "Alpha", stamp="20270101T000000Z"),
+                event("b@x", "Beta moved", start="20260106T090000Z", end="20260106T100000Z"),
+                event("c@x", "Gamma"),
+            ),
+            etag='"v2"',
+        )
+        assert "changed" in setup.refresh("team")
+        delta = await fetch(
+            s, "REPORT", setup.url(FEEDS + "team/"), basic("alice"), sync_body(token)
+        )
+        enhanced_delta = await fetch(
+            s, "GET", setup.url(FEEDS + "team.ics"), {**enhanced, "Sync-Token": feed_token}
+        )
+        # and an unchanged refresh (304 from the origin) keeps the token
+        assert "not-modified" in setup.refresh("team")
+        root = multistatus(delta.body)
+        new_token = root.findtext("D:sync-token", namespaces=NS)
+        unchanged = await fetch(
+            s, "REPORT", setup.url(FEEDS + "team/"), basic("alice"), sync_body(new_token)
+        )
+    assert delta.status == 207
+    assert len(hrefs(root)) == 2  # beta and gamma, not the DTSTAMP-only change
+    assert new_token != token
+    assert hrefs(multistatus(unchanged.body)) == {}
+    assert enhanced_delta.status == 200
+    assert enhanced_delta.body.count(b"BEGIN:VEVENT") == 2
+    assert b"Alpha" not in enhanced_delta.body and b"Gamma" in enhanced_delta.body
+    assert enhanced_delta.header("sync-token") != feed_token
+
+
+async def test_removed_object_is_a_404_and_a_deleted_skeleton(setup: Setup) -> None:
+    setup.origin.serve("/public.ics", calendar(event("h@x", "Holiday"), event("h2@x", "Two")))
+    setup.refresh("public")
+    async with raw_session() as s:
+        first = await fetch(s, "REPORT", setup.url(FEEDS + "public/"), {}, sync_body())
+        token = multistatus(first.body).findtext("D:sync-token", namespaces=NS)
+        get = await fetch(
+            s, "GET", setup.url(FEEDS + "public.ics"), {"Prefer": "subscribe-enhanced-get"}
+        )
+        setup.origin.serve("/public.ics", calendar(event("h@x", "Holiday")))
+        assert "changed" in setup.refresh("public")
+        delta = await fetch(s, "REPORT", setup.url(FEEDS + "public/"), {}, sync_body(token))
+        skeleton = await fetch(
+            s, "GET", setup.url(FEEDS + "public.ics"),
+            {"Prefer": "subscribe-enhanced-get", "Sync-Token": get.header("sync-token")},
+        )  # fmt: skip
+        nothing = await fetch(
+            s, "GET", setup.url(FEEDS + "public.ics"),
+            {"Prefer": "subscribe-enhanced-get", "Sync-Token": skeleton.header("sync-token")},
+        )  # fmt: skip
+        bad = await fetch(
+            s, "GET", setup.url(FEEDS + "public.ics"),
+            {"Prefer": "subscribe-enhanced-get", "Sync-Token": '"urn:x-davproxy:feed:00-1"'},
+        )  # fmt: skip
+        bad_sync = await fetch(
+            s, "REPORT", setup.url(FEEDS + "public/"), {}, sync_body("urn:x-davproxy:feed:00-1")
+        )
+    statuses = list(hrefs(multistatus(delta.body)).values())
+    assert statuses == ["HTTP/1.1 404 Not Found"]
+    assert b"UID:h2@x" in skeleton.body and b"STATUS:DELETED" in skeleton.body
+    assert b"Holiday" not in skeleton.body
+    assert nothing.status == 304
+    assert bad.status == 409
+    assert bad_sync.status == 403 and b"valid-sync-token" in bad_sync.body
+
+
+async def test_sync_collection_pages_with_507(setup: Setup) -> None:
+    async with raw_session() as s:
+        seen: set[str] = set()
+        token = ""
+        for _ in range(10):
+            answer = await fetch(
+                s, "REPORT", setup.url(FEEDS + "team/"), basic("alice"), sync_body(token, limit=1)
+            )
+            root = multistatus(answer.body)
+            found = hrefs(root)
+            token = root.findtext("D:sync-token", namespaces=NS)
+            cut = found.pop(FEEDS + "team/", None)
+            seen |= {h for h, status in found.items() if status is None}
+            if cut is None:
+                break
+            assert "507" in cut
+        multiget = await fetch(
+            s, "REPORT", setup.url(FEEDS + "team/"), basic("alice"),
+            '<C:calendar-multiget xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">'
+            "<D:prop><D:getetag/><C:calendar-data/></D:prop>"
+            + "".join(f"<D:href>{h}</D:href>" for h in sorted(seen))
+            + f"<D:href>{FEEDS}team/missing.ics</D:href></C:calendar-multiget>",
+        )  # fmt: skip
+    assert len(seen) == 3
+    root = multistatus(multiget.body)
+    assert len(root.findall(".//C:calendar-data", NS)) == 3
+    assert hrefs(root)[f"{FEEDS}team/missing.ics"] == "HTTP/1.1 404 Not Found"
+
+
+async def test_calendar_query_expands_recurrences(setup: Setup) -> None:
+    weekly = event("w@x", "Weekly", extra="RRULE:FREQ=WEEKLY;COUNT=52")
+    setup.origin.serve("/private.ics", calendar(weekly, event("o@x", "Once")))
+    setup.refresh("private")
+
+    def query(start: str, end: str) -> str:
+        return (
+            '<C:calendar-query xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">'
+            '<D:prop><D:getetag/></D:prop><C:filter><C:comp-filter name="VCALENDAR">'
+            f'<C:comp-filter name="VEVENT"><C:time-range start="{start}" end="{end}"/>'
+            "</C:comp-filter></C:comp-filter></C:filter></C:calendar-query>"
+        )
+
+    async with raw_session() as s:
+        late = await fetch(
+            s, "REPORT", setup.url(FEEDS + "private/"), {**basic("bob"), "Depth": "1"},
+            query("20260601T000000Z", "20260602T000000Z"),
+        )  # fmt: skip
+        early = await fetch(
+            s, "REPORT", setup.url(FEEDS + "private/"), {**basic("bob"), "Depth": "1"},
+            query("20260105T000000Z", "20260106T000000Z"),
+        )  # fmt: skip
+        never = await fetch(
+            s, "REPORT", setup.url(FEEDS + "private/"), {**basic("bob"), "Depth": "1"},
+            query("20300101T000000Z", "20300102T000000Z"),
+        )  # fmt: skip
+    assert len(hrefs(multistatus(late.body))) == 1  # the weekly one, 21 weeks in
+    assert len(hrefs(multistatus(early.body))) == 2
+    assert hrefs(multistatus(never.body)) == {}
+
+
+async def test_origin_failure_keeps_last_good_data(setup: Setup) -> None:
+    origin = setup.origin
+    good = calendar(event("k@x", "Keep"))
+    origin.serve("/public.ics", good)
+    setup.refresh("public")
+    for reply in (
+        {"body": "garbage, not a calendar"},
+        {"body": "", "status": 200},
+        {"body": "busy", "status": 503, "headers": {"Retry-After": "120"}},
+        {"body": good[: len(good) // 2]},  # truncated
+    ):
+        origin.serve("/public.ics", **reply)
+        assert "failed" in setup.refresh("public")
+        async with raw_session() as s:
+            answer = await fetch(s, "GET", setup.url(FEEDS + "public.ics"))
+        assert answer.status == 200 and b"UID:k@x" in answer.body, reply
+
+
+async def test_private_origin_refused_without_allow_list(tmp_path: Path) -> None:
+    origin = Origin()
+    origin.serve("/x.ics", calendar(event("x@x", "X")))
+    tables = f'[[feeds]]\nname = "x"\nurl = "{origin.base}/x.ics"\npublic = true\n'
+    with (
+        origin.running(),
+        start_radicale(tmp_path / "radicale", auth="x-remote-user") as radicale,
+        start_proxy(
+            tmp_path / "p", upstream_url=radicale.url, kind="radicale", mode="proxy-auth",
+            htpasswd=write_htpasswd(tmp_path / "u"), mapping_extra=tables,
+        ) as proxy,
+    ):  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "davproxy", "admin", "-c", str(tmp_path / "p" / "davproxy.toml"),
+             "feeds"], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        async with raw_session() as s:
+            answer = await fetch(s, "GET", proxy.url.rstrip("/") + FEEDS + "x.ics")
+    assert origin.hits("/x.ics") == 0
+    assert "refused" in done.stdout
+    assert answer.status == 200 and b"VEVENT" not in answer.body
