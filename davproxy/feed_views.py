@@ -381,7 +381,7 @@ class FeedServer:
         if _etag_matches(request, etag) or _not_modified_since(request, item.modified):
             return web.Response(status=304, headers=headers)
         body = item.text.encode("utf-8", "surrogatepass")
-        return _body_response(request, body, headers)
+        return _body_response(body, headers)
 
     def whole_feed(self, request: web.Request, view: FeedView) -> web.Response:
         source = view.source
@@ -400,7 +400,7 @@ class FeedServer:
         headers["Sync-Token"] = f'"{feed_token(source)}"'  # a hint even without Prefer (§5)
         if _etag_matches(request, etag) or _not_modified_since(request, source.last_change):
             return web.Response(status=304, headers=headers)
-        return _body_response(request, body, headers)
+        return _body_response(body, headers)
 
     def _enhanced(
         self,
@@ -427,7 +427,7 @@ class FeedServer:
             return web.Response(status=304, headers=headers)
         body = self.assemble(source, items, delta=since > 0)
         headers["Content-Type"] = _CONTENT_TYPE
-        return _body_response(request, body, headers)
+        return _body_response(body, headers)
 
     def full(self, source: FeedSource) -> tuple[bytes, str]:
         """The whole feed as davproxy serves it, cached until the source changes."""
@@ -483,7 +483,7 @@ def _skeleton(item: FeedItem, stamp: str) -> str:
     )
 
 
-def _body_response(request: web.Request, body: bytes, headers: dict[str, str]) -> web.Response:
+def _body_response(body: bytes, headers: dict[str, str]) -> web.Response:
     # aiohttp answers HEAD with this body's Content-Length and no body
     headers.setdefault("Content-Type", _CONTENT_TYPE)
     return web.Response(body=body, headers=headers)

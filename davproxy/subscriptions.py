@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -388,7 +388,7 @@ class Subscriptions:
 
     # -- upstream exports -------------------------------------------------------------------------
 
-    def export_links(self, public_path: str) -> Callable[[int, object], dict[str, str]]:
+    def export_links(self, public_path: str) -> Callable[[int, Mapping[str, str]], dict[str, str]]:
         """``Link`` headers for a calendar the upstream exports as one .ics (GET on the
         collection): the collection itself is the CalDAV and sync access point."""
         value = (
@@ -397,8 +397,8 @@ class Subscriptions:
             f'<{public_path}>; rel="subscribe-enhanced-get"'
         )
 
-        def add(status: int, headers: object) -> dict[str, str]:
-            content_type = getattr(headers, "get", lambda *_: "")("Content-Type", "") or ""
+        def add(status: int, headers: Mapping[str, str]) -> dict[str, str]:
+            content_type = headers.get("Content-Type", "")
             if status == 200 and content_type.lower().startswith("text/calendar"):
                 return {"Link": value}
             return {}

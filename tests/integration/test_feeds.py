@@ -369,3 +369,128 @@ async def test_private_origin_refused_without_allow_list(tmp_path: Path) -> None
     assert origin.hits("/x.ics") == 0
     assert "refused" in done.stdout
     assert answer.status == 200 and b"VEVENT" not in answer.body
+
+
+def mkcol(source: str, displayname: str = "") -> str:
+    name = f"<D:displayname>{displayname}</D:displayname>" if displayname else ""
+    return (
+        '<?xml version="1.0"?><D:mkcol xmlns:D="DAV:" xmlns:CS="http://calendarserver.org/ns/">'
+        "<D:set><D:prop><D:resourcetype><D:collection/><CS:subscribed/></D:resourcetype>"
+        f"<CS:source><D:href>{source}</D:href></CS:source>{name}</D:prop></D:set></D:mkcol>"
+    )
+
+
+async def test_user_subscription_lifecycle(setup: Setup) -> None:
+    origin = setup.origin
+    origin.serve("/mine.ics", calendar(event("m1@x", "Mine"), name="My feed"))
+    url = origin.url("/mine.ics").replace("http://", "webcal://")
+    async with raw_session() as s:
+        created = await fetch(
+            s, "MKCOL", setup.url("/alice/sub-mine/"), basic("alice"), mkcol(url, "Work feed")
+        )
+        home = await fetch(
+            s, "PROPFIND", setup.url("/alice/"), {**basic("alice"), "Depth": "1"}, PROPS
+        )
+        items = await fetch(
+            s, "PROPFIND", setup.url("/alice/sub-mine/"), {**basic("alice"), "Depth": "1"}, PROPS
+        )
+        # bob cannot see alice's subscription through its path
+        bob = await fetch(
+            s, "PROPFIND", setup.url("/alice/sub-mine/"), {**basic("bob"), "Depth": "0"}, PROPS
+        )
+        renamed = await fetch(
+            s, "PROPPATCH", setup.url("/alice/sub-mine/"), basic("alice"),
+            '<D:propertyupdate xmlns:D="DAV:"><D:set><D:prop><D:displayname>Renamed'
+            "</D:displayname></D:prop></D:set></D:propertyupdate>",
+        )  # fmt: skip
+        refused = await fetch(
+            s, "PROPPATCH", setup.url("/alice/sub-mine/"), basic("alice"),
+            '<D:propertyupdate xmlns:D="DAV:" xmlns:X="urn:x"><D:set><D:prop><D:displayname>'
+            "Other</D:displayname><X:custom>1</X:custom></D:prop></D:set></D:propertyupdate>",
+        )  # fmt: skip
+        after = await fetch(
+            s, "PROPFIND", setup.url("/alice/sub-mine/"), {**basic("alice"), "Depth": "0"}, PROPS
+        )
+        again = await fetch(s, "MKCOL", setup.url("/alice/sub-mine/"), basic("alice"), mkcol(url))
+        deleted = await fetch(s, "DELETE", setup.url("/alice/sub-mine/"), basic("alice"))
+        gone = await fetch(
+            s, "PROPFIND", setup.url("/alice/sub-mine/"), {**basic("alice"), "Depth": "0"}, PROPS
+        )
+    assert created.status == 201
+    assert origin.hits("/mine.ics") == 1  # fetched once, at creation
+    listed = multistatus(home.body)
+    sub = [
+        r for r in listed.findall("D:response", NS)
+        if r.findtext("D:href", namespaces=NS) == "/alice/sub-mine/"
+    ]  # fmt: skip
+    assert len(sub) == 1
+    assert sub[0].find(".//D:resourcetype/C:calendar", NS) is not None
+    assert sub[0].findtext(".//D:displayname", namespaces=NS) == "Work feed"
+    assert len(multistatus(items.body).findall("D:response", NS)) == 2
+    assert bob.status in (403, 404)
+    assert b"Mine" not in bob.body
+    assert renamed.status == 207 and b"200 OK" in renamed.body
+    assert refused.status == 207 and b"403" in refused.body and b"424" in refused.body
+    assert multistatus(after.body).findtext(".//D:displayname", namespaces=NS) == "Renamed"
+    assert again.status == 405
+    assert deleted.status == 204
+    assert gone.status == 404  # Radicale has nothing there: it never existed upstream
+
+
+async def test_subscription_refusals(setup: Setup) -> None:
+    async with raw_session() as s:
+        private = await fetch(
+            s, "MKCOL", setup.url("/alice/sub-ssrf/"), basic("alice"),
+            mkcol("http://10.1.2.3/feed.ics"),
+        )  # fmt: skip
+        not_url = await fetch(
+            s, "MKCOL", setup.url("/alice/sub-bad/"), basic("alice"), mkcol("ftp://x/feed.ics")
+        )
+        elsewhere = await fetch(
+            s, "MKCOL", setup.url("/bob/sub-x/"), basic("alice"), mkcol(setup.origin.url("/x"))
+        )
+        deep = await fetch(
+            s, "MKCOL", setup.url("/alice/a/b/"), basic("alice"), mkcol(setup.origin.url("/x"))
+        )
+        anonymous = await fetch(
+            s, "MKCOL", setup.url("/alice/sub-anon/"), {}, mkcol(setup.origin.url("/x"))
+        )
+    assert private.status == 403 and b"valid-source" in private.body
+    assert not_url.status == 403 and b"valid-source" in not_url.body
+    assert elsewhere.status == 403
+    assert deep.status == 403
+    assert anonymous.status == 401
+
+
+async def test_upstream_export_gains_links_and_enhanced_get(setup: Setup) -> None:
+    cal = "/alice/exported/"
+    alice = basic("alice")
+    enhanced = {**alice, "Prefer": "subscribe-enhanced-get"}
+    async with raw_session() as s:
+        made = await fetch(s, "MKCALENDAR", setup.url(cal), alice)
+        assert made.status == 201
+        for uid in ("e1", "e2"):
+            put = await fetch(
+                s, "PUT", setup.url(f"{cal}{uid}.ics"),
+                {**alice, "Content-Type": "text/calendar"}, calendar(event(uid, uid.upper())),
+            )  # fmt: skip
+            assert put.status == 201
+        plain = await fetch(s, "GET", setup.url(cal), alice)
+        first = await fetch(s, "GET", setup.url(cal), enhanced)
+        token = first.header("sync-token")
+        await fetch(s, "DELETE", setup.url(f"{cal}e1.ics"), alice)
+        delta = await fetch(s, "GET", setup.url(cal), {**enhanced, "Sync-Token": token})
+        same = await fetch(
+            s, "GET", setup.url(cal), {**enhanced, "Sync-Token": delta.header("sync-token")}
+        )
+        bob = await fetch(
+            s, "GET", setup.url(cal), {**basic("bob"), "Prefer": "subscribe-enhanced-get"}
+        )
+    assert plain.status == 200
+    assert f'<{cal}>; rel="subscribe-caldav-auth"' in plain.header("link")
+    assert first.status == 200 and first.body.count(b"BEGIN:VEVENT") == 2
+    assert delta.status == 200
+    assert b"UID:e1" in delta.body and b"STATUS:DELETED" in delta.body
+    assert b"UID:e2" not in delta.body
+    assert same.status == 304
+    assert bob.status == 403  # Radicale's owner_only rights still decide
