@@ -290,8 +290,10 @@ class FeedServer:
             tuple(str(p.tag) for p in prop if isinstance(p.tag, str)) if prop is not None else (),
         )
         if root.tag == f"{{{DAV}}}sync-collection":
+            # RFC 6578 §3.2 wants Depth: 0, but python-caldav sends 1 and Radicale and
+            # Xandikos accept it: the feed must sync like the calendars next to it.
             depth = request.headers.get("Depth", "0").strip()
-            if depth != "0":
+            if depth not in ("0", "1"):
                 raise DavError(400, None, "sync-collection is a Depth: 0 report (RFC 6578 §3.2)")
             return self._sync_collection(view, root, wanted)
         if root.tag == f"{{{CALDAV}}}calendar-multiget":
