@@ -44,6 +44,14 @@ class TimeRange:
 class TextMatch:
     text: str
     negate: bool
+    collation: str = "i;ascii-casemap"
+
+    def found_in(self, value: str) -> bool:
+        if self.collation == "i;octet":
+            return self.text in value
+        if self.collation == "i;ascii-casemap":  # RFC 4790 §9.2: ASCII letters only
+            return _ascii_lower(self.text) in _ascii_lower(value)
+        return self.text.casefold() in value.casefold()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +88,13 @@ class Query:
         return self.comp is not None and not self.comp.trivial
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _ascii_lower(value: str) -> str:
+    return value.translate(_ASCII_LOWER)
+
+
 def _utc(value: str | None, fallback: dt.datetime) -> dt.datetime:
     if value is None:
         return fallback
@@ -111,7 +126,9 @@ def _prop_filter(node: etree._Element) -> PropFilter:
         collation = text_node.get("collation", "i;ascii-casemap")
         if collation not in ("i;ascii-casemap", "i;octet", "i;unicode-casemap"):
             raise DavError(403, f"{{{CALDAV}}}supported-collation", collation)
-        text = TextMatch(text_node.text or "", text_node.get("negate-condition") == "yes")
+        text = TextMatch(
+            text_node.text or "", text_node.get("negate-condition") == "yes", collation
+        )
     return PropFilter(
         name=(node.get("name") or "").upper(),
         undefined=node.find(_UNDEFINED) is not None,
@@ -174,10 +191,14 @@ def matches(query: Query, kind: str, text: str) -> bool:
 
 
 def _instances(calendar: icalendar.Calendar, kind: str, span: TimeRange) -> bool:
+    # Lazily, in start order: the first occurrence not over before the window decides.
+    # (``between`` would build every occurrence of an endless rule up to year 9999 when a
+    # client sends only a start.)
     try:
         query = recurring_ical_events.of(calendar, components=[kind], skip_bad_series=True)
-        for _ in query.between(span.start, span.end):
-            return True
+        for occurrence in query.after(span.start):
+            start = occurrence.get("DTSTART")
+            return start is None or _as_utc(start.dt) < span.end
     except Exception:  # a broken RRULE in someone's feed must not fail the whole report
         return False
     return False
@@ -235,7 +256,6 @@ def _prop_matches(component: icalendar.cal.Component, prop: PropFilter) -> bool:
             for v in items
         )
     if prop.text is not None:
-        needle = prop.text.text.casefold()
-        found = any(needle in str(v).casefold() for v in items)
+        found = any(prop.text.found_in(str(v)) for v in items)
         return found != prop.text.negate
     return True

@@ -461,6 +461,11 @@ def feed_url(value: str) -> str | None:
     return str(url.with_fragment(None))
 
 
+def _without_credentials(value: str) -> str:
+    """A URL fit for an error message: never echo a password from the config."""
+    return re.sub(r"(?<=://)[^/@]*@", "***@", value)
+
+
 def _load_feed(table: _Table) -> FeedConfig:
     name = table.text("name", _REQUIRED)
     if not _FEED_NAME.fullmatch(name):
@@ -472,7 +477,9 @@ def _load_feed(table: _Table) -> FeedConfig:
     url = feed_url(raw_url)
     if url is None:
         raise table.error(
-            "url", f"must be an http(s):// or webcal(s):// URL without credentials; got {raw_url!r}"
+            "url",
+            "must be an http(s):// or webcal(s):// URL without credentials; "
+            f"got {_without_credentials(raw_url)!r}",
         )
     floor = table.integer("refresh_floor", None, 1) if "refresh_floor" in table.data else None
     ceiling = table.integer("refresh_ceiling", None, 1) if "refresh_ceiling" in table.data else None

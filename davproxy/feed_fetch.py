@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import ipaddress
 import logging
@@ -50,6 +51,11 @@ class FetchResult:
     error: str = ""
 
 
+_EMBEDS_IPV4 = tuple(
+    ipaddress.IPv6Network(n) for n in ("2002::/16", "64:ff9b::/96", "64:ff9b:1::/48", "::/96")
+)
+
+
 class OriginRefused(OSError):
     """The origin's address is not one davproxy may fetch from."""
 
@@ -63,6 +69,8 @@ def address_allowed(address: str, allowed: tuple[str, ...]) -> bool:
         ip = ip.ipv4_mapped
     if any(ip in ipaddress.ip_network(net, strict=False) for net in allowed):
         return True
+    if isinstance(ip, ipaddress.IPv6Address) and any(ip in net for net in _EMBEDS_IPV4):
+        return False  # 6to4, NAT64, IPv4-compatible: an IPv4 address travels inside
     return ip.is_global and not ip.is_multicast
 
 
@@ -99,6 +107,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # asctime and "-0000" dates are GMT (RFC 9110 §5.6.7)
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - now)
 
 

@@ -178,6 +178,7 @@ class Refresher:
                     status="ok",
                     error="",
                     failures=0,
+                    suspect_hash=None,  # the origin is back to what we hold
                     next_fetch=self._next(source.interval or self.interval(source, None)),
                     **moved,
                 )
@@ -228,6 +229,7 @@ class Refresher:
                     status="ok",
                     error="",
                     failures=0,
+                    suspect_hash=None,  # the origin is back to what we hold
                     next_fetch=self._next(source.interval or self.interval(source, None)),
                     **validators,
                 )

@@ -15,6 +15,7 @@ revision, tied to the source's random tag.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import time
@@ -160,7 +161,7 @@ class FeedServer:
                     responses.append(self._member_answer(view, item, wanted))
             return multistatus_response(davxml.multistatus(*responses))
         if method == "REPORT":
-            return self.report(request, view, await read_body(request, self.body_limit))
+            return await self.report(request, view, await read_body(request, self.body_limit))
         raise read_only()
 
     async def member(self, request: web.Request, view: FeedView, name: str) -> web.StreamResponse:
@@ -282,7 +283,7 @@ class FeedServer:
 
     # -- reports ------------------------------------------------------------------------------
 
-    def report(self, request: web.Request, view: FeedView, body: bytes) -> web.Response:
+    async def report(self, request: web.Request, view: FeedView, body: bytes) -> web.Response:
         root = davxml.parse(body)
         prop = root.find(davxml.PROP)
         wanted = PropRequest(
@@ -300,11 +301,14 @@ class FeedServer:
             return self._multiget(view, root, wanted)
         if root.tag == f"{{{CALDAV}}}calendar-query":
             query = caldav_query.parse_filter(root)
-            responses = [
-                self._member_answer(view, item, wanted)
-                for item in self.feeds.items(view.source.id)
-                if caldav_query.matches(query, item.kind, item.text)
-            ]
+            items = self.feeds.items(view.source.id)
+            if query.needs_parsing:  # parsing and expanding objects: off the event loop
+                kept = await asyncio.to_thread(
+                    lambda: [i for i in items if caldav_query.matches(query, i.kind, i.text)]
+                )
+            else:
+                kept = [i for i in items if caldav_query.matches(query, i.kind, i.text)]
+            responses = [self._member_answer(view, item, wanted) for item in kept]
             return multistatus_response(davxml.multistatus(*responses))
         raise DavError(
             403, f"{{{DAV}}}supported-report", f"report {root.tag} is not supported here"

@@ -55,6 +55,13 @@ _SUBSCRIPTION_CREATORS = frozenset({"MKCOL", "MKCALENDAR"})
 RequireUser = Callable[[], Awaitable[str]]
 
 
+def feed_bounds(feed: FeedConfig, settings: FeedsConfig) -> Bounds:
+    """A feed's own bounds win; a per-feed ceiling below the global floor lowers the floor."""
+    ceiling = feed.refresh_ceiling
+    floor = feed.refresh_floor or min(settings.refresh_floor, ceiling or settings.refresh_floor)
+    return Bounds(floor, max(floor, ceiling or settings.refresh_ceiling))
+
+
 class Subscriptions:
     def __init__(
         self,
@@ -84,13 +91,7 @@ class Subscriptions:
                 self.feeds.subscription_put(
                     name, "", f"{OWN_FEEDS}{feed.name}/", feed.name, source.id
                 )
-                self.refresher.bounds[feed.url] = Bounds(
-                    feed.refresh_floor or self.settings.refresh_floor,
-                    max(
-                        feed.refresh_floor or 0,
-                        feed.refresh_ceiling or self.settings.refresh_ceiling,
-                    ),
-                )
+                self.refresher.bounds[feed.url] = feed_bounds(feed, self.settings)
             for sub in self.feeds.subscriptions_of(name, ""):
                 if sub.name not in self.configured:
                     self.feeds.subscription_delete(name, sub.path)
