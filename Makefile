@@ -41,6 +41,7 @@ soak: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/passthrough.py
+	$(BIN)/python bench/feeds.py
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache

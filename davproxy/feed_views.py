@@ -19,6 +19,7 @@ import asyncio
 import email.utils
 import hashlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -48,6 +49,7 @@ HIDDEN = frozenset({CALENDAR_DATA, SYNC_TOKEN})
 _REPORTS = ("calendar-multiget", "calendar-query", "sync-collection")
 _DROPPED_CALENDAR_PROPS = ("REFRESH-INTERVAL", "X-PUBLISHED-TTL")
 _CONTENT_TYPE = "text/calendar; charset=utf-8"
+_CACHED_FEEDS = 32  # whole feeds kept in memory; the rest are rebuilt from the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +144,8 @@ class FeedServer:
     def __init__(self, feeds: FeedStore, body_limit: int) -> None:
         self.feeds = feeds
         self.body_limit = body_limit
-        self._full: dict[int, tuple[tuple[object, ...], bytes, str]] = {}
+        # whole feeds by source tag (never by row id: SQLite reuses those), newest last
+        self._full: OrderedDict[str, tuple[tuple[object, ...], bytes, str]] = OrderedDict()
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -438,12 +441,15 @@ class FeedServer:
     def full(self, source: FeedSource) -> tuple[bytes, str]:
         """The whole feed as davproxy serves it, cached until the source changes."""
         key = (source.revision, source.meta, source.timezones, source.interval)
-        cached = self._full.get(source.id)
+        cached = self._full.get(source.tag)
         if cached is not None and cached[0] == key:
+            self._full.move_to_end(source.tag)
             return cached[1], cached[2]
         body = self.assemble(source, self.feeds.items(source.id), delta=False)
         etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
-        self._full[source.id] = (key, body, etag)
+        self._full[source.tag] = (key, body, etag)
+        while len(self._full) > _CACHED_FEEDS:
+            self._full.popitem(last=False)
         return body, etag
 
     def assemble(self, source: FeedSource, items: list[FeedItem], delta: bool) -> bytes:
