@@ -1,16 +1,23 @@
 """``davproxy demo``: a bundled Radicale with demo users, davproxy in front of it.
 
 Everything lives in one folder (kept between runs): Radicale's configuration, data
-and log, davproxy's configuration files and store, and the demo logins.  Radicale
-listens on a free loopback port and trusts davproxy's ``X-Remote-User`` header;
-davproxy checks the passwords (``proxy-auth`` mode).
+and log, davproxy's configuration files and store, the demo logins, and a sample feed.
+Radicale listens on a free loopback port and trusts davproxy's ``X-Remote-User``
+header; davproxy checks the passwords (``proxy-auth`` mode).  A small static web
+server on loopback plays the origin of the sample feed (``feeds/team.ics``), which
+davproxy serves as a syncable subscription; edit the file and run
+``davproxy admin refresh`` to watch a client sync only the change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
 import json
 import os
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from . import config as config_mod
@@ -49,7 +56,49 @@ def _logins(folder: Path) -> dict[str, str]:
     return logins
 
 
-def write_demo_config(folder: Path, host: str, port: int, upstream_url: str) -> Path:
+def sample_feed(today: dt.date) -> str:
+    """A small team calendar: a weekly stand-up, a few events around today."""
+
+    def day(offset: int, hour: int) -> str:
+        return (today + dt.timedelta(days=offset)).strftime("%Y%m%d") + f"T{hour:02d}0000Z"
+
+    events = [
+        ("standup@demo.davproxy", "Stand-up", day(-7, 9), day(-7, 9)[:-3] + "1500Z",
+         "RRULE:FREQ=WEEKLY;BYDAY=MO,WE,FR"),
+        ("review@demo.davproxy", "Quarterly review", day(3, 13), day(3, 15), ""),
+        ("offsite@demo.davproxy", "Team offsite", day(10, 8), day(11, 17), ""),
+        ("release@demo.davproxy", "Release day", day(14, 10), day(14, 11), ""),
+    ]  # fmt: skip
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    lines = ["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//davproxy//demo//EN",
+             "X-WR-CALNAME:Team (demo feed)", "REFRESH-INTERVAL;VALUE=DURATION:PT1H"]  # fmt: skip
+    for uid, summary, start, end, rule in events:
+        lines += ["BEGIN:VEVENT", f"UID:{uid}", f"DTSTAMP:{stamp}", f"DTSTART:{start}"]
+        lines += [f"DTEND:{end}", f"SUMMARY:{summary}", *([rule] if rule else []), "END:VEVENT"]
+    lines.append("END:VCALENDAR")
+    return "\r\n".join(lines) + "\r\n"
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        pass
+
+
+def start_feed_origin(folder: Path) -> ThreadingHTTPServer:
+    """Serve ``folder`` on a free loopback port (Last-Modified and 304s from the stdlib)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = folder / "team.ics"
+    if not sample.exists():
+        sample.write_text(sample_feed(dt.date.today()), encoding="utf-8")
+    handler = functools.partial(_QuietFiles, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="demo-feed").start()
+    return server
+
+
+def write_demo_config(
+    folder: Path, host: str, port: int, upstream_url: str, feed_origin: str = ""
+) -> Path:
     logins = _logins(folder)
     htpasswd = folder / "users.htpasswd"
     htpasswd.write_text(
@@ -61,15 +110,22 @@ def write_demo_config(folder: Path, host: str, port: int, upstream_url: str) -> 
         f'\n[[users]]\nid = "{user}"\nemails = ["{mail}"]\ndisplay_name = "{name}"\n'
         for user, name, mail in DEMO_USERS
     )
+    feeds = (
+        f'\n[[feeds]]\nname = "team"\nurl = "{feed_origin}/team.ics"\nusers = ["*"]\n'
+        if feed_origin
+        else ""
+    )
     (folder / "radicale-mapping.toml").write_text(
         'kind = "radicale"\n\n[identity]\nmode = "proxy-auth"\nhtpasswd = "users.htpasswd"\n'
-        'trusted_header = "X-Remote-User"\n' + users,
+        'trusted_header = "X-Remote-User"\n' + users + feeds,
         encoding="utf-8",
     )
     main = folder / "davproxy.toml"
     main.write_text(
         f'[server]\nhost = "{host}"\nport = {port}\n\n[store]\npath = "davproxy.sqlite3"\n\n'
         '[logging]\nlevel = "info"\n\n'
+        # the demo's feed origin is on loopback, which davproxy refuses by default (SSRF)
+        '[feeds]\nallow_networks = ["127.0.0.1/32"]\n\n'
         f'[[upstream]]\nname = "radicale"\nprefix = "/"\nurl = "{upstream_url}"\n'
         'mapping = "radicale-mapping.toml"\n',
         encoding="utf-8",
@@ -86,8 +142,10 @@ def run_demo(data: str, port: int, host: str) -> int:
         )
     except EmbeddedError as exc:
         raise StartupError(f"the bundled Radicale did not start: {exc}") from None
+    origin = start_feed_origin(folder / "feeds")
     try:
-        main = write_demo_config(folder, host, port, radicale.url)
+        feed_origin = f"http://127.0.0.1:{origin.server_address[1]}"
+        main = write_demo_config(folder, host, port, radicale.url, feed_origin)
         config = config_mod.load(main)
         logs.setup(config.logging)
         logins = _logins(folder)
@@ -102,6 +160,10 @@ def run_demo(data: str, port: int, host: str) -> int:
                 f"  data folder        : {folder}",
                 f"  Radicale (upstream): {radicale.url} (log {radicale.log_path})",
                 f"  try: curl -u alice:{logins['alice']} -X PROPFIND -H 'Depth: 1' {url}alice/",
+                f"  subscription (CalDAV, read-only): {url}.davproxy/feeds/team/",
+                f"  the same as one feed (.ics)     : {url}.davproxy/feeds/team.ics",
+                f"  its origin: {folder / 'feeds' / 'team.ics'} — edit it, then run",
+                f"    davproxy admin -c {main} refresh team",
                 "  Ctrl-C stops davproxy and Radicale.",
                 "",
             ]
@@ -109,5 +171,6 @@ def run_demo(data: str, port: int, host: str) -> int:
 
         asyncio.run(run_until_signal(config, announce))
     finally:
+        origin.shutdown()
         radicale.stop()
     return 0

@@ -213,7 +213,7 @@ def test_demo_serves_radicale_with_demo_users(tmp_path: Path) -> None:
         logins = json.loads((data / "logins.json").read_text())
         assert set(logins) == {"alice", "bob", "carol"}
 
-        async def check() -> tuple[int, bytes, int]:
+        async def check() -> tuple[int, bytes, int, bytes]:
             from tests.helpers import basic, fetch, raw_session
 
             async with raw_session() as session:
@@ -222,11 +222,22 @@ def test_demo_serves_radicale_with_demo_users(tmp_path: Path) -> None:
                     session, "PROPFIND", url, {**basic("alice", logins["alice"]), "Depth": "1"}
                 )
                 wrong = await fetch(session, "GET", url, basic("alice", "wrong"))
-                return listing.status, listing.body, wrong.status
+                feed = b""
+                for _ in range(50):  # the scheduler fetches the sample feed at start-up
+                    answer = await fetch(
+                        session, "GET", f"http://127.0.0.1:{port}/.davproxy/feeds/team.ics",
+                        basic("bob", logins["bob"]),
+                    )  # fmt: skip
+                    feed = answer.body
+                    if b"BEGIN:VEVENT" in feed:
+                        break
+                    await asyncio.sleep(0.1)
+                return listing.status, listing.body, wrong.status, feed
 
         import asyncio
 
-        status, body, wrong_status = asyncio.run(check())
+        status, body, wrong_status, feed = asyncio.run(check())
+        assert feed.count(b"BEGIN:VEVENT") == 4 and b"RRULE:FREQ=WEEKLY" in feed
         assert status == 207
         assert b"/alice/calendar/" in body and b"/alice/contacts/" in body
         assert wrong_status == 401
@@ -238,6 +249,7 @@ def test_demo_serves_radicale_with_demo_users(tmp_path: Path) -> None:
     assert process.returncode == 0
     assert f"http://127.0.0.1:{port}/" in stdout
     assert f"alice / {logins['alice']}" in stdout
+    assert f"http://127.0.0.1:{port}/.davproxy/feeds/team/" in stdout
     radicale_log = (data / "radicale" / "radicale.log").read_text()
     assert "CRITICAL" not in radicale_log and "Traceback" not in radicale_log
 
