@@ -248,6 +248,13 @@ class _Table:
             raise self.error(key, f"must be {bounds}; got {value}")
         return int(value)
 
+    def optional_integer(
+        self, key: str, minimum: int = 0, maximum: int | None = None
+    ) -> int | None:
+        """An integer whose absence means "use the default from elsewhere"."""
+        self._used.add(key)
+        return self.integer(key, None, minimum, maximum) if key in self.data else None
+
     def number(self, key: str, default: Any, minimum: float = 0.0) -> float:
         value = self._get(key, (int, float), default, "a number")
         if value <= minimum:
@@ -481,8 +488,8 @@ def _load_feed(table: _Table) -> FeedConfig:
             "must be an http(s):// or webcal(s):// URL without credentials; "
             f"got {_without_credentials(raw_url)!r}",
         )
-    floor = table.integer("refresh_floor", None, 1) if "refresh_floor" in table.data else None
-    ceiling = table.integer("refresh_ceiling", None, 1) if "refresh_ceiling" in table.data else None
+    floor = table.optional_integer("refresh_floor", 1)
+    ceiling = table.optional_integer("refresh_ceiling", 1)
     if floor is not None and ceiling is not None and ceiling < floor:
         raise table.error("refresh_ceiling", f"must be >= refresh_floor ({floor})")
     users = table.strings("users", ("*",))
@@ -519,11 +526,7 @@ def _load_upstream(source: Path, table: _Table) -> UpstreamConfig:
     mapping_path = _resolve(source, table.text("mapping", _REQUIRED))
     if not mapping_path.is_file():
         raise table.error("mapping", f"file not found: {mapping_path}")
-    max_connections = (
-        table.integer("max_connections", None, 1, 10_000)
-        if ("max_connections" in table.data)
-        else None
-    )
+    max_connections = table.optional_integer("max_connections", 1, 10_000)
     table.finish()
 
     mapping = _Table(mapping_path, "", _read_toml(mapping_path))
