@@ -17,9 +17,20 @@ kill).  Then, with davproxy down, the SQLite store is opened directly and checke
   operation that nothing raced is not refused.  These are checked for every
   operation that no other operation of its cycle touched the same share of.
 
+Feed refreshes run through every cycle too: two operator ``[[feeds]]`` come from a
+loopback origin whose content changes between cycles (events added, removed and
+modified; the "big" feed switches between a few dozen and 2,000-3,000 events, so its
+apply takes long enough to be hit), with ``refresh_floor = refresh_default = 1`` and
+``jitter = 0``, so the scheduler of each freshly started davproxy refreshes them while
+the share operations run; a third of the cycles kill later (150-600 ms) to land in the
+big feed's apply.  ``inspect_feeds`` checks F1-F7 on the store after every kill, and the
+versions the origin served are recorded for F5.
+
 After the loop davproxy starts once more and the API must agree with the store: every
 accepted sharee's copy answers, every copy that ever existed and is no longer accepted
 does not, notification listings and the owner's DAV:invite match the rows.
+
+The API check also GETs each feed's ``.ics`` and compares its UIDs with the store's.
 
 ``SOAK_SEED`` repeats a run's random choices (not its timing); ``SOAK_KILL_CYCLES`` / ``SOAK_KILL_SECONDS`` change the
 bounds (at least 200 cycles must complete within the wall-clock cap).
@@ -36,6 +47,7 @@ import re
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,17 +56,22 @@ import aiohttp
 import pytest
 from lxml import etree
 
-from davproxy.embedded import ServerProcess
+from davproxy.embedded import ServerProcess, start_radicale
+from davproxy.feed_store import CALENDAR_END, item_etag
 from davproxy.store import MIGRATIONS
+from tests.feed_origin import Origin, calendar
+from tests.feed_origin import event as feed_event
+from tests.helpers import write_config, write_htpasswd
 from tests.integration.test_sharing import reply_body, share_body
 
-from .conftest import MKCOL_BOOK, Site, auth, event, session
+from .conftest import HOST, MKCOL_BOOK, Site, auth, event, session
 
 pytestmark = pytest.mark.soak
 
 CYCLES = int(os.environ.get("SOAK_KILL_CYCLES", "300"))
 WALL_SECONDS = float(os.environ.get("SOAK_KILL_SECONDS", "300"))
 KILL_AFTER = (0.0, 0.150)  # seconds after the first request
+KILL_LATE = (0.150, 0.600)  # a third of the cycles: into the big feed's apply
 
 UPSTREAM = "up"  # write_config's upstream name
 OWNER = "alice"
@@ -613,6 +630,196 @@ async def verify_api(
     return problems
 
 
+# -- feeds: a changing origin, and the store's feed tables read directly ----------------
+
+FEED_SETTINGS = (
+    '[feeds]\nallow_networks = ["127.0.0.0/8"]\nrefresh_floor = 1\nrefresh_default = 1\n'
+    "refresh_ceiling = 2\njitter = 0\nretry_base = 1\n"
+)
+FEED_NAMES = ("small", "big")
+FEED_STATES = frozenset({"new", "ok", "error"})
+
+
+class FeedOrigin:
+    """The two feeds' current content, changed between cycles, and every UID set served."""
+
+    def __init__(self, origin: Origin, rng: random.Random) -> None:
+        self.origin = origin
+        self.rng = rng
+        self.current: dict[str, dict[str, int]] = {}  # path -> uid -> edit number
+        self.served: dict[str, set[frozenset[str]]] = {}  # url -> UID sets served
+        self.hits: dict[str, int] = {}
+        self.versions = 0
+        for name in FEED_NAMES:
+            path = f"/{name}.ics"
+            count = 30 if name == "small" else 2500
+            self.current[path] = {f"{name}-{n}@soak": 0 for n in range(count)}
+            self.served[origin.url(path)] = {frozenset()}  # before the first refresh
+            self.hits[path] = 0
+            self._install(path)
+
+    def _install(self, path: str) -> None:
+        self.versions += 1
+        events = [
+            feed_event(
+                uid, f"{uid} edit {edit}", stamp=f"2026{1 + self.versions % 12:02d}01T000000Z"
+            )
+            for uid, edit in self.current[path].items()
+        ]
+        self.origin.serve(path, calendar(*events, name=path[1:-4]), etag=f'"v{self.versions}"')
+
+    def change(self) -> None:
+        """Add, remove and modify events; the big feed sometimes grows or shrinks a lot."""
+        rng = self.rng
+        for path, items in self.current.items():
+            if rng.random() < 0.3:
+                continue  # unchanged: 304 or the same bytes
+            uids = list(items)
+            if path == "/big.ics" and rng.random() < 0.25:
+                size = rng.choice([40, rng.randint(2000, 3000)])
+                fresh = {f"big-{n}@soak": items.get(f"big-{n}@soak", 0) for n in range(size)}
+                items.clear()
+                items.update(fresh)
+            else:
+                for uid in rng.sample(uids, min(len(uids), rng.randint(0, 5))):
+                    del items[uid]
+                for uid in rng.sample(list(items), min(len(items), rng.randint(0, 8))):
+                    items[uid] += 1
+                for _ in range(rng.randint(0, 6)):
+                    items[f"{path[1:-4]}-x{rng.randrange(10**6)}@soak"] = 0
+            self._install(path)
+
+    def note_served(self) -> dict[str, int]:
+        """After a cycle (davproxy down): the content of every path fetched meanwhile was
+        served.  Returns the number of fetches per path."""
+        fetched = {}
+        for path, items in self.current.items():
+            hits = self.origin.hits(path)
+            fetched[path] = hits - self.hits[path]
+            if fetched[path]:
+                self.served[self.origin.url(path)].add(frozenset(items))
+            self.hits[path] = hits
+        return fetched
+
+
+def inspect_feeds(
+    path: Path, served: dict[str, set[frozenset[str]]], configured: tuple[str, ...] = FEED_NAMES
+) -> list[str]:
+    """The feed tables' invariants, each kept by every refresh transaction:
+
+    F1  item revisions are unique within a source and none exceeds the source's
+        revision; the source's revision is >= its min_revision (>= 0).
+    F2  a live item has non-empty text ending in ``END:VCALENDAR\\r\\n``, a body_start
+        within it, a non-empty UID, and etag == sha256(text)[:32] (``item_etag``).
+    F3  a tombstone (deleted = 1) has empty text.
+    F4  no two live items of a source share a UID.
+    F5  a source's live UIDs are exactly the UID set of one version the origin served
+        (or empty, before its first refresh): no refresh is half applied.
+    F6  every subscription's source exists; every configured feed has its subscription.
+    F7  a source's status is new, ok or error; an ok source has been fetched.
+    """
+    problems: list[str] = []
+    conn = sqlite3.connect(str(path))
+    try:
+        sources = {
+            r[0]: r
+            for r in conn.execute(
+                "SELECT id, url, revision, min_revision, status, last_success FROM feed_sources"
+            )
+        }
+        items = conn.execute(
+            "SELECT source_id, href, uid, text, body_start, etag, revision, deleted FROM feed_items"
+        ).fetchall()
+        subscriptions = conn.execute(
+            "SELECT id, owner, name, source_id FROM feed_subscriptions"
+        ).fetchall()
+    finally:
+        conn.close()
+    revisions: dict[int, Counter[int]] = {}
+    live: dict[int, Counter[str]] = {}
+    for source_id, href, uid, text, body_start, etag, revision, deleted in items:
+        source = sources.get(source_id)
+        if source is None:
+            problems.append(f"F6 item {href} of missing source {source_id}")
+            continue
+        revisions.setdefault(source_id, Counter())[revision] += 1
+        if revision > source[2]:
+            problems.append(f"F1 item {href} revision {revision} > source's {source[2]}")
+        if deleted:
+            if text != "":
+                problems.append(f"F3 tombstone {href} keeps {len(text)} characters")
+            continue
+        live.setdefault(source_id, Counter())[uid] += 1
+        if not text or not text.endswith(CALENDAR_END) or not uid:
+            problems.append(f"F2 live item {href} ({uid!r}): text {text[-40:]!r}")
+        elif not 0 <= body_start < len(text) - len(CALENDAR_END):
+            problems.append(f"F2 live item {href}: body_start {body_start} of {len(text)}")
+        if etag != item_etag(text):
+            problems.append(f"F2 live item {href}: etag {etag} is not the text's hash")
+    for source_id, source in sources.items():
+        _, url, revision, min_revision, status, last_success = source
+        repeated = [r for r, n in revisions.get(source_id, Counter()).items() if n > 1]
+        if repeated:
+            problems.append(f"F1 {url}: revisions {sorted(repeated)[:5]} repeat")
+        if not 0 <= min_revision <= revision:
+            problems.append(f"F1 {url}: revision {revision} < min_revision {min_revision}")
+        uids = live.get(source_id, Counter())
+        doubled = [u for u, n in uids.items() if n > 1]
+        if doubled:
+            problems.append(f"F4 {url}: live UIDs {doubled[:5]} appear more than once")
+        if url in served and frozenset(uids) not in served[url]:
+            near = min(served[url], key=lambda v: len(v ^ set(uids)))
+            problems.append(
+                f"F5 {url}: {len(uids)} live UIDs, no served version ({len(served[url])}"
+                f" served; nearest differs by {len(near ^ set(uids))})"
+            )
+        if status not in FEED_STATES or (status == "ok" and last_success is None):
+            problems.append(f"F7 {url}: status {status!r}, last success {last_success}")
+    for sub_id, owner, name, source_id in subscriptions:
+        if source_id not in sources:
+            problems.append(f"F6 subscription {sub_id} ({owner!r} {name}) of missing source")
+    subscribed = {name for _, owner, name, _ in subscriptions if owner == ""}
+    if subscribed != set(configured):
+        problems.append(f"F6 operator feeds subscribed: {sorted(subscribed)}")
+    return problems
+
+
+def refreshes_finished(log: str, urls: list[str]) -> dict[str, Counter[str]]:
+    """Refresh outcomes davproxy logged, per feed URL."""
+    found: dict[str, Counter[str]] = {url: Counter() for url in urls}
+    for url in urls:
+        for match in re.finditer(re.escape(f"feed {url}: ") + r"([a-z-]+)", log):
+            found[url][match.group(1)] += 1
+    return found
+
+
+async def verify_feeds_api(
+    http: aiohttp.ClientSession, base: str, store: Path, feeds: FeedOrigin
+) -> list[str]:
+    problems: list[str] = []
+    conn = sqlite3.connect(str(store))
+    try:
+        for name in FEED_NAMES:
+            url = feeds.origin.url(f"/{name}.ics")
+            stored = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT uid FROM feed_items JOIN feed_sources ON source_id = feed_sources.id"
+                    " WHERE url = ? AND deleted = 0",
+                    (url,),
+                )
+            }
+            async with http.get(f"{base}/.davproxy/feeds/{name}.ics", headers=auth(OWNER)) as r:
+                text = await r.text()
+                status = r.status
+            shown = set(re.findall(r"^UID:(.+?)\r?$", text, re.MULTILINE))
+            if status != 200 or shown != stored:
+                problems.append(f"feed {name}: {status}, {len(shown)} shown, {len(stored)} stored")
+    finally:
+        conn.close()
+    return problems
+
+
 # -- the loop ----------------------------------------------------------------------------
 
 
@@ -654,12 +861,43 @@ def _stop(davproxy: ServerProcess | None) -> None:
         davproxy.process.wait(10)
 
 
-async def test_sigkill_during_share_operations(site: Site) -> None:
+@pytest.fixture
+def feed_site(tmp_path: Path) -> Iterator[tuple[Site, Origin]]:
+    """The kill loop's site: ``site`` plus two operator feeds from a loopback origin."""
+    origin = Origin()
+    tables = "".join(
+        f'[[feeds]]\nname = "{name}"\nurl = "{origin.url(f"/{name}.ics")}"\n\n'
+        for name in FEED_NAMES
+    )
+    with (
+        origin.running(),
+        start_radicale(tmp_path / "radicale", host=HOST, auth="x-remote-user") as radicale,
+    ):
+        config, port = write_config(
+            tmp_path / "davproxy",
+            upstream_url=radicale.url,
+            kind="radicale",
+            mode="proxy-auth",
+            htpasswd=write_htpasswd(tmp_path / "users.htpasswd"),
+            server_extra=FEED_SETTINGS,
+            mapping_extra=tables,
+        )
+        yield Site(tmp_path, radicale, config, port), origin
+
+
+async def test_sigkill_during_share_operations(feed_site: tuple[Site, Origin]) -> None:
+    site, origin = feed_site
     seed = int(os.environ.get("SOAK_SEED", str(random.randrange(2**32))))
     rng = random.Random(seed)
+    feeds = FeedOrigin(origin, random.Random(seed + 1))
     await prepare(site)
+    feeds.note_served()
     pre, problems = inspect(site.store)
+    problems += inspect_feeds(site.store, feeds.served)
     assert problems == [], problems
+    feed_urls = [origin.url(f"/{name}.ics") for name in FEED_NAMES]
+    refreshes: Counter[str] = Counter()
+    refresh_cut_cycles = late_kills = 0
     ever_mounted: dict[str, str] = {}
     outcomes: Counter[tuple[str, str]] = Counter()
     cut_cycles = 0
@@ -668,8 +906,13 @@ async def test_sigkill_during_share_operations(site: Site) -> None:
     davproxy: ServerProcess | None = None
     try:
         while cycles < CYCLES and time.monotonic() - started < WALL_SECONDS:
-            kill_at = rng.uniform(*KILL_AFTER)
+            late = rng.random() < 1 / 3
+            kill_at = rng.uniform(*(KILL_LATE if late else KILL_AFTER))
+            late_kills += late
             ops = plan(rng, pre, kill_at)
+            feeds.change()
+            log_path = site.config.parent / "davproxy.log"
+            log_from = log_path.stat().st_size if log_path.exists() else 0
             davproxy = await site.start_async()
             async with session(timeout=20, trace=connection_tracer()) as http:
                 tasks = [asyncio.create_task(run(http, site.url, op)) for op in ops]
@@ -679,6 +922,18 @@ async def test_sigkill_during_share_operations(site: Site) -> None:
                 await asyncio.gather(*tasks)
             post, problems = inspect(site.store)
             problems += verify_cycle(ops, pre, post)
+            fetched = feeds.note_served()
+            problems += inspect_feeds(site.store, feeds.served)
+            with davproxy.log_path.open("rb") as log_file:
+                log_file.seek(log_from)
+                logged = log_file.read().decode("utf-8", "replace")
+            finished = refreshes_finished(logged, feed_urls)
+            for outcomes_of in finished.values():
+                refreshes.update(outcomes_of)
+            refresh_cut_cycles += any(
+                fetched[f"/{name}.ics"] > sum(finished[origin.url(f"/{name}.ics")].values())
+                for name in FEED_NAMES
+            )
             outcomes.update((op.kind, op.outcome) for op in ops)
             cut_cycles += any(op.outcome == "cut" for op in ops)
             if problems:
@@ -699,6 +954,7 @@ async def test_sigkill_during_share_operations(site: Site) -> None:
         davproxy = await site.start_async()
         async with session() as http:
             problems = await verify_api(http, site.url, pre, ever_mounted)
+            problems += await verify_feeds_api(http, site.url, site.store, feeds)
         davproxy.stop()
         assert problems == [], f"seed {seed}: the API disagrees with the store:\n" + "\n".join(
             problems
@@ -711,7 +967,11 @@ async def test_sigkill_during_share_operations(site: Site) -> None:
     lines = [
         f"kill loop: seed {seed}, {cycles} cycles survived in {elapsed:.0f} s"
         f" ({elapsed / max(cycles, 1):.2f} s/cycle), {cut_cycles} cycles killed a request"
-        " in flight, 0 violations",
+        f" in flight, {refresh_cut_cycles} killed a feed refresh in flight"
+        f" ({late_kills} late kills), 0 violations",
+        f"  feed refreshes finished: {dict(sorted(refreshes.items()))};"
+        f" {feeds.versions} feed versions published,"
+        f" {sum(len(v) - 1 for v in feeds.served.values())} served",
         f"  {'operation':<12}" + "".join(f"{c:>9}" for c in columns),
     ]
     for kind in kinds:
