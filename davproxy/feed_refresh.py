@@ -15,7 +15,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from .config import FeedsConfig
@@ -163,28 +163,34 @@ class Refresher:
         return report
 
     async def _settle(self, source: FeedSource, result: FetchResult) -> RefreshReport:
-        now = self.clock()
         moved = {"fetch_url": result.moved_to} if result.moved_to else {}
         if result.moved_to:
             log.info("feed %s moved permanently to %s", source.url, result.moved_to)
         if result.outcome == "failed":
             return self.fail(source, result.error, result.retry_after, **moved)
         if result.outcome == "not-modified":
-            with self.feeds.transaction():
-                self.feeds.source_update(
-                    source.id,
-                    last_attempt=now,
-                    last_success=now,
-                    status="ok",
-                    error="",
-                    failures=0,
-                    suspect_hash=None,  # the origin is back to what we hold
-                    next_fetch=self._next(source.interval or self.interval(source, None)),
-                    **moved,
-                )
-            return RefreshReport(source.id, "not-modified", revision=source.revision)
+            return self._still_current(source, "not-modified", moved)
         validators = {"etag": result.etag, "last_modified": result.last_modified, **moved}
         return await self.apply(source, result.body, validators=validators)
+
+    def _still_current(
+        self, source: FeedSource, outcome: str, extra: Mapping[str, str | None]
+    ) -> RefreshReport:
+        """The origin confirmed what davproxy holds (a 304, or the same bytes)."""
+        now = self.clock()
+        with self.feeds.transaction():
+            self.feeds.source_update(
+                source.id,
+                last_attempt=now,
+                last_success=now,
+                status="ok",
+                error="",
+                failures=0,
+                suspect_hash=None,  # a suspected loss the origin no longer shows is void
+                next_fetch=self._next(source.interval or self.interval(source, None)),
+                **extra,
+            )
+        return RefreshReport(source.id, outcome, revision=source.revision)
 
     def fail(
         self, source: FeedSource, error: str, retry_after: float | None = None, **extra: object
@@ -221,19 +227,7 @@ class Refresher:
         body_hash = hashlib.sha256(body).hexdigest()
         if body_hash == source.body_hash and source.status != "new":
             # the very same bytes: nothing to parse (the cheap, common case)
-            with self.feeds.transaction():
-                self.feeds.source_update(
-                    source.id,
-                    last_attempt=now,
-                    last_success=now,
-                    status="ok",
-                    error="",
-                    failures=0,
-                    suspect_hash=None,  # the origin is back to what we hold
-                    next_fetch=self._next(source.interval or self.interval(source, None)),
-                    **validators,
-                )
-            return RefreshReport(source.id, "unchanged", revision=source.revision)
+            return self._still_current(source, "unchanged", validators)
         if not body.strip():
             return self.fail(source, "origin sent an empty body")
         # splitting 10,000 events takes a few hundred ms: off the event loop

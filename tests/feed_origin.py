@@ -9,14 +9,17 @@ slow drip.  Every request is recorded, so tests can count origin fetches.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
-from davproxy.embedded import free_port
+from davproxy.embedded import ServerProcess, free_port
 
 
 @dataclass
@@ -131,3 +134,28 @@ def calendar(*components: str, name: str = "Team", extra: str = "") -> str:
     head.append(f"X-WR-CALNAME:{name}")
     head += [line for line in extra.split("\n") if line]
     return "\r\n".join(head) + "\r\n" + "".join(components) + "END:VCALENDAR\r\n"
+
+
+@dataclass
+class FeedSite:
+    """An origin, davproxy serving its feeds, and the admin CLI on davproxy's config."""
+
+    origin: Origin
+    proxy: ServerProcess
+    config: Path
+
+    def url(self, path: str) -> str:
+        return self.proxy.url.rstrip("/") + path
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "davproxy", "admin", "-c", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def refresh(self, *names: str) -> str:
+        """Fetch now (the scheduler's own code path); the report as printed."""
+        done = self.admin("refresh", *names)
+        return done.stdout + done.stderr

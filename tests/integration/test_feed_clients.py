@@ -16,15 +16,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import caldav
 import icalendar
 import pytest
 
-from davproxy.embedded import ServerProcess, start_radicale
-from tests.feed_origin import Origin, calendar, event
+from davproxy.embedded import start_radicale
+from tests.feed_origin import FeedSite, Origin, calendar, event
 from tests.helpers import USERS, basic, fetch, raw_session, start_proxy, write_htpasswd
 
 FEEDS = "/.davproxy/feeds/"
@@ -84,22 +83,9 @@ class DepthZeroSyncClient(caldav.DAVClient):
         return super().report(url, query, depth)  # type: ignore[arg-type]
 
 
-@dataclass
-class Setup:
-    origin: Origin
-    proxy: ServerProcess
-    config: Path
-
-    def url(self, path: str) -> str:
-        return self.proxy.url.rstrip("/") + path
-
+class Setup(FeedSite):
     def refresh(self, *names: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "davproxy", "admin", "-c", str(self.config), "refresh", *names],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = self.admin("refresh", *names)
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout + done.stderr
 

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from davproxy.embedded import ServerProcess, start_radicale
-from tests.feed_origin import Origin, calendar, event
+from davproxy.embedded import start_radicale
+from tests.feed_origin import FeedSite, Origin, calendar, event
 from tests.helpers import fetch, raw_session, start_proxy, write_htpasswd
 
 FEEDS = "/.davproxy/feeds/"
@@ -55,22 +52,8 @@ HOSTILE: dict[str, tuple[dict[str, object], tuple[str, ...]]] = {
 
 
 @dataclass
-class Faults:
-    origin: Origin
-    private: Origin
-    proxy: ServerProcess
-    config: Path
-
-    def url(self, path: str) -> str:
-        return self.proxy.url.rstrip("/") + path
-
-    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "davproxy", "admin", "-c", str(self.config), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+class Faults(FeedSite):
+    private: Origin  # an origin on an address outside allow_networks
 
     def feed_path(self, name: str) -> str:
         return "/moved.ics" if name == "moved" else f"/{name}.ics"
@@ -105,7 +88,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faults]:
             htpasswd=write_htpasswd(folder / "users.htpasswd"), mapping_extra=tables,
             server_extra=settings,
         ) as proxy:  # fmt: skip
-            faults = Faults(origin, private, proxy, folder / "davproxy" / "davproxy.toml")
+            faults = Faults(origin, proxy, folder / "davproxy" / "davproxy.toml", private)
             done = faults.admin("refresh")
             assert done.returncode == 0, done.stdout + done.stderr
             yield faults

@@ -10,14 +10,13 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
-from davproxy.embedded import ServerProcess, start_radicale
-from tests.feed_origin import Origin, calendar, event
+from davproxy.embedded import start_radicale
+from tests.feed_origin import FeedSite, Origin, calendar, event
 from tests.helpers import basic, fetch, raw_session, start_proxy, write_htpasswd
 
 NS = {"D": "DAV:", "C": "urn:ietf:params:xml:ns:caldav", "CS": "http://calendarserver.org/ns/"}
@@ -39,24 +38,7 @@ def sync_body(token: str = "", limit: int | None = None, data: bool = False) -> 
     )
 
 
-@dataclass
-class Setup:
-    origin: Origin
-    proxy: ServerProcess
-    config: Path
-    folder: Path
-
-    def url(self, path: str) -> str:
-        return self.proxy.url.rstrip("/") + path
-
-    def refresh(self, *names: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "davproxy", "admin", "-c", str(self.config), "refresh", *names],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        return done.stdout + done.stderr
+Setup = FeedSite
 
 
 FEED_TABLES = """
@@ -96,7 +78,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "server_extra": '[feeds]\nallow_networks = ["127.0.0.0/8"]\n',
         }
         with start_proxy(folder / "davproxy", **options) as proxy:
-            setup = Setup(origin, proxy, folder / "davproxy" / "davproxy.toml", folder)
+            setup = Setup(origin, proxy, folder / "davproxy" / "davproxy.toml")
             setup.refresh()
             yield setup
 
