@@ -193,6 +193,51 @@ async def test_radicale_native_option(tmp_path: Path, monkeypatch: pytest.Monkey
     assert f"map;{copy};{owner_cal};none;alice;bob;rw;" in shares, shares
 
 
+async def test_feed_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commented [[feeds]] of radicale-proxy-auth, switched on with a local origin:
+    served to alice, listed and refreshed by the admin CLI on the example's config."""
+    from tests.feed_origin import Origin, calendar
+    from tests.feed_origin import event as feed_event
+
+    origin = Origin()
+    origin.serve("/holidays.ics", calendar(feed_event("new-year@x", "New Year")))
+
+    def enable_feed(folder: Path) -> None:
+        mapping = folder / "radicale.mapping.toml"
+        text, count = re.subn(
+            r"^#(?=\[\[feeds|name|url|users)", "", mapping.read_text(), flags=re.M
+        )
+        assert count == 4
+        mapping.write_text(text.replace("https://www.example.org", origin.base))
+        main = folder / "davproxy.toml"  # the origin is on loopback, refused by default
+        main.write_text(
+            main.read_text().replace(
+                "\n[[upstream]]", '\n[feeds]\nallow_networks = ["127.0.0.1/32"]\n\n[[upstream]]'
+            )
+        )
+
+    with (
+        origin.running(),
+        running_example("radicale-proxy-auth", tmp_path, monkeypatch, enable_feed) as (pair, f),
+    ):
+        refreshed = subprocess.run(
+            [sys.executable, "-m", "davproxy", "admin", "-c", str(f / "davproxy.toml"), "refresh"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        async with raw_session() as session:
+            alice = basic("alice", "alice-demo")
+            feed = await fetch(
+                session, "GET", pair.proxy.url("/.davproxy/feeds/holidays.ics"), alice
+            )
+        listed = subprocess.run(
+            [sys.executable, "-m", "davproxy", "admin", "-c", str(f / "davproxy.toml"), "feeds"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert refreshed.returncode == 0, refreshed.stdout + refreshed.stderr
+    assert feed.status == 200 and b"SUMMARY:New Year" in feed.body
+    assert "holidays" in listed.stdout and " ok " in listed.stdout
+
+
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_check_config(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     had_data = (EXAMPLES / name / "data").exists()  # an example run by hand in place
