@@ -6,6 +6,7 @@ so no test waits for a clock.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -476,3 +477,20 @@ async def test_upstream_export_gains_links_and_enhanced_get(setup: Setup) -> Non
     assert b"UID:e2" not in delta.body
     assert same.status == 304
     assert bob.status == 403  # Radicale's owner_only rights still decide
+
+
+async def test_feed_metrics_and_admin_listing(setup: Setup) -> None:
+    setup.refresh("team")
+    async with raw_session() as s:
+        metrics = await fetch(s, "GET", setup.url("/.davproxy/metrics"))
+    text = metrics.body.decode()
+    assert metrics.status == 200
+    assert re.search(r'^davproxy_feed_sources\{status="ok"\} [1-9]', text, re.M), text
+    assert re.search(r"^davproxy_feed_subscriptions [1-9]", text, re.M)
+    assert re.search(r'^davproxy_feed_refreshes_total\{outcome="[a-z-]+"\} [1-9]', text, re.M)
+    assert "davproxy_feed_refresh_duration_seconds_count" in text
+    listed = setup.admin("--json", "feeds")
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert {"team", "public", "private"} <= set(rows)
+    assert rows["team"]["owner"] == "(operator)" and rows["team"]["status"] == "ok"
+    assert rows["team"]["objects"] >= 2
