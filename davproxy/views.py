@@ -40,6 +40,10 @@ SHARING_TOKENS = (
     "calendarserver-sharing",
     "calendarserver-sharing-no-scheduling",
 )
+# What the user's homes offer: sharing, and subscriptions kept on the server (Apple
+# clients store a subscription in the home only when the server announces this; sabre/dav
+# uses the same token).
+HOME_TOKENS = (*SHARING_TOKENS, "calendarserver-subscribed")
 # Upstream properties davproxy extends: the privilege set (D:share on the user's own
 # collections) and resourcetype (CS:shared-owner / CS:shared markers).
 PRIVILEGES = f"{{{DAV}}}current-user-privilege-set"
@@ -190,7 +194,7 @@ async def own(router: Router, ctx: Context, user: str, spec: Forward) -> web.Str
             return await _enhanced_export(router, ctx, user, spec)
         spec = replace(spec, add_headers=site.subscriptions.export_links(ctx.path))
     if method == "OPTIONS" and in_homes:
-        spec = replace(spec, dav_tokens=SHARING_TOKENS)
+        spec = replace(spec, dav_tokens=HOME_TOKENS)
     elif method == "PROPFIND" and in_homes:
         body = spec.body if spec.body is not None else await read_body(request, router.max_body)
         try:

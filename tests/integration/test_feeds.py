@@ -494,3 +494,46 @@ async def test_feed_metrics_and_admin_listing(setup: Setup) -> None:
     assert {"team", "public", "private"} <= set(rows)
     assert rows["team"]["owner"] == "(operator)" and rows["team"]["status"] == "ok"
     assert rows["team"]["objects"] >= 2
+
+
+async def test_upstream_basic_mode_guards_feeds_and_subscriptions(tmp_path: Path) -> None:
+    """Clients keep their Radicale passwords: davproxy checks them with Radicale before
+    it serves a feed or a subscription, or creates one."""
+    origin = Origin()
+    origin.serve("/b.ics", calendar(event("b1@x", "Basic")))
+    tables = f'[[feeds]]\nname = "b"\nurl = "{origin.base}/b.ics"\nusers = ["alice"]\n'
+    htpasswd = write_htpasswd(tmp_path / "radicale-users", plain=True)
+    with (
+        origin.running(),
+        start_radicale(tmp_path / "radicale", auth="htpasswd", htpasswd=htpasswd) as radicale,
+        start_proxy(
+            tmp_path / "p", upstream_url=radicale.url, kind="radicale", mode="upstream-basic",
+            mapping_extra=tables, server_extra='[feeds]\nallow_networks = ["127.0.0.0/8"]\n',
+        ) as proxy,
+    ):  # fmt: skip
+        site = FeedSite(origin, proxy, tmp_path / "p" / "davproxy.toml")
+        site.refresh()
+        wrong = basic("alice", "not-her-password")
+        async with raw_session() as s:
+            good = await fetch(s, "GET", site.url(FEEDS + "b.ics"), basic("alice"))
+            bad = await fetch(s, "GET", site.url(FEEDS + "b.ics"), wrong)
+            bob = await fetch(s, "GET", site.url(FEEDS + "b.ics"), basic("bob"))
+            made_bad = await fetch(
+                s, "MKCOL", site.url("/alice/sub-b/"), wrong, mkcol(origin.url("/b.ics"))
+            )
+            made = await fetch(
+                s, "MKCOL", site.url("/alice/sub-b/"), basic("alice"), mkcol(origin.url("/b.ics"))
+            )
+            read_bad = await fetch(
+                s, "PROPFIND", site.url("/alice/sub-b/"), {**wrong, "Depth": "1"}, PROPS
+            )
+            read = await fetch(
+                s, "PROPFIND", site.url("/alice/sub-b/"), {**basic("alice"), "Depth": "1"}, PROPS
+            )
+    assert good.status == 200 and b"Basic" in good.body
+    assert bad.status == 401 and b"Basic" not in bad.body
+    assert bob.status == 403
+    assert made_bad.status == 401
+    assert made.status == 201
+    assert read_bad.status == 401 and b"b1@x" not in read_bad.body
+    assert read.status == 207 and len(multistatus(read.body).findall("D:response", NS)) == 2
