@@ -32,8 +32,20 @@ does not, notification listings and the owner's DAV:invite match the rows.
 
 The API check also GETs each feed's ``.ics`` and compares its UIDs with the store's.
 
-``SOAK_SEED`` repeats a run's random choices (not its timing); ``SOAK_KILL_CYCLES`` / ``SOAK_KILL_SECONDS`` change the
-bounds (at least 200 cycles must complete within the wall-clock cap).
+The loop runs once per access backend.  With ``radicale-native`` davproxy mirrors each
+accepted share into Radicale's own map shares (``[sharing]``, ``/.sharing/v1``) and
+makes them equal the store when it starts; a kill can leave them different (a map
+granted before the acceptance was recorded, or one still there after a revocation or
+unbind was recorded).  After every restart, before any operation, Radicale's maps are
+read through the API davproxy uses (``RadicaleSharingApi.list_maps`` as each user) and
+``inspect_native`` checks N1 (every accepted share has exactly its one map: the
+sharee's mount onto the owner's collection, ``rw``/``r``, enabled, not hidden) and N2
+(no map without an accepted share); once more after the loop.  Read-only with davproxy
+down, the same comparison counts what the kills left for the reconciliation to mend.
+
+``SOAK_SEED`` repeats a run's random choices (not its timing); ``SOAK_KILL_CYCLES`` /
+``SOAK_KILL_SECONDS`` change the bounds per backend (default 200 cycles, 300 s; at
+least 200 cycles must complete within the wall-clock cap).
 """
 
 from __future__ import annotations
@@ -51,11 +63,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
 from lxml import etree
 
+from davproxy.access.radicale_native import RadicaleSharingApi
 from davproxy.embedded import ServerProcess, start_radicale
 from davproxy.feed_store import CALENDAR_END, item_etag
 from davproxy.store import MIGRATIONS
@@ -68,7 +82,7 @@ from .conftest import HOST, MKCOL_BOOK, Site, auth, event, session
 
 pytestmark = pytest.mark.soak
 
-CYCLES = int(os.environ.get("SOAK_KILL_CYCLES", "300"))
+CYCLES = int(os.environ.get("SOAK_KILL_CYCLES", "200"))  # per backend
 WALL_SECONDS = float(os.environ.get("SOAK_KILL_SECONDS", "300"))
 KILL_AFTER = (0.0, 0.150)  # seconds after the first request
 KILL_LATE = (0.150, 0.600)  # a third of the cycles: into the big feed's apply
@@ -334,9 +348,15 @@ def cs_reply(row: Row, accept: bool) -> str:
     )
 
 
-def plan(rng: random.Random, pre: Snapshot, window: float) -> list[Op]:
+def plan(rng: random.Random, pre: Snapshot, window: float, native: bool = False) -> list[Op]:
     """A random mix of 5-12 operations, chosen from the state before the cycle, each
-    starting at a random moment within ``window`` (before the kill)."""
+    starting at a random moment within ``window`` (before the kill).
+
+    ``native``: with the radicale-native backend a copy's path stops being davproxy's
+    the moment the store lets it go, and until Radicale's map is deleted a request
+    there reaches Radicale, which refuses the sharee's DELETE of the mapped collection
+    with 403: a raced unbind may be refused with 403 as well as 404."""
+    unbind_refusals = frozenset({403, 404} if native else {404})
     ops: list[Op] = []
     open_shares = [r for r in pre.shares.values() if r.status == "noresponse"]
     accepted = [r for r in pre.shares.values() if r.status == "accepted"]
@@ -393,7 +413,7 @@ def plan(rng: random.Random, pre: Snapshot, window: float) -> list[Op]:
                 ops.append(
                     Op(
                         "unbind", row.sharee, "DELETE", f"/{row.mount}", None, {}, key,
-                        frozenset({204}), frozenset({404}), delay, {"uid": row.uid},
+                        frozenset({204}), unbind_refusals, delay, {"uid": row.uid},
                     )
                 )  # fmt: skip
             else:
@@ -630,6 +650,74 @@ async def verify_api(
     return problems
 
 
+# -- radicale-native: Radicale's own map shares against the store --------------------
+
+
+# what Radicale must hold for each access, written out here rather than taken from
+# davproxy's own table, so that a wrong table there is caught
+MAP_PERMISSIONS = {"read": "r", "read-write": "rw"}
+
+
+def _radicale_path(path: str) -> str:
+    return "/" + unquote(path).strip("/") + "/"
+
+
+async def radicale_maps(url: str) -> list[dict[str, Any]]:
+    """Every map share Radicale holds, read through the API davproxy uses (as each
+    user: ``map/list`` answers from the Radicale process, whose csv table is the one it
+    enforces; the file on disk may lag behind its cache)."""
+    async with session(timeout=10) as http:
+        api = RadicaleSharingApi(http, url, lambda user: {"X-Remote-User": user}, timeout=10)
+        maps: list[dict[str, Any]] = []
+        for user in (OWNER, *SHAREES):
+            maps += await api.list_maps(user)
+        return maps
+
+
+def inspect_native(store: Path, maps: list[dict[str, Any]]) -> list[str]:
+    """Radicale's rights against the store (radicale-native backend):
+
+    N1  every accepted share (status accepted, mount set) has exactly one Radicale map
+        share: at ``/<mount>`` for the sharee, onto the owner's ``/<collection>``, owned
+        by the owner, permissions ``rw`` for read-write and ``r`` for read
+        (``MAP_PERMISSIONS``), enabled by both sides and hidden by neither.
+    N2  Radicale has no other map share: none without an accepted share in the store
+        (a declined, open, revoked or invalid share, or none at all).
+    """
+    conn = sqlite3.connect(str(store))
+    try:
+        rows = conn.execute(
+            "SELECT id, owner, collection, sharee, access, mount FROM shares"
+            " WHERE status = 'accepted' AND mount IS NOT NULL"
+        ).fetchall()
+    finally:
+        conn.close()
+    problems: list[str] = []
+    at: dict[str, list[dict[str, Any]]] = {}
+    for found in maps:
+        at.setdefault(found["mount"], []).append(found)
+    wanted = set()
+    for share_id, owner, collection, sharee, access, mount in rows:
+        path = _radicale_path(mount)
+        wanted.add(path)
+        meant = {
+            "owner": owner,
+            "mount": path,
+            "collection": _radicale_path(collection),
+            "sharee": sharee,
+            "permissions": MAP_PERMISSIONS.get(access),
+            "enabled": True,
+            "hidden": False,
+        }
+        there = at.get(path, [])
+        if there != [meant]:
+            problems.append(f"N1 {access} share {share_id} at {path}: Radicale has {there}")
+    for path, there in sorted(at.items()):
+        if path not in wanted:
+            problems.append(f"N2 map share without an accepted share: {there}")
+    return problems
+
+
 # -- feeds: a changing origin, and the store's feed tables read directly ----------------
 
 FEED_SETTINGS = (
@@ -861,17 +949,39 @@ def _stop(davproxy: ServerProcess | None) -> None:
         davproxy.process.wait(10)
 
 
-@pytest.fixture
-def feed_site(tmp_path: Path) -> Iterator[tuple[Site, Origin]]:
-    """The kill loop's site: ``site`` plus two operator feeds from a loopback origin."""
+BACKENDS = ("proxy-enforced", "radicale-native")
+
+
+@dataclass
+class KillSite:
+    site: Site
+    origin: Origin
+    backend: str
+
+    @property
+    def native(self) -> bool:
+        return self.backend == "radicale-native"
+
+
+@pytest.fixture(params=BACKENDS)
+def feed_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KillSite]:
+    """The kill loop's site: ``site`` plus two operator feeds from a loopback origin, with
+    either access backend (radicale-native: Radicale's own map shares, ``[sharing]``)."""
+    backend = request.param
     origin = Origin()
     tables = "".join(
         f'[[feeds]]\nname = "{name}"\nurl = "{origin.url(f"/{name}.ics")}"\n\n'
         for name in FEED_NAMES
     )
+    access = f'[access]\nbackend = "{backend}"\n\n'
     with (
         origin.running(),
-        start_radicale(tmp_path / "radicale", host=HOST, auth="x-remote-user") as radicale,
+        start_radicale(
+            tmp_path / "radicale",
+            host=HOST,
+            auth="x-remote-user",
+            sharing=backend == "radicale-native",
+        ) as radicale,
     ):
         config, port = write_config(
             tmp_path / "davproxy",
@@ -880,13 +990,13 @@ def feed_site(tmp_path: Path) -> Iterator[tuple[Site, Origin]]:
             mode="proxy-auth",
             htpasswd=write_htpasswd(tmp_path / "users.htpasswd"),
             server_extra=FEED_SETTINGS,
-            mapping_extra=tables,
+            mapping_extra=access + tables,
         )
-        yield Site(tmp_path, radicale, config, port), origin
+        yield KillSite(Site(tmp_path, radicale, config, port), origin, backend)
 
 
-async def test_sigkill_during_share_operations(feed_site: tuple[Site, Origin]) -> None:
-    site, origin = feed_site
+async def test_sigkill_during_share_operations(feed_site: KillSite) -> None:
+    site, origin, native = feed_site.site, feed_site.origin, feed_site.native
     seed = int(os.environ.get("SOAK_SEED", str(random.randrange(2**32))))
     rng = random.Random(seed)
     feeds = FeedOrigin(origin, random.Random(seed + 1))
@@ -901,6 +1011,8 @@ async def test_sigkill_during_share_operations(feed_site: tuple[Site, Origin]) -
     ever_mounted: dict[str, str] = {}
     outcomes: Counter[tuple[str, str]] = Counter()
     cut_cycles = 0
+    drifted: Counter[str] = Counter()  # native: what kills left for the restart to mend
+    drifted_cycles = 0
     started = time.monotonic()
     cycles = 0
     davproxy: ServerProcess | None = None
@@ -909,11 +1021,19 @@ async def test_sigkill_during_share_operations(feed_site: tuple[Site, Origin]) -
             late = rng.random() < 1 / 3
             kill_at = rng.uniform(*(KILL_LATE if late else KILL_AFTER))
             late_kills += late
-            ops = plan(rng, pre, kill_at)
+            ops = plan(rng, pre, kill_at, native)
             feeds.change()
             log_path = site.config.parent / "davproxy.log"
             log_from = log_path.stat().st_size if log_path.exists() else 0
             davproxy = await site.start_async()
+            if native:  # started: its start-up reconciliation has run
+                problems = inspect_native(site.store, await radicale_maps(site.radicale.url))
+                if problems:
+                    pytest.fail(
+                        f"seed {seed}, restart before cycle {cycles + 1}: Radicale's rights"
+                        " are not the store's:\n  " + "\n  ".join(problems)
+                        + f"\nstore: {pre.shares}\nlog:\n{davproxy.log_tail()}"
+                    )  # fmt: skip
             async with session(timeout=20, trace=connection_tracer()) as http:
                 tasks = [asyncio.create_task(run(http, site.url, op)) for op in ops]
                 await asyncio.sleep(kill_at)
@@ -922,6 +1042,10 @@ async def test_sigkill_during_share_operations(feed_site: tuple[Site, Origin]) -
                 await asyncio.gather(*tasks)
             post, problems = inspect(site.store)
             problems += verify_cycle(ops, pre, post)
+            if native:  # before the restart: differences are the reconciliation's work
+                drift = inspect_native(site.store, await radicale_maps(site.radicale.url))
+                drifted_cycles += bool(drift)
+                drifted.update(problem[:2] for problem in drift)
             fetched = feeds.note_served()
             problems += inspect_feeds(site.store, feeds.served)
             with davproxy.log_path.open("rb") as log_file:
@@ -952,8 +1076,11 @@ async def test_sigkill_during_share_operations(feed_site: tuple[Site, Origin]) -
         elapsed = time.monotonic() - started
 
         davproxy = await site.start_async()
+        problems = (
+            inspect_native(site.store, await radicale_maps(site.radicale.url)) if native else []
+        )
         async with session() as http:
-            problems = await verify_api(http, site.url, pre, ever_mounted)
+            problems += await verify_api(http, site.url, pre, ever_mounted)
             problems += await verify_feeds_api(http, site.url, site.store, feeds)
         davproxy.stop()
         assert problems == [], f"seed {seed}: the API disagrees with the store:\n" + "\n".join(
@@ -965,7 +1092,8 @@ async def test_sigkill_during_share_operations(feed_site: tuple[Site, Origin]) -
     kinds = sorted({k for k, _ in outcomes})
     columns = ("acked", "refused", "cut", "unsent")
     lines = [
-        f"kill loop: seed {seed}, {cycles} cycles survived in {elapsed:.0f} s"
+        f"kill loop ({feed_site.backend}): seed {seed}, {cycles} cycles survived in"
+        f" {elapsed:.0f} s"
         f" ({elapsed / max(cycles, 1):.2f} s/cycle), {cut_cycles} cycles killed a request"
         f" in flight, {refresh_cut_cycles} killed a feed refresh in flight"
         f" ({late_kills} late kills), 0 violations",
@@ -974,6 +1102,13 @@ async def test_sigkill_during_share_operations(feed_site: tuple[Site, Origin]) -
         f" {sum(len(v) - 1 for v in feeds.served.values())} served",
         f"  {'operation':<12}" + "".join(f"{c:>9}" for c in columns),
     ]
+    if native:
+        lines.insert(
+            2,
+            f"  Radicale's map shares: equal to the store after all {cycles + 1} restarts;"
+            f" {drifted_cycles} kills had left them different"
+            f" ({dict(sorted(drifted.items()))} maps), mended by the start-up reconciliation",
+        )
     for kind in kinds:
         lines.append(f"  {kind:<12}" + "".join(f"{outcomes[(kind, c)]:>9}" for c in columns))
     lines.append(
