@@ -123,7 +123,10 @@ def _site(store: Store, upstream: Upstream, parts: FeedParts) -> Site:
     native = None
     if upstream.config.access.backend == "radicale-native":
         native = RadicaleSharingApi(
-            upstream.session, str(upstream.config.url), lambda user: sharing.as_user(user)
+            upstream.session,
+            str(upstream.config.url),
+            lambda user: sharing.as_user(user),
+            timeout=upstream.read_timeout,  # [server] upstream_timeout bounds these calls too
         )
     sharing = Sharing(store, upstream, auth, directory, renderer, native)
     notifications = NotificationCollection(store, renderer, sharing.reply)
@@ -131,6 +134,21 @@ def _site(store: Store, upstream: Upstream, parts: FeedParts) -> Site:
         parts.feeds, parts.server, parts.refresher, parts.fetcher, upstream, parts.fetcher.settings
     )
     return Site(upstream, auth, sharing, notifications, subscriptions)
+
+
+async def _reconcile_until_done(site: Site, pause: float = 5.0) -> None:
+    """Settle what start-up could not (an upstream that was not up yet): until then a
+    deletion stays pending and upstream rights may differ from the store."""
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            await site.sharing.settle_deletions()
+            await site.sharing.reconcile_all()
+        except PlainError as exc:
+            log.warning("reconciliation with %s still failing: %s", site.upstream.name, exc)
+            continue
+        log.info("reconciliation with %s done", site.upstream.name)
+        return
 
 
 def create_app(config: Config) -> web.Application:
@@ -162,12 +180,14 @@ def create_app(config: Config) -> web.Application:
             raise SetupError(f"cannot read an htpasswd file: {exc}") from None
         for site in sites:
             site.subscriptions.sync_configured()
+        retries: list[asyncio.Task[None]] = []
         for site in sites:
             try:
                 await site.sharing.settle_deletions()
                 await site.sharing.reconcile_all()
-            except PlainError as exc:  # the upstream may still be starting: log, go on
+            except PlainError as exc:  # the upstream may still be starting: retry until done
                 log.error("start-up reconciliation with %s failed: %s", site.upstream.name, exc)
+                retries.append(asyncio.create_task(_reconcile_until_done(site)))
         app[STORE] = store
         app[SESSION] = session
         metrics = Metrics(store)
@@ -183,9 +203,10 @@ def create_app(config: Config) -> web.Application:
         try:
             yield
         finally:
-            scheduler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await scheduler
+            for task in (scheduler, *retries):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await parts.fetcher.close()
             await session.close()
             store.close()

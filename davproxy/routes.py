@@ -219,6 +219,8 @@ class Router:
             # radicale-native: Radicale's map shares are davproxy's to manage; a client
             # writing them directly could plant maps in other users' namespaces.
             raise DavError(403, NEED_PRIVILEGES, "sharing is managed by davproxy here")
+        if site.sharing.withdrawn(user, ctx.rest):
+            raise DavError(403, NEED_PRIVILEGES, "this share has ended")
         found = site.sharing.mount_for(user, ctx.rest)
         if found is not None:
             if not verified:

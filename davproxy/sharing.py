@@ -77,6 +77,12 @@ class Sharing:
         native: RadicaleSharingApi | None = None,
     ) -> None:
         self.native = native
+        # radicale-native: the (sharee, copy path) pairs Radicale maps per owner, as last
+        # applied, and the pairs the store has ended but Radicale may still map.  Until
+        # Radicale confirms their removal, davproxy itself refuses those sharees there, so
+        # a revoked sharee is cut off at the commit, not after the upstream call.
+        self._applied: dict[str, set[tuple[str, str]]] = {}
+        self._withdrawn: dict[str, set[tuple[str, str]]] = {}
         self.properties = SharingProperties(store, upstream, directory)
         self.store = store
         self.upstream = upstream
@@ -396,6 +402,9 @@ class Sharing:
 
     async def _grant_native(self, share: Share, mount: str) -> None:
         assert self.native is not None
+        # counted as applied from now on: if the acceptance is not recorded after all,
+        # the next sync takes it back and davproxy refuses it meanwhile
+        self._applied.setdefault(share.owner, set()).add((share.sharee, mount))
         try:
             await self.native.grant(
                 share.owner,
@@ -605,31 +614,58 @@ class Sharing:
         """
         if self.native is None:
             return
-        wanted = [
-            (
-                share.owner,
-                self._radicale_path(share.collection),
-                share.sharee,
-                self._radicale_path(share.mount),
-                share.access,
-            )
+        kept = [
+            share
             for share in self.store.shares_by_owner(self.name, owner)
             if share.status == "accepted"
             and share.mount
             and (without is None or not share.collection.startswith(without))
         ]
+        wanted = [
+            (
+                share.owner,
+                self._radicale_path(share.collection),
+                share.sharee,
+                self._radicale_path(share.mount or ""),
+                share.access,
+            )
+            for share in kept
+        ]
+        # No await since the store changed: this runs as one step with the commit.
+        pairs = {(share.sharee, share.mount or "") for share in kept}
+        ended = self._applied.get(owner, set()) - pairs
+        if ended:
+            self._withdrawn.setdefault(owner, set()).update(ended)
         try:
             changed, removed = await self.native.reconcile(wanted, {owner})
         except (NativeSharingError, ValueError) as exc:
-            log.error("upstream %s: could not apply %s's shares: %s", self.name, owner, exc)
+            log.error(
+                "upstream %s: could not apply %s's shares (%d ended share(s) refused by "
+                "davproxy until it can): %s",
+                self.name, owner, len(self._withdrawn.get(owner, ())), exc,
+            )  # fmt: skip
             raise PlainError(
                 502, f"Upstream {self.name} could not apply the share change"
             ) from None
+        self._applied[owner] = pairs
+        self._withdrawn.pop(owner, None)
         if changed or removed:
             log.info(
                 "upstream %s: %s's shares applied natively (%d set, %d removed)",
                 self.name, owner, changed, removed,
             )  # fmt: skip
+
+    def withdrawn(self, user: str, rest: str) -> bool:
+        """Whether ``rest`` is under a copy of ``user``'s that the store has ended but
+        Radicale may still map (radicale-native, until the upstream confirms)."""
+        if not self._withdrawn:
+            return False
+        key = canonical(rest)
+        return any(
+            sharee == user and (key.startswith(mount) or key + "/" == mount)
+            for pairs in self._withdrawn.values()
+            for sharee, mount in pairs
+        )
 
     async def reconcile_all(self) -> None:
         """At start-up: every owner's upstream rights brought in line with the store."""

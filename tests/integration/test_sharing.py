@@ -4,6 +4,7 @@ downgrade -> revoke, and the negative paths around them."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -792,3 +793,81 @@ async def test_review_regressions(sharing_pair: Pair) -> None:
         assert absent(await bob("GET", copy + "a.ics"))
         owner_invites = await alice("PROPFIND", "/alice/", propfind("D:displayname"), Depth="0")
         assert owner_invites.status in (207, 404)
+
+
+async def test_native_sharee_cut_off_at_commit_even_if_radicale_does_not_answer(tmp_path) -> None:
+    """radicale-native: the store ends a share first and Radicale's map goes after it.
+    When Radicale does not confirm (here: stopped, so the call times out), davproxy itself
+    refuses the ended sharee at the old copy until a later reconciliation succeeds."""
+    import signal
+
+    from davproxy.embedded import start_davproxy, start_radicale
+    from tests.helpers import write_config, write_htpasswd
+    from tests.integration.conftest import Endpoint
+
+    with start_radicale(tmp_path / "radicale", sharing=True) as radicale:
+        main, port = write_config(
+            tmp_path / "davproxy", upstream_url=radicale.url, kind="radicale",
+            mode="proxy-auth", htpasswd=write_htpasswd(tmp_path / "users.htpasswd"),
+            mapping_extra='[access]\nbackend = "radicale-native"\n',
+            server_extra="upstream_timeout = 1.5",
+        )  # fmt: skip
+        with start_davproxy(main, port=port) as proxy:
+            pair = Pair(
+                "radicale-native", Endpoint(radicale.url), Endpoint(proxy.url, {}),
+                "/alice/", "/alice/", radicale, proxy,
+            )  # fmt: skip
+            async with raw_session() as session:
+                alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+                carol = Client(session, pair, "carol")
+                await bob.hello()
+                await carol.hello()
+                assert (await alice("MKCALENDAR", "/alice/fence/")).status == 201
+                put = await alice(
+                    "PUT", "/alice/fence/a.ics", event("a"), Content_Type="text/calendar"
+                )
+                assert put.status == 201
+                shared = await alice(
+                    "POST", "/alice/fence/", share_body(("bob", "read")), **SHARING
+                )
+                assert shared.status == 204
+                _, notes = await notifications_of(bob)
+                accepted = await bob(
+                    "POST", notes[-1][0], reply_body(True, "/bob/", "fence"), **SHARING
+                )
+                assert accepted.status == 201
+                assert (await bob("GET", "/bob/fence/a.ics")).status == 200
+
+                radicale.process.send_signal(signal.SIGSTOP)
+                try:
+                    left = await bob("DELETE", "/bob/fence/")  # committed, Radicale silent
+                finally:
+                    radicale.process.send_signal(signal.SIGCONT)
+                assert left.status in (502, 504)
+                fenced = await bob("GET", "/bob/fence/a.ics")
+                assert fenced.status == 403 and b"this share has ended" in fenced.body
+
+                # the next change of alice's shares reaches Radicale: the map is gone there
+                # and davproxy stops refusing on its own
+                again = await alice(
+                    "POST", "/alice/fence/", share_body(("carol", "read")), **SHARING
+                )
+                assert again.status == 204
+                after = await bob("GET", "/bob/fence/a.ics")
+                assert after.status != 200 and b"this share has ended" not in after.body
+
+        # davproxy starting while Radicale does not answer: start-up reconciliation fails
+        # and is retried until it succeeds
+        radicale.process.send_signal(signal.SIGSTOP)
+        try:
+            restarted = start_davproxy(main, port=port)
+        finally:
+            radicale.process.send_signal(signal.SIGCONT)
+        with restarted:
+            for _ in range(100):
+                log = restarted.log_path.read_text(encoding="utf-8", errors="replace")
+                if "reconciliation with up done" in log:
+                    break
+                time.sleep(0.1)
+        assert "start-up reconciliation with up failed" in log
+        assert "reconciliation with up done" in log
