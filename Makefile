@@ -38,6 +38,7 @@ soak: $(VENV)/.test-installed
 	DAVPROXY_FUZZ_EXAMPLES=10000 DAVPROXY_PARSER_EXAMPLES=2000 \
 		$(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/integration/test_fuzz_http.py tests/unit/test_fuzz_parsers.py
+	$(BIN)/python bench/fuzz_atheris.py --runs 50000 --max-time 45
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/passthrough.py

@@ -187,10 +187,47 @@ def matches(query: Query, kind: str, text: str) -> bool:
         calendar = icalendar.Calendar.from_ical(text)
     except ValueError:
         return False
-    return _component_matches(calendar, comp)
+    try:
+        return _component_matches(calendar, comp)
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError):
+        return False  # a value the feed broke (e.g. DUE:202301) matches no filter
+
+
+#: rules whose expansion from a distant start costs seconds (a CPU denial of service by
+#: anyone who can publish a feed): matched by their bounds instead of expanded
+_DENSE = frozenset({"SECONDLY", "MINUTELY", "HOURLY"})
+_DAILY_HORIZON = dt.timedelta(days=366 * 50)
+
+
+def _by_bounds(calendar: icalendar.Calendar, kind: str, span: TimeRange) -> bool | None:
+    """Decide without expanding where that is safe or expansion would be too costly;
+    None: expand.  A series starting after the window cannot match; a dense or very old
+    daily rule that started before the window's end is answered as a match (a superset:
+    clients read the objects themselves)."""
+    try:
+        components = list(calendar.walk(kind))
+        values = [getattr(c.get("DTSTART"), "dt", None) for c in components]
+        starts = [_as_utc(v) for v in values if isinstance(v, dt.date)]
+        if not starts:
+            return None
+        if min(starts) >= span.end:
+            return False
+        for component in components:
+            rule = component.get("RRULE")
+            if rule is None:
+                continue
+            freq = str((rule.get("FREQ") or [""])[0]).upper()
+            if freq in _DENSE or (freq == "DAILY" and span.start - min(starts) > _DAILY_HORIZON):
+                return True
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
+        return None
+    return None
 
 
 def _instances(calendar: icalendar.Calendar, kind: str, span: TimeRange) -> bool:
+    decided = _by_bounds(calendar, kind, span)
+    if decided is not None:
+        return decided
     # Lazily, in start order: the first occurrence not over before the window decides.
     # (``between`` would build every occurrence of an endless rule up to year 9999 when a
     # client sends only a start.)
@@ -235,6 +272,8 @@ def _value_in_range(component: icalendar.cal.Component, span: TimeRange) -> bool
 
 
 def _as_utc(value: dt.date | dt.datetime) -> dt.datetime:
+    if not isinstance(value, dt.date):
+        raise TypeError(f"not a date: {value!r}")
     if not isinstance(value, dt.datetime):
         return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
     if value.tzinfo is None:

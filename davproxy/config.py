@@ -455,17 +455,15 @@ def feed_url(value: str) -> str | None:
         if lowered.startswith(scheme):
             text = replacement + text[len(scheme) :]
             break
+    # yarl parses lazily: any part may raise, so all of it is read inside the try
     try:
         url = URL(text)
-    except (ValueError, TypeError):
-        return None
-    if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
-        return None
-    try:
+        if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
+            return None
         url.port  # noqa: B018 - raises on an out-of-range port
-    except ValueError:
+        return str(url.with_fragment(None))
+    except (ValueError, TypeError, IndexError):
         return None
-    return str(url.with_fragment(None))
 
 
 def _without_credentials(value: str) -> str:

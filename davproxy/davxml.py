@@ -275,7 +275,7 @@ def response_status(root: etree._Element) -> int | None:
     if not line:
         return None
     parts = line.split()
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    return int(parts[1]) if len(parts) > 1 and parts[1].isascii() and parts[1].isdigit() else None
 
 
 def add_privilege(node: etree._Element, privilege: str) -> bool:

@@ -101,15 +101,15 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:  # asctime and "-0000" dates are GMT (RFC 9110 §5.6.7)
+            when = when.replace(tzinfo=datetime.UTC)
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, OverflowError):  # not a date, or out of range
         return None
-    if when.tzinfo is None:  # asctime and "-0000" dates are GMT (RFC 9110 §5.6.7)
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - now)
 
 
 class Fetcher:

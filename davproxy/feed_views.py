@@ -78,7 +78,8 @@ def token_revision(token: str, source: FeedSource) -> int | None:
     if not token:
         return 0
     prefix = f"{TOKEN_PREFIX}{source.tag}-"
-    if not token.startswith(prefix) or not token[len(prefix) :].isdigit():
+    digits = token[len(prefix) :]
+    if not token.startswith(prefix) or not (digits.isascii() and digits.isdigit()):
         return None
     revision = int(token[len(prefix) :])
     if revision > source.revision or revision < source.min_revision:
@@ -114,7 +115,7 @@ def preferences(request: web.Request) -> dict[str, str]:
 def _limit(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         return None
     return min(int(value), 100_000)
 
@@ -133,7 +134,7 @@ def _not_modified_since(request: web.Request, stamp: float | None) -> bool:
         return False
     try:
         since = email.utils.parsedate_to_datetime(header).timestamp()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # not a date, or out of range: ignored
         return False
     return int(stamp) <= since
 

@@ -43,6 +43,9 @@ _CRLF = "\r\n"
 _FOLD_OCTETS = 75  # RFC 5545 §3.1: lines SHOULD NOT be longer than 75 octets
 _BOM = b"\xef\xbb\xbf"
 _NAME = re.compile(r"[^;:]*")
+#: characters XML 1.0 cannot carry (C0 controls but tab, LF, CR; U+FFFE, U+FFFF)
+_NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_NOT_IN_XML_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]|\xef\xbf[\xbe\xbf]")
 _HAS_TZID = re.compile(r";\s*tzid\s*=", re.IGNORECASE)  # cheap pre-check before parsing params
 
 _DURATION = re.compile(
@@ -203,10 +206,13 @@ def _lex(raw: bytes, warnings: list[FeedWarning]) -> list[_Line]:
         if line[:1] in (b" ", b"\t") and groups:
             groups[-1][1].append(line)
         elif line.strip():
-            groups.append((no, [line]))
+            # (a leading blank with nothing to continue would fold onto whatever precedes
+            # the line where davproxy serves it)
+            groups.append((no, [line.lstrip(b" \t")]))
     lines: list[_Line] = []
     bad_first = 0
     bad = 0
+    controls = 0
     for no, parts in groups:
         logical_b = (
             parts[0] if len(parts) == 1 else b"".join([parts[0], *(p[1:] for p in parts[1:])])
@@ -216,6 +222,17 @@ def _lex(raw: bytes, warnings: list[FeedWarning]) -> list[_Line]:
             text = _fallback_decode(logical_b)
             bad += 1
             bad_first = bad_first or no
+        if _NOT_IN_XML.search(text):
+            # calendar data is served inside XML (calendar-data, displayname...), which
+            # cannot carry these: dropped, not passed on to fail every PROPFIND
+            text = _NOT_IN_XML.sub("", text)
+            parts = [_NOT_IN_XML_BYTES.sub(b"", p) for p in parts]
+            # a line must not start blank once they are gone: it would read as a fold
+            text = text.lstrip(" \t")
+            parts[0] = parts[0].lstrip(b" \t")
+            controls += 1
+            if not text.strip():
+                continue  # nothing but control characters: no line at all
         if len(parts) == 1:
             raw_text = text
         else:
@@ -229,6 +246,10 @@ def _lex(raw: bytes, warnings: list[FeedWarning]) -> list[_Line]:
     if bad:
         warnings.append(
             FeedWarning("decode", bad_first, f"{bad} line(s) not UTF-8, read as Windows-1252")
+        )
+    if controls:
+        warnings.append(
+            FeedWarning("control-characters", 0, f"{controls} line(s) had control characters")
         )
     return lines
 
@@ -545,7 +566,9 @@ def split_feed(raw: bytes) -> FeedSplit:
                 warnings.append(FeedWarning("duplicate-override", comp.lineno, f"{uid} {key}"))
             group.overrides[key] = comp
 
-    head = [_Line(_prop_name(h), h, h, 0) for h in ("BEGIN:VCALENDAR", *meta.header)]
+    # the fingerprint reads unfolded lines, as fingerprint() of the served text does
+    unfolded = [re.sub(r"\r\n[ \t]", "", h) for h in ("BEGIN:VCALENDAR", *meta.header)]
+    head = [_Line(_prop_name(h), h, h, 0) for h in unfolded]
     tail = _Line("END", "END:VCALENDAR", "END:VCALENDAR", 0)
     resources: dict[str, Resource] = {}
     missing_seen: set[str] = set()

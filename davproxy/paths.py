@@ -61,14 +61,13 @@ class PathMap:
         """
         if href.startswith("/"):
             return self.to_public(href)
-        try:
-            url = URL(href, encoded=True)
-        except ValueError:
+        url = _absolute_url(href)
+        if url is None:
             return href
         origins: tuple[URL, ...] = (upstream_origin,)
         with contextlib.suppress(ValueError):  # a client's Host header may be no host
             origins = (upstream_origin, URL(public_origin))
-        if url.is_absolute() and url.origin() in origins:
+        if url.origin() in origins:
             mapped = self.to_public(url.raw_path)
             query = f"?{url.raw_query_string}" if url.raw_query_string else ""
             return f"{public_origin}{mapped}{query}"
@@ -79,11 +78,8 @@ class PathMap:
         if href.startswith("/"):
             mapped = self.to_upstream(href)
             return href if mapped is None else mapped
-        try:
-            url = URL(href, encoded=True)
-        except ValueError:
-            return href
-        if not url.is_absolute():
+        url = _absolute_url(href)
+        if url is None:
             return href
         mapped = self.to_upstream(url.raw_path)
         if mapped is None:
@@ -91,6 +87,19 @@ class PathMap:
         origin = upstream_origin if upstream_origin is not None else url.origin()
         query = f"?{url.raw_query_string}" if url.raw_query_string else ""
         return f"{origin}{mapped}{query}"
+
+
+def _absolute_url(href: str) -> URL | None:
+    """An absolute URL with a usable origin, or None (yarl parses lazily: any part of
+    a hostile href may raise, so everything used later is read here)."""
+    try:
+        url = URL(href, encoded=True)
+        if not url.is_absolute():
+            return None
+        url.origin()  # noqa: B018
+        return url
+    except (ValueError, TypeError, IndexError):
+        return None
 
 
 class PathRejected(ValueError):
