@@ -224,15 +224,14 @@ def _lex(raw: bytes, warnings: list[FeedWarning]) -> list[_Line]:
             bad_first = bad_first or no
         if _NOT_IN_XML.search(text):
             # calendar data is served inside XML (calendar-data, displayname...), which
-            # cannot carry these: dropped, not passed on to fail every PROPFIND
-            text = _NOT_IN_XML.sub("", text)
-            parts = [_NOT_IN_XML_BYTES.sub(b"", p) for p in parts]
-            # a line must not start blank once they are gone: it would read as a fold
-            text = text.lstrip(" \t")
-            parts[0] = parts[0].lstrip(b" \t")
+            # cannot carry these: dropped, not passed on to fail every PROPFIND; the line
+            # is folded afresh (what is left of the origin's folds could fold wrongly),
+            # and must not start blank (it would read as a fold)
+            text = _NOT_IN_XML.sub("", text).lstrip(" \t")
             controls += 1
-            if not text.strip():
-                continue  # nothing but control characters: no line at all
+            if text.strip():
+                lines.append(_Line(_prop_name(text), text, _refold(text), no))
+            continue
         if len(parts) == 1:
             raw_text = text
         else:

@@ -139,3 +139,9 @@ def test_a_line_blank_once_controls_go_is_not_a_fold() -> None:
     split = split_feed(b"BEGiN:VEVENT\r\x00\tEND:VEVENT")
     for resource in split.resources.values():
         assert fingerprint(resource.text) == resource.fingerprint
+
+
+def test_a_fold_onto_a_line_of_controls_is_refolded_cleanly() -> None:
+    split = split_feed(b"BEGIN:VEVENT\r\x00\n END:VEVENT")
+    for resource in split.resources.values():
+        assert fingerprint(resource.text) == resource.fingerprint
