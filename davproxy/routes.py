@@ -276,8 +276,13 @@ class Router:
         if not ctx.site.auth.proxy_auth and "Authorization" in ctx.request.headers:
             headers["Authorization"] = ctx.request.headers["Authorization"]
         async with ctx.site.upstream.request("PROPFIND", spec.path, headers) as answer:
-            await answer.read()
-            return answer.status in (200, 207)
+            body = await answer.read()
+            if answer.status != 207:
+                return answer.status == 200
+        try:  # Xandikos answers a missing path with a 404 inside a 207
+            return davxml.response_status(davxml.parse(body)) != 404
+        except davxml.XmlError:
+            return True  # unsure: refuse rather than shadow something
 
     async def whoami(self, ctx: Context) -> web.StreamResponse:
         """Who davproxy takes the caller to be, and where their collections live."""

@@ -537,3 +537,57 @@ async def test_upstream_basic_mode_guards_feeds_and_subscriptions(tmp_path: Path
     assert made.status == 201
     assert read_bad.status == 401 and b"b1@x" not in read_bad.body
     assert read.status == 207 and len(multistatus(read.body).findall("D:response", NS)) == 2
+
+
+async def test_subscription_in_a_xandikos_home(tmp_path: Path) -> None:
+    """The same subscription flow in front of Xandikos, whose calendar home is
+    /<user>/calendars/ (href rewriting off, layout from the mapping's kind)."""
+    from davproxy.embedded import start_xandikos
+
+    origin = Origin()
+    origin.serve("/x.ics", calendar(event("x1@x", "One"), event("x2@x", "Two")))
+    with (
+        origin.running(),
+        start_xandikos(tmp_path / "xandikos") as xandikos,
+        start_proxy(
+            tmp_path / "p", upstream_url=xandikos.url, kind="xandikos", mode="proxy-auth",
+            htpasswd=write_htpasswd(tmp_path / "u", scheme="bcrypt"),
+            server_extra='[feeds]\nallow_networks = ["127.0.0.0/8"]\n',
+        ) as proxy,
+    ):  # fmt: skip
+        site = FeedSite(origin, proxy, tmp_path / "p" / "davproxy.toml")
+        alice = {**basic("alice"), "Content-Type": "application/xml"}  # Xandikos insists
+        async with raw_session() as s:
+            hello = await fetch(s, "PROPFIND", site.url("/alice/"), {**alice, "Depth": "0"}, PROPS)
+            assert hello.status == 207
+            wrong_place = await fetch(
+                s, "MKCOL", site.url("/alice/sub/"), alice, mkcol(origin.url("/x.ics"))
+            )
+            made = await fetch(
+                s, "MKCOL", site.url("/alice/calendars/sub/"), alice, mkcol(origin.url("/x.ics"))
+            )
+            real = await fetch(s, "MKCALENDAR", site.url("/alice/calendars/real/"), basic("alice"))
+            shadow = await fetch(
+                s, "MKCOL", site.url("/alice/calendars/real/"), alice, mkcol(origin.url("/x.ics"))
+            )
+            home = await fetch(
+                s, "PROPFIND", site.url("/alice/calendars/"), {**alice, "Depth": "1"}, PROPS
+            )
+            first = await fetch(s, "REPORT", site.url("/alice/calendars/sub/"), alice, sync_body())
+            token = multistatus(first.body).findtext("D:sync-token", namespaces=NS)
+            origin.serve("/x.ics", calendar(event("x1@x", "One")))
+            assert "changed" in site.refresh(origin.url("/x.ics"))
+            delta = await fetch(
+                s, "REPORT", site.url("/alice/calendars/sub/"), alice, sync_body(token)
+            )
+    assert wrong_place.status == 403  # not directly in her calendar home
+    assert made.status == 201
+    assert real.status == 201 and shadow.status == 405  # never hides an upstream calendar
+    listed = {
+        r.findtext("D:href", namespaces=NS): r
+        for r in multistatus(home.body).findall("D:response", NS)
+    }
+    assert "/alice/calendars/sub/" in listed
+    assert listed["/alice/calendars/sub/"].find(".//D:resourcetype/C:calendar", NS) is not None
+    assert len(hrefs(multistatus(first.body))) == 2
+    assert list(hrefs(multistatus(delta.body)).values()) == ["HTTP/1.1 404 Not Found"]
