@@ -382,12 +382,7 @@ def load(path: str | Path) -> Config:
     log_t.finish()
 
     mon_t = root.table("monitoring")
-    allow = mon_t.strings("allow", MonitoringConfig().allow)
-    for entry in allow:
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            raise mon_t.error("allow", f"not an IP network: {entry!r}") from None
+    allow = _networks(mon_t, "allow", MonitoringConfig().allow)
     monitoring = MonitoringConfig(allow=allow, token=mon_t.secret("token"))
     mon_t.finish()
 

@@ -14,6 +14,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -116,7 +117,7 @@ class FeedStore:
         self.store = store
         self.conn = store.db.conn
 
-    def transaction(self):  # type: ignore[no-untyped-def]
+    def transaction(self) -> AbstractContextManager[None]:
         return self.store.transaction()
 
     # -- sources ------------------------------------------------------------------------

@@ -91,13 +91,17 @@ def http_date(stamp: float | None) -> str:
     return email.utils.formatdate(stamp or 0, usegmt=True)
 
 
-def link_header(view: FeedView) -> str:
+def links(collection: str, feed_path: str, public: bool = False) -> str:
     """RFC 8288 links to the upgraded access points (subscription-upgrade §4)."""
-    caldav = "subscribe-caldav" if view.public else "subscribe-caldav-auth"
+    caldav = "subscribe-caldav" if public else "subscribe-caldav-auth"
     return (
-        f'<{view.base}>; rel="{caldav}", <{view.base}>; rel="subscribe-webdav-sync", '
-        f'<{view.feed_path}>; rel="{ENHANCED}"'
+        f'<{collection}>; rel="{caldav}", <{collection}>; rel="subscribe-webdav-sync", '
+        f'<{feed_path}>; rel="{ENHANCED}"'
     )
+
+
+def link_header(view: FeedView) -> str:
+    return links(view.base, view.feed_path, view.public)
 
 
 def preferences(request: web.Request) -> dict[str, str]:
@@ -159,7 +163,7 @@ class FeedServer:
         if method == "PROPFIND":
             wanted = davxml.parse_propfind(await read_body(request, self.body_limit))
             depth = request.headers.get("Depth", "infinity").strip()
-            responses = [davxml.answer(view.base, self.collection_props(view), wanted, HIDDEN)]
+            responses = [self.collection_answer(view, wanted)]
             if depth != "0":
                 for item in self.feeds.items(view.source.id):
                     responses.append(self._member_answer(view, item, wanted))
@@ -189,6 +193,10 @@ class FeedServer:
         return web.Response(headers={"Allow": ALLOW, "DAV": DAV_HEADER, "Link": link_header(view)})
 
     # -- properties ---------------------------------------------------------------------------
+
+    def collection_answer(self, view: FeedView, wanted: PropRequest) -> etree._Element:
+        """The collection's PROPFIND response (also in listings of its parent)."""
+        return davxml.answer(view.base, self.collection_props(view), wanted, HIDDEN)
 
     def collection_props(self, view: FeedView) -> dict[str, etree._Element]:
         source = view.source

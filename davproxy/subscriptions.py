@@ -30,7 +30,7 @@ from .errors import DavError
 from .feed_fetch import Fetcher, OriginRefused
 from .feed_refresh import UPSTREAM_SOURCE, Bounds, Refresher
 from .feed_store import FeedStore, Subscription
-from .feed_views import DAV_HEADER, HIDDEN, FeedServer, FeedView, read_only
+from .feed_views import DAV_HEADER, FeedServer, FeedView, links, read_only
 from .notifications import NEED_PRIVILEGES, multistatus_response
 from .paths import canonical, quote_segment
 from .proxy import read_body
@@ -166,7 +166,7 @@ class Subscriptions:
             raise read_only("the list of feeds is managed by the operator")
         if user is None and not all(f.public for f in self.configured.values()):
             user = await require_user()
-        wanted = davxml.parse_propfind(await self.server_body(request))
+        wanted = davxml.parse_propfind(await read_body(request, self.server.body_limit))
         base = self.upstream.paths.public + OWN_FEEDS
         props = {
             f"{{{DAV}}}resourcetype": element(
@@ -179,13 +179,8 @@ class Subscriptions:
             for feed in self.configured.values():
                 view = self.configured_view(feed, user) if self.may_read(feed, user) else None
                 if view is not None:
-                    responses.append(
-                        davxml.answer(view.base, self.server.collection_props(view), wanted, HIDDEN)
-                    )
+                    responses.append(self.server.collection_answer(view, wanted))
         return multistatus_response(davxml.multistatus(*responses))
-
-    async def server_body(self, request: web.Request) -> bytes:
-        return await read_body(request, self.server.body_limit)
 
     # -- users' own subscriptions ---------------------------------------------------------------
 
@@ -313,7 +308,7 @@ class Subscriptions:
     async def _proppatch(
         self, request: web.Request, user: str, sub: Subscription, view: FeedView
     ) -> web.Response:
-        root = davxml.parse(await self.server_body(request))
+        root = davxml.parse(await read_body(request, self.server.body_limit))
         if root.tag != f"{{{DAV}}}propertyupdate":
             raise DavError(400, None, "expected DAV:propertyupdate")
         changes: list[tuple[str, str | None]] = []
@@ -382,9 +377,7 @@ class Subscriptions:
             if sub.path.rstrip("/").rsplit("/", 1)[0] + "/" != home:
                 continue
             view = self.subscription_view(sub, user)
-            found.append(
-                davxml.answer(view.base, self.server.collection_props(view), wanted, HIDDEN)
-            )
+            found.append(self.server.collection_answer(view, wanted))
         return found
 
     # -- upstream exports -------------------------------------------------------------------------
@@ -392,11 +385,7 @@ class Subscriptions:
     def export_links(self, public_path: str) -> Callable[[int, Mapping[str, str]], dict[str, str]]:
         """``Link`` headers for a calendar the upstream exports as one .ics (GET on the
         collection): the collection itself is the CalDAV and sync access point."""
-        value = (
-            f'<{public_path}>; rel="subscribe-caldav-auth", '
-            f'<{public_path}>; rel="subscribe-webdav-sync", '
-            f'<{public_path}>; rel="subscribe-enhanced-get"'
-        )
+        value = links(public_path, public_path)
 
         def add(status: int, headers: Mapping[str, str]) -> dict[str, str]:
             content_type = headers.get("Content-Type", "")
