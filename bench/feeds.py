@@ -55,19 +55,19 @@ import aiohttp  # noqa: E402
 from lxml import etree  # noqa: E402
 
 from davproxy.config import FeedsConfig  # noqa: E402
-from davproxy.embedded import (  # noqa: E402
+from davproxy.feeds.fetch import Fetcher  # noqa: E402
+from davproxy.feeds.refresh import Refresher, RefreshReport  # noqa: E402
+from davproxy.feeds.split import split_feed  # noqa: E402
+from davproxy.feeds.store import FeedStore  # noqa: E402
+from davproxy.ops.embedded import (  # noqa: E402
     EmbeddedError,
     ServerProcess,
     free_port,
     start_davproxy,
     start_radicale,
 )
-from davproxy.feed_fetch import Fetcher  # noqa: E402
-from davproxy.feed_refresh import Refresher, RefreshReport  # noqa: E402
-from davproxy.feed_store import FeedStore  # noqa: E402
-from davproxy.feeds import split_feed  # noqa: E402
-from davproxy.identity import hash_password  # noqa: E402
-from davproxy.store import Store  # noqa: E402
+from davproxy.store.sqlite import Store  # noqa: E402
+from davproxy.upstream.identity import hash_password  # noqa: E402
 from tests.helpers import basic, write_config  # noqa: E402
 
 HOST = "127.0.0.1"

@@ -337,13 +337,17 @@ def load_targets(atheris: Any, name: str) -> dict[str, Target]:  # noqa: C901 - 
         from multidict import CIMultiDict, CIMultiDictProxy
         from yarl import URL
 
-        from davproxy import caldav_query, davxml, feed_fetch, feed_views, feeds
         from davproxy.config import feed_url
-        from davproxy.errors import DavError, PlainError
-        from davproxy.feed_store import FeedItem, FeedSource
-        from davproxy.identity import parse_basic
-        from davproxy.paths import PathMap, PathRejected, canonical, check_path
-        from davproxy.share_requests import parse_cs_share, parse_share_resource
+        from davproxy.dav import davxml
+        from davproxy.dav.errors import DavError, PlainError
+        from davproxy.dav.paths import PathMap, PathRejected, canonical, check_path
+        from davproxy.feeds import caldav_query
+        from davproxy.feeds import fetch as feed_fetch
+        from davproxy.feeds import split as feeds
+        from davproxy.feeds import views as feed_views
+        from davproxy.feeds.store import FeedItem, FeedSource
+        from davproxy.sharing.requests import parse_cs_share, parse_share_resource
+        from davproxy.upstream.identity import parse_basic
 
     def rest(fdp: Any) -> bytes:
         return bytes(fdp.ConsumeBytes(fdp.remaining_bytes()))

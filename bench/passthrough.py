@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:
 
 import aiohttp  # noqa: E402
 
-from davproxy.embedded import (  # noqa: E402
+from davproxy.ops.embedded import (  # noqa: E402
     EmbeddedError,
     ServerProcess,
     free_port,

@@ -11,10 +11,10 @@ import asyncio
 import json
 import sys
 
-from . import config as config_mod
-from . import logs
-from .admin import add_parser as add_admin_parser
-from .server import StartupError, run_until_signal
+from davproxy import config as config_mod
+from davproxy.edge import logs
+from davproxy.edge.server import StartupError, run_until_signal
+from davproxy.ops.admin import add_parser as add_admin_parser
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -42,7 +42,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from davproxy.ops.demo import run_demo
 
     return run_demo(args.data, args.port, args.host)
 

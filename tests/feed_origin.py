@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from davproxy.embedded import ServerProcess, free_port
+from davproxy.ops.embedded import ServerProcess, free_port
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from davproxy.embedded import ServerProcess, free_port, start_davproxy
-from davproxy.identity import hash_password
+from davproxy.ops.embedded import ServerProcess, free_port, start_davproxy
+from davproxy.upstream.identity import hash_password
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave@corp": "dave-pw"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from davproxy.embedded import ServerProcess, start_radicale, start_xandikos
+from davproxy.ops.embedded import ServerProcess, start_radicale, start_xandikos
 from tests.helpers import USERS, Endpoint, basic, start_proxy, write_htpasswd
 
 

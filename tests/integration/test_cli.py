@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from davproxy.embedded import free_port, port_open
+from davproxy.ops.embedded import free_port, port_open
 from tests.helpers import write_config
 
 LAYOUT = (

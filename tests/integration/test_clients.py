@@ -16,7 +16,7 @@ from pathlib import Path
 import caldav
 import pytest
 
-from davproxy.embedded import start_xandikos
+from davproxy.ops.embedded import start_xandikos
 from tests.helpers import USERS, start_proxy, write_htpasswd
 
 from .conftest import Pair

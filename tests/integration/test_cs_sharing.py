@@ -167,7 +167,7 @@ async def test_apple_calendar_share_accept_use_leave(sharing_pair: Pair) -> None
             ),
             Depth="1",
         )
-        from davproxy.paths import canonical
+        from davproxy.dav.paths import canonical
 
         entry = {
             canonical(r.findtext("D:href", namespaces=NS)): r

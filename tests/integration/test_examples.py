@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from davproxy.__main__ import main as davproxy_cli
-from davproxy.embedded import ServerProcess, _spawn, free_port, start_davproxy
-from davproxy.identity import Htpasswd
+from davproxy.ops.embedded import ServerProcess, _spawn, free_port, start_davproxy
+from davproxy.upstream.identity import Htpasswd
 from tests.helpers import Answer, Endpoint, basic, fetch, raw_session
 
 from .conftest import Pair

@@ -22,7 +22,7 @@ import caldav
 import icalendar
 import pytest
 
-from davproxy.embedded import start_radicale
+from davproxy.ops.embedded import start_radicale
 from tests.feed_origin import FeedSite, Origin, calendar, event
 from tests.helpers import USERS, basic, fetch, raw_session, start_proxy, write_htpasswd
 

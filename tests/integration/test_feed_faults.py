@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from davproxy.embedded import start_radicale
+from davproxy.ops.embedded import start_radicale
 from tests.feed_origin import FeedSite, Origin, calendar, event
 from tests.helpers import fetch, raw_session, start_proxy, write_htpasswd
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from davproxy.embedded import start_radicale
+from davproxy.ops.embedded import start_radicale
 from tests.feed_origin import FeedSite, Origin, calendar, event
 from tests.helpers import basic, fetch, raw_session, start_proxy, write_htpasswd
 
@@ -542,7 +542,7 @@ async def test_upstream_basic_mode_guards_feeds_and_subscriptions(tmp_path: Path
 async def test_subscription_in_a_xandikos_home(tmp_path: Path) -> None:
     """The same subscription flow in front of Xandikos, whose calendar home is
     /<user>/calendars/ (href rewriting off, layout from the mapping's kind)."""
-    from davproxy.embedded import start_xandikos
+    from davproxy.ops.embedded import start_xandikos
 
     origin = Origin()
     origin.serve("/x.ics", calendar(event("x1@x", "One"), event("x2@x", "Two")))

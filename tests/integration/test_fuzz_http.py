@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from davproxy.embedded import ServerProcess, start_radicale
+from davproxy.ops.embedded import ServerProcess, start_radicale
 from tests.feed_origin import Origin, calendar, event
 from tests.helpers import basic, start_proxy, write_htpasswd
 from tests.unit.test_fuzz_parsers import dav_trees, document

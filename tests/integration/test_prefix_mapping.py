@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from davproxy.embedded import ServerProcess, start_radicale, start_xandikos
+from davproxy.ops.embedded import ServerProcess, start_radicale, start_xandikos
 from tests.helpers import basic, fetch, raw_session, start_proxy, write_htpasswd
 
 XML = {"Content-Type": "application/xml; charset=utf-8"}

@@ -19,8 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from davproxy import config as config_mod
-from davproxy.app import create_app
-from davproxy.embedded import free_port
+from davproxy.edge.app import create_app
+from davproxy.ops.embedded import free_port
 from tests.helpers import basic, fetch, raw_session, write_config, write_htpasswd
 
 LAYOUT = (

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from davproxy.access.radicale_native import NativeSharingError, RadicaleSharingApi
-from davproxy.embedded import ServerProcess, _spawn, free_port
+from davproxy.ops.embedded import ServerProcess, _spawn, free_port
 
 OWNER, SHAREE, OTHER = "alice", "bob", "carol"
 COLLECTION = "/alice/work/"
@@ -294,7 +294,7 @@ async def test_errors_are_reported(dav: Dav, api: RadicaleSharingApi) -> None:
 async def test_sharing_disabled_upstream_is_a_clear_error(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    from davproxy.embedded import start_radicale
+    from davproxy.ops.embedded import start_radicale
 
     with start_radicale(tmp_path / "plain") as plain:
         api = RadicaleSharingApi(session, plain.url, as_user)

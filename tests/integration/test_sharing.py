@@ -10,7 +10,7 @@ import uuid
 import pytest
 from lxml import etree
 
-from davproxy.paths import canonical
+from davproxy.dav.paths import canonical
 from tests.helpers import Answer, basic, fetch, raw_session
 
 from .conftest import Pair
@@ -591,7 +591,7 @@ async def test_plain_collection_share(sharing_pair: Pair) -> None:
 async def test_radicale_native_backend_enforces_upstream_and_reconciles_at_start(tmp_path) -> None:
     """radicale-native: Radicale itself serves and guards the copy (bob reaches it
     directly, with his own identity); rights are reconciled when davproxy starts."""
-    from davproxy.embedded import start_davproxy, start_radicale
+    from davproxy.ops.embedded import start_davproxy, start_radicale
     from tests.helpers import write_config, write_htpasswd
 
     with start_radicale(tmp_path / "radicale", sharing=True) as radicale:
@@ -801,7 +801,7 @@ async def test_native_sharee_cut_off_at_commit_even_if_radicale_does_not_answer(
     refuses the ended sharee at the old copy until a later reconciliation succeeds."""
     import signal
 
-    from davproxy.embedded import start_davproxy, start_radicale
+    from davproxy.ops.embedded import start_davproxy, start_radicale
     from tests.helpers import write_config, write_htpasswd
     from tests.integration.conftest import Endpoint
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from davproxy.embedded import ServerProcess, start_davproxy, start_radicale
+from davproxy.ops.embedded import ServerProcess, start_davproxy, start_radicale
 from tests.helpers import USERS, write_config, write_htpasswd
 
 HOST = "127.0.0.1"  # everything here listens on and talks to loopback only

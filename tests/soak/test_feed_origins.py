@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from davproxy.embedded import start_radicale
+from davproxy.ops.embedded import start_radicale
 from tests.feed_origin import Origin, calendar, event
 from tests.helpers import start_proxy, write_htpasswd
 

@@ -1,4 +1,4 @@
-"""CALDAV:calendar-query filters (davproxy.caldav_query): parsing and matching stored objects."""
+"""CALDAV:calendar-query filters (davproxy.feeds.caldav_query): parsing and matching stored objects."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from davproxy.caldav_query import (
+from davproxy.dav.davxml import CALDAV
+from davproxy.dav.errors import DavError
+from davproxy.feeds.caldav_query import (
     SUPPORTED_FILTER,
     VALID_FILTER,
     CompFilter,
@@ -18,8 +20,6 @@ from davproxy.caldav_query import (
     matches,
     parse_filter,
 )
-from davproxy.davxml import CALDAV
-from davproxy.errors import DavError
 
 NS = 'xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav"'
 

@@ -1,6 +1,6 @@
 import pytest
 
-from davproxy import davxml
+from davproxy.dav import davxml
 
 
 def test_parse_refuses_doctype_and_entities() -> None:

@@ -1,4 +1,4 @@
-"""Fetching feeds (davproxy.feed_fetch) against a real HTTP origin on loopback.
+"""Fetching feeds (davproxy.feeds.fetch) against a real HTTP origin on loopback.
 
 Nothing is mocked: every fetch goes over TCP to ``tests.feed_origin.Origin``, which records
 each request it sees, so the tests can check the exact headers sent and count requests.
@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 
 from davproxy.config import FeedsConfig
-from davproxy.feed_fetch import (
+from davproxy.feeds.fetch import (
     ACCEPT,
     Fetcher,
     GuardedResolver,

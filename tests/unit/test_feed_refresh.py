@@ -1,4 +1,4 @@
-"""Refreshing feed sources (davproxy.feed_refresh) into a real store from a real origin.
+"""Refreshing feed sources (davproxy.feeds.refresh) into a real store from a real origin.
 
 Only the clock and the jitter are fake: a ``Clock`` whose time the test sets, and an rng
 returning a fixed value.  The origin (``tests.feed_origin``) is real HTTP on loopback.
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from davproxy.config import FeedsConfig
-from davproxy.feed_fetch import Fetcher
-from davproxy.feed_refresh import UPSTREAM_SOURCE, Bounds, Refresher, RefreshReport
-from davproxy.feed_store import FeedSource, FeedStore, item_etag
-from davproxy.feeds import href_for, split_feed
-from davproxy.store import Store
+from davproxy.feeds.fetch import Fetcher
+from davproxy.feeds.refresh import UPSTREAM_SOURCE, Bounds, Refresher, RefreshReport
+from davproxy.feeds.split import href_for, split_feed
+from davproxy.feeds.store import FeedSource, FeedStore, item_etag
+from davproxy.store.sqlite import Store
 from tests.feed_origin import Origin, calendar, event
 
 SETTINGS = FeedsConfig(allow_networks=("127.0.0.0/8",), fetch_timeout=5.0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from davproxy.feed_store import FeedStore
-from davproxy.feed_views import FeedServer
-from davproxy.feeds import split_feed
-from davproxy.store import Store
+from davproxy.feeds.split import split_feed
+from davproxy.feeds.store import FeedStore
+from davproxy.feeds.views import FeedServer
+from davproxy.store.sqlite import Store
 from tests.feed_origin import calendar, event
 
 

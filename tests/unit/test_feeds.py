@@ -1,4 +1,4 @@
-"""Feed splitting, fingerprinting and diffing (davproxy.feeds): small hand-written feeds."""
+"""Feed splitting, fingerprinting and diffing (davproxy.feeds.split): small hand-written feeds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from davproxy.feeds import (
+from davproxy.feeds.split import (
     Diff,
     FeedWarning,
     diff,

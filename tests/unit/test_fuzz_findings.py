@@ -9,13 +9,14 @@ import pytest
 from lxml import etree
 from yarl import URL
 
-from davproxy import caldav_query, davxml
 from davproxy.config import feed_url
-from davproxy.feed_fetch import parse_retry_after
-from davproxy.feed_store import FeedSource
-from davproxy.feed_views import CALENDAR_DATA, _limit, token_revision
-from davproxy.feeds import fingerprint, split_feed
-from davproxy.paths import PathMap
+from davproxy.dav import davxml
+from davproxy.dav.paths import PathMap
+from davproxy.feeds import caldav_query
+from davproxy.feeds.fetch import parse_retry_after
+from davproxy.feeds.split import fingerprint, split_feed
+from davproxy.feeds.store import FeedSource
+from davproxy.feeds.views import CALENDAR_DATA, _limit, token_revision
 
 
 @pytest.mark.parametrize(

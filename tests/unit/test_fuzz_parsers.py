@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from davproxy import davxml
-from davproxy.errors import DavError
-from davproxy.identity import parse_basic
-from davproxy.paths import PathRejected, canonical, check_path
-from davproxy.share_requests import parse_cs_share, parse_share_resource
+from davproxy.dav import davxml
+from davproxy.dav.errors import DavError
+from davproxy.dav.paths import PathRejected, canonical, check_path
+from davproxy.sharing.requests import parse_cs_share, parse_share_resource
+from davproxy.upstream.identity import parse_basic
 
 EXAMPLES = int(os.environ.get("DAVPROXY_PARSER_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

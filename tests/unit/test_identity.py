@@ -3,7 +3,13 @@ from pathlib import Path
 
 import pytest
 
-from davproxy.identity import Credentials, Htpasswd, VerdictCache, hash_password, parse_basic
+from davproxy.upstream.identity import (
+    Credentials,
+    Htpasswd,
+    VerdictCache,
+    hash_password,
+    parse_basic,
+)
 
 
 def header(raw: bytes) -> str:

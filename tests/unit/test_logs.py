@@ -3,8 +3,8 @@ import logging
 
 import pytest
 
-from davproxy import logs
 from davproxy.config import LoggingConfig
+from davproxy.edge import logs
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 from yarl import URL
 
-from davproxy.paths import PathMap, quote_segment
+from davproxy.dav.paths import PathMap, quote_segment
 
 UP = URL("http://127.0.0.1:5232")
 

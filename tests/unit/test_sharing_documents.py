@@ -6,13 +6,13 @@ import pytest
 from lxml import etree
 from yarl import URL
 
-from davproxy import davxml
 from davproxy.config import AccessConfig, IdentityConfig, Layout, ServerConfig, UpstreamConfig
-from davproxy.errors import DavError
-from davproxy.notifications import Renderer, collection_tag, parse_sync_token, sync_token
-from davproxy.share_requests import parse_share_resource
-from davproxy.store import Notification
-from davproxy.upstream import Upstream
+from davproxy.dav import davxml
+from davproxy.dav.errors import DavError
+from davproxy.sharing.notifications import Renderer, collection_tag, parse_sync_token, sync_token
+from davproxy.sharing.requests import parse_share_resource
+from davproxy.store.sqlite import Notification
+from davproxy.upstream.client import Upstream
 
 NS = {"D": "DAV:", "C": "urn:ietf:params:xml:ns:caldav", "CS": "http://calendarserver.org/ns/"}
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from davproxy.store import MIGRATIONS, Store, StoreError
+from davproxy.store.sqlite import MIGRATIONS, Store, StoreError
 
 
 def test_open_applies_migrations_in_wal_mode(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import davproxy.store as store_mod
+    import davproxy.store.sqlite as store_mod
 
     def broken(db: object) -> None:
         db.execute("CREATE TABLE half (x)")  # type: ignore[attr-defined]

@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from .config import FeedsConfig
+from davproxy.config import FeedsConfig
 
 log = logging.getLogger("davproxy.feeds")
 

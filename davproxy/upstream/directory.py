@@ -11,8 +11,8 @@ import re
 from collections.abc import Callable
 from urllib.parse import unquote
 
-from .config import UpstreamConfig
-from .davxml import href_path
+from davproxy.config import UpstreamConfig
+from davproxy.dav.davxml import href_path
 
 
 class Directory:

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import davxml
+from davproxy.dav import davxml
+from davproxy.dav.davxml import DAV
+
+# DAV conditions (RFC 4918 §16, RFC 3744 §7.1.1, RFC 6578 §3.2) named in <D:error>.
+NEED_PRIVILEGES = f"{{{DAV}}}need-privileges"
+VALID_SYNC_TOKEN = f"{{{DAV}}}valid-sync-token"
+SUPPORTED_REPORT = f"{{{DAV}}}supported-report"
 
 
 class DavError(Exception):

@@ -18,8 +18,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .feeds import Resource
-from .store import Store
+from davproxy.feeds.split import Resource
+from davproxy.store.sqlite import Store
 
 CALENDAR_END = "END:VCALENDAR\r\n"
 

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from .config import LoggingConfig
+from davproxy.config import LoggingConfig
 
 access_log = logging.getLogger("davproxy.access")
 

@@ -26,17 +26,18 @@ from urllib.parse import unquote
 from aiohttp import web
 from lxml import etree
 
-from . import caldav_query, davxml
-from .davxml import CALDAV, CS, DAV, ICAL, PropRequest, element, href
-from .errors import DavError
-from .feed_store import FeedItem, FeedSource, FeedStore
-from .notifications import (
+from davproxy.dav import davxml
+from davproxy.dav.davxml import CALDAV, CS, DAV, ICAL, PropRequest, element, href
+from davproxy.dav.errors import DavError
+from davproxy.edge.proxy import read_body
+from davproxy.feeds import caldav_query
+from davproxy.feeds.store import FeedItem, FeedSource, FeedStore
+from davproxy.sharing.notifications import (
     NEED_PRIVILEGES,
     VALID_SYNC_TOKEN,
     multistatus_response,
     privilege_set,
 )
-from .proxy import read_body
 
 TOKEN_PREFIX = "urn:x-davproxy:feed:"
 ALLOW = "OPTIONS, GET, HEAD, PROPFIND, REPORT"

@@ -20,11 +20,11 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from . import config as config_mod
-from . import logs
-from .embedded import EmbeddedError, start_radicale
-from .identity import hash_password, random_password
-from .server import StartupError, run_until_signal
+from davproxy import config as config_mod
+from davproxy.edge import logs
+from davproxy.edge.server import StartupError, run_until_signal
+from davproxy.ops.embedded import EmbeddedError, start_radicale
+from davproxy.upstream.identity import hash_password, random_password
 
 DEMO_USERS = (
     ("alice", "Alice Example", "alice@example.org"),

@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from .config import FeedsConfig
-from .feed_fetch import Fetcher, FetchResult
-from .feed_store import FeedSource, FeedStore
-from .feeds import FeedSplit, diff, plausible, split_feed
+from davproxy.config import FeedsConfig
+from davproxy.feeds.fetch import Fetcher, FetchResult
+from davproxy.feeds.split import FeedSplit, diff, plausible, split_feed
+from davproxy.feeds.store import FeedSource, FeedStore
 
 log = logging.getLogger("davproxy.feeds")
 

@@ -17,18 +17,23 @@ from dataclasses import dataclass, replace
 from aiohttp import web
 from lxml import etree
 
-from . import davxml, views
-from .errors import DavError, PlainError
-from .identity import Authenticator, parse_basic
-from .monitoring import PATHS as MONITORING_PATHS
-from .monitoring import Monitor
-from .notifications import COLLECTION_SEGMENT, NEED_PRIVILEGES, NotificationCollection
-from .paths import PathRejected, canonical, check_path
-from .proxy import Forward, forward, public_origin, read_body
-from .share_requests import CS_INVITE_REPLY, CS_SHARE, SHARE_RESOURCE, VALID_REQUEST
-from .sharing import Sharing
-from .subscriptions import FEEDS_SEGMENT, Subscriptions
-from .upstream import Upstream
+from davproxy.dav import davxml
+from davproxy.dav.errors import DavError, PlainError
+from davproxy.dav.paths import PathRejected, canonical, check_path
+from davproxy.edge import views
+from davproxy.edge.monitoring import PATHS as MONITORING_PATHS
+from davproxy.edge.monitoring import Monitor
+from davproxy.edge.proxy import Forward, forward, public_origin, read_body
+from davproxy.feeds.subscriptions import FEEDS_SEGMENT, Subscriptions
+from davproxy.sharing.model import Sharing
+from davproxy.sharing.notifications import (
+    COLLECTION_SEGMENT,
+    NEED_PRIVILEGES,
+    NotificationCollection,
+)
+from davproxy.sharing.requests import CS_INVITE_REPLY, CS_SHARE, SHARE_RESOURCE, VALID_REQUEST
+from davproxy.upstream.client import Upstream
+from davproxy.upstream.identity import Authenticator, parse_basic
 
 log = logging.getLogger("davproxy.routes")
 

@@ -21,22 +21,20 @@ from urllib.parse import quote, unquote
 from aiohttp import web
 from lxml import etree
 
-from . import davxml
-from .access.radicale_native import NativeSharingError, RadicaleSharingApi
-from .davxml import CALDAV, CARDDAV, CS, DAV, element, href
-from .directory import Directory
-from .errors import DavError, PlainError
-from .identity import Authenticator
-from .notifications import (
+from davproxy.access.radicale_native import NativeSharingError, RadicaleSharingApi
+from davproxy.dav import davxml
+from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element, href
+from davproxy.dav.errors import DavError, PlainError
+from davproxy.dav.paths import canonical
+from davproxy.sharing.notifications import (
     NEED_PRIVILEGES,
     Renderer,
     invite_name,
     now_stamp,
     reply_name,
 )
-from .paths import canonical
-from .share_properties import INSTANCE_PROPS, SharingProperties, inner_xml
-from .share_requests import (
+from davproxy.sharing.properties import INSTANCE_PROPS, SharingProperties, inner_xml
+from davproxy.sharing.requests import (
     CS_SHARE,
     INVALID_SHARE,
     INVITE_REPLY,
@@ -45,8 +43,10 @@ from .share_requests import (
     parse_cs_share,
     parse_share_resource,
 )
-from .store import NewShare, Notification, Share, Store
-from .upstream import Upstream
+from davproxy.store.sqlite import NewShare, Notification, Share, Store
+from davproxy.upstream.client import Upstream
+from davproxy.upstream.directory import Directory
+from davproxy.upstream.identity import Authenticator
 
 log = logging.getLogger("davproxy.sharing")
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from . import davxml
-from .davxml import CS, DAV
-from .errors import DavError
+from davproxy.dav import davxml
+from davproxy.dav.davxml import CS, DAV
+from davproxy.dav.errors import DavError
 
 SHARE_RESOURCE = f"{{{DAV}}}share-resource"
 INVITE_REPLY = f"{{{DAV}}}invite-reply"

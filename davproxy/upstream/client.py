@@ -20,10 +20,10 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .config import ServerConfig, UpstreamConfig
-from .davxml import href_path
-from .errors import PlainError
-from .paths import PathMap, quote_segment
+from davproxy.config import ServerConfig, UpstreamConfig
+from davproxy.dav.davxml import href_path
+from davproxy.dav.errors import PlainError
+from davproxy.dav.paths import PathMap, quote_segment
 
 log = logging.getLogger("davproxy.upstream")
 

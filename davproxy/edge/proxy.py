@@ -20,9 +20,9 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from . import davxml
-from .errors import DavError, PlainError, payload_too_large
-from .upstream import Upstream
+from davproxy.dav import davxml
+from davproxy.dav.errors import DavError, PlainError, payload_too_large
+from davproxy.upstream.client import Upstream
 
 log = logging.getLogger("davproxy.proxy")
 

@@ -19,8 +19,8 @@ import icalendar
 import recurring_ical_events
 from lxml import etree
 
-from .davxml import CALDAV
-from .errors import DavError
+from davproxy.dav.davxml import CALDAV
+from davproxy.dav.errors import DavError
 
 SUPPORTED_FILTER = f"{{{CALDAV}}}supported-filter"
 VALID_FILTER = f"{{{CALDAV}}}valid-filter"

@@ -23,18 +23,18 @@ from urllib.parse import unquote
 from aiohttp import web
 from lxml import etree
 
-from . import davxml
-from .config import FeedConfig, FeedsConfig, feed_url
-from .davxml import CALDAV, CS, DAV, ICAL, PropRequest, element, href
-from .errors import DavError
-from .feed_fetch import Fetcher, OriginRefused
-from .feed_refresh import UPSTREAM_SOURCE, Bounds, Refresher
-from .feed_store import FeedStore, Subscription
-from .feed_views import DAV_HEADER, FeedServer, FeedView, links, read_only
-from .notifications import NEED_PRIVILEGES, multistatus_response
-from .paths import canonical, quote_segment
-from .proxy import read_body
-from .upstream import Upstream
+from davproxy.config import FeedConfig, FeedsConfig, feed_url
+from davproxy.dav import davxml
+from davproxy.dav.davxml import CALDAV, CS, DAV, ICAL, PropRequest, element, href
+from davproxy.dav.errors import DavError
+from davproxy.dav.paths import canonical, quote_segment
+from davproxy.edge.proxy import read_body
+from davproxy.feeds.fetch import Fetcher, OriginRefused
+from davproxy.feeds.refresh import UPSTREAM_SOURCE, Bounds, Refresher
+from davproxy.feeds.store import FeedStore, Subscription
+from davproxy.feeds.views import DAV_HEADER, FeedServer, FeedView, links, read_only
+from davproxy.sharing.notifications import NEED_PRIVILEGES, multistatus_response
+from davproxy.upstream.client import Upstream
 
 log = logging.getLogger("davproxy.subscriptions")
 

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import config as config_mod
-from .app import SetupError, create_app
-from .store import StoreError
+from davproxy import config as config_mod
+from davproxy.edge.app import SetupError, create_app
+from davproxy.store.sqlite import StoreError
 
 log = logging.getLogger("davproxy")
 

@@ -19,18 +19,18 @@ import aiohttp
 from aiohttp import web
 from lxml import etree
 
-from . import davxml
-from .davxml import CS, DAV, element, href
-from .errors import DavError, PlainError
-from .feed_views import ENHANCED, preferences
-from .notifications import NEED_PRIVILEGES, collection_path, multistatus_response
-from .paths import PathMap, PathRejected, canonical, check_path
-from .proxy import Forward, end_to_end, forward, public_origin, read_body
-from .sharing import READ_METHODS, WRITE_METHODS, Sharing
-from .store import Share
+from davproxy.dav import davxml
+from davproxy.dav.davxml import CS, DAV, element, href
+from davproxy.dav.errors import DavError, PlainError
+from davproxy.dav.paths import PathMap, PathRejected, canonical, check_path
+from davproxy.edge.proxy import Forward, end_to_end, forward, public_origin, read_body
+from davproxy.feeds.views import ENHANCED, preferences
+from davproxy.sharing.model import READ_METHODS, WRITE_METHODS, Sharing
+from davproxy.sharing.notifications import NEED_PRIVILEGES, collection_path, multistatus_response
+from davproxy.store.sqlite import Share
 
 if TYPE_CHECKING:
-    from .routes import Context, Router
+    from davproxy.edge.routes import Context, Router
 
 NOTIFICATION_URL = f"{{{DAV}}}notification-URL"
 CS_NOTIFICATION_URL = f"{{{CS}}}notification-URL"

@@ -35,9 +35,9 @@ from pathlib import Path
 from passlib.context import CryptContext
 from passlib.hash import bcrypt, sha256_crypt, sha512_crypt
 
-from .config import IdentityConfig
-from .errors import unauthorized
-from .upstream import Upstream
+from davproxy.config import IdentityConfig
+from davproxy.dav.errors import unauthorized
+from davproxy.upstream.client import Upstream
 
 log = logging.getLogger("davproxy.identity")
 

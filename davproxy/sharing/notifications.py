@@ -22,13 +22,13 @@ from urllib.parse import unquote
 from aiohttp import web
 from lxml import etree
 
-from . import davxml
-from .davxml import CALDAV, CARDDAV, CS, DAV, PropRequest, element, href
-from .errors import DavError
-from .paths import quote_segment
-from .proxy import read_body
-from .store import Notification, Store
-from .upstream import Upstream
+from davproxy.dav import davxml
+from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, PropRequest, element, href
+from davproxy.dav.errors import DavError
+from davproxy.dav.paths import quote_segment
+from davproxy.edge.proxy import read_body
+from davproxy.store.sqlite import Notification, Store
+from davproxy.upstream.client import Upstream
 
 COLLECTION_SEGMENT = "notifications"
 IETF_MEDIA_TYPE = "application/davnotification+xml"

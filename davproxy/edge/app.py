@@ -12,25 +12,25 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import http_parser, web, web_protocol
 
-from . import davxml
-from .access.radicale_native import RadicaleSharingApi
-from .config import Config
-from .directory import Directory
-from .errors import DavError, PlainError
-from .feed_fetch import Fetcher
-from .feed_refresh import Refresher
-from .feed_store import FeedStore
-from .feed_views import FeedServer
-from .identity import Authenticator
-from .logs import log_access
-from .monitoring import Metrics, Monitor
-from .notifications import NotificationCollection, Renderer
-from .proxy import UPSTREAM_SECONDS, keep_upstream_headers
-from .routes import ROUTE, USER, Router, Site
-from .sharing import Sharing
-from .store import Store
-from .subscriptions import Subscriptions
-from .upstream import Upstream
+from davproxy.access.radicale_native import RadicaleSharingApi
+from davproxy.config import Config
+from davproxy.dav import davxml
+from davproxy.dav.errors import DavError, PlainError
+from davproxy.edge.logs import log_access
+from davproxy.edge.monitoring import Metrics, Monitor
+from davproxy.edge.proxy import UPSTREAM_SECONDS, keep_upstream_headers
+from davproxy.edge.routes import ROUTE, USER, Router, Site
+from davproxy.feeds.fetch import Fetcher
+from davproxy.feeds.refresh import Refresher
+from davproxy.feeds.store import FeedStore
+from davproxy.feeds.subscriptions import Subscriptions
+from davproxy.feeds.views import FeedServer
+from davproxy.sharing.model import Sharing
+from davproxy.sharing.notifications import NotificationCollection, Renderer
+from davproxy.store.sqlite import Store
+from davproxy.upstream.client import Upstream
+from davproxy.upstream.directory import Directory
+from davproxy.upstream.identity import Authenticator
 
 log = logging.getLogger("davproxy.app")
 

@@ -19,10 +19,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .config import MonitoringConfig
-from .feed_refresh import RefreshReport
-from .store import Store
-from .upstream import Upstream, UpstreamError
+from davproxy.config import MonitoringConfig
+from davproxy.feeds.refresh import RefreshReport
+from davproxy.store.sqlite import Store
+from davproxy.upstream.client import Upstream, UpstreamError
 
 PATHS = {
     "/.davproxy/healthz": "healthz",

@@ -18,14 +18,14 @@ from typing import Any
 
 import aiohttp
 
-from . import config as config_mod
-from .app import FeedParts, _site, feed_parts
-from .errors import PlainError
-from .paths import canonical
-from .routes import Site
-from .server import StartupError
-from .store import Store, StoreError
-from .upstream import Upstream
+from davproxy import config as config_mod
+from davproxy.dav.errors import PlainError
+from davproxy.dav.paths import canonical
+from davproxy.edge.app import FeedParts, _site, feed_parts
+from davproxy.edge.routes import Site
+from davproxy.edge.server import StartupError
+from davproxy.store.sqlite import Store, StoreError
+from davproxy.upstream.client import Upstream
 
 
 def add_parser(sub: Any) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from lxml import etree
 
-from . import davxml
-from .davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href
-from .directory import Directory
-from .notifications import privilege_set
-from .paths import canonical
-from .store import Share, Store
-from .upstream import Upstream
+from davproxy.dav import davxml
+from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href
+from davproxy.dav.paths import canonical
+from davproxy.sharing.notifications import privilege_set
+from davproxy.store.sqlite import Share, Store
+from davproxy.upstream.client import Upstream
+from davproxy.upstream.directory import Directory
 
 # Properties each sharee keeps for themselves on their copy (caldav-sharing-01 §5,
 # CS caldav-sharing §5.2).  Every sharee may write them, read-only ones included.
