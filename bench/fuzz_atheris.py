@@ -339,6 +339,8 @@ def load_targets(atheris: Any, name: str) -> dict[str, Target]:  # noqa: C901 - 
 
         from davproxy.config import feed_url
         from davproxy.dav import davxml
+        from davproxy.dav import http as dav_http
+        from davproxy.dav import sync as dav_sync
         from davproxy.dav.errors import DavError, PlainError
         from davproxy.dav.paths import PathMap, PathRejected, canonical, check_path
         from davproxy.feeds import caldav_query
@@ -570,14 +572,14 @@ def load_targets(atheris: Any, name: str) -> dict[str, Target]:  # noqa: C901 - 
 
     def headers_run(pairs: list[tuple[str, str]], stamp: float) -> None:
         req = request(pairs)
-        prefer = feed_views.preferences(req)
-        limit = feed_views._limit(prefer.get("limit"))  # the Prefer: limit=N of enhanced GET
+        prefer = dav_http.preferences(req)
+        limit = dav_sync.positive_limit(prefer.get("limit"))  # the Prefer: limit=N of enhanced GET
         check(limit is None or 1 <= limit <= 100_000, f"limit {limit}")
         feed_views._etag_matches(req, '"abc"')
         feed_views._not_modified_since(req, stamp)
         token = req.headers.get("Sync-Token")
         if token is not None:
-            feed_views.token_revision(token.strip().strip('"'), view.source)
+            dav_sync.token_revision(token.strip().strip('"'), view.source)
 
     def token_decode(fdp: Any) -> tuple[Any, ...]:
         revision = fdp.ConsumeIntInRange(0, 255)
@@ -585,7 +587,7 @@ def load_targets(atheris: Any, name: str) -> dict[str, Target]:  # noqa: C901 - 
         return _text(rest(fdp)), revision, low
 
     def token(value: str, revision: int, low: int) -> None:
-        found = feed_views.token_revision(value, source(revision, low))
+        found = dav_sync.token_revision(value, source(revision, low))
         if found is not None and value.strip():
             check(low <= found <= revision, f"revision {found} outside [{low}, {revision}]")
 

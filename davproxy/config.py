@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from yarl import URL
 
+from davproxy.dav.paths import slash
+
 IdentityMode = Literal["upstream-basic", "proxy-auth"]
 HrefMapping = Literal["none", "script-name", "rewrite"]
 UpstreamKind = Literal["radicale", "xandikos", "generic"]
@@ -332,7 +334,7 @@ def _normalise_prefix(table: _Table, key: str, value: str) -> str:
         raise table.error(key, f"must start with '/'; got {value!r}")
     if "//" in value or "/../" in value + "/" or "/./" in value + "/":
         raise table.error(key, f"must be a plain path; got {value!r}")
-    return value if value.endswith("/") else value + "/"
+    return slash(value)
 
 
 def _parse_url(table: _Table, key: str, value: str) -> URL:
@@ -348,7 +350,7 @@ def _parse_url(table: _Table, key: str, value: str) -> URL:
         raise table.error(key, f"has an invalid port: {exc}") from None
     if url.query_string or url.fragment:
         raise table.error(key, "must not carry a query or a fragment")
-    path = url.path if url.path.endswith("/") else url.path + "/"
+    path = slash(url.path)
     return url.with_path(path)
 
 

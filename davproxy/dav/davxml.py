@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from lxml import etree
 
@@ -108,8 +109,6 @@ PROPSTAT = f"{{{DAV}}}propstat"
 PROP = f"{{{DAV}}}prop"
 STATUS = f"{{{DAV}}}status"
 
-_REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found", 424: "Failed Dependency"}
-
 
 def element(
     tag: str, *children: etree._Element, text: str | None = None, **attrs: str
@@ -128,7 +127,12 @@ def href(value: str) -> etree._Element:
 
 
 def status_line(code: int) -> etree._Element:
-    return element(STATUS, text=f"HTTP/1.1 {code} {_REASONS.get(code, '')}".rstrip())
+    """``D:status`` with the full status line (RFC 9110 reason phrases, 507 included)."""
+    try:
+        reason = HTTPStatus(code).phrase
+    except ValueError:
+        reason = ""
+    return element(STATUS, text=f"HTTP/1.1 {code} {reason}".rstrip())
 
 
 def propstat(code: int, props: list[etree._Element]) -> etree._Element:
@@ -294,3 +298,11 @@ def add_resourcetype(node: etree._Element, marker: str) -> bool:
         return False
     kinds.append(element(marker))
     return True
+
+
+def privilege_set(*privileges: str) -> etree._Element:
+    """``D:current-user-privilege-set`` holding the named DAV: privileges."""
+    return element(
+        f"{{{DAV}}}current-user-privilege-set",
+        *(element(f"{{{DAV}}}privilege", element(f"{{{DAV}}}{p}")) for p in privileges),
+    )

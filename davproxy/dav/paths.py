@@ -140,3 +140,8 @@ def canonical(path: str) -> str:
     Only for comparing and storing keys: requests are forwarded with the client's bytes.
     """
     return "/".join(quote(unquote(segment), safe=_SEGMENT_SAFE) for segment in path.split("/"))
+
+
+def slash(path: str) -> str:
+    """``path`` as a collection path: with one trailing slash."""
+    return path if path.endswith("/") else path + "/"

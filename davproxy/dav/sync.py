@@ -55,8 +55,8 @@ C = TypeVar("C", bound=Change)
 C_co = TypeVar("C_co", bound=Change, covariant=True)
 
 
-class SyncSource(Protocol[C_co]):
-    """What a collection tells the engine about itself."""
+class Tokens(Protocol):
+    """What tokens of a collection are tied to: its tag and the revisions it can name."""
 
     @property
     def token_prefix(self) -> str: ...
@@ -69,6 +69,10 @@ class SyncSource(Protocol[C_co]):
 
     @property
     def min_revision(self) -> int: ...
+
+
+class SyncSource(Tokens, Protocol[C_co]):
+    """What a collection tells the engine about itself: its tokens and its change log."""
 
     def changes(self, since: int, limit: int | None, live_only: bool) -> Sequence[C_co]:
         """Members changed after ``since``, oldest first, at most ``limit``."""
@@ -91,11 +95,11 @@ class Page(Generic[C]):
     truncated: bool
 
 
-def token(source: SyncSource[C], revision: int | None = None) -> str:
+def token(source: Tokens, revision: int | None = None) -> str:
     return f"{source.token_prefix}{source.tag}-{source.revision if revision is None else revision}"
 
 
-def token_revision(value: str, source: SyncSource[C]) -> int | None:
+def token_revision(value: str, source: Tokens) -> int | None:
     """The revision a client's token stands for ('' = 0), or None when it is not valid
     for this collection: another one's, malformed, in the future, or older than history."""
     value = value.strip()
@@ -148,7 +152,7 @@ def check_depth(depth: str | None) -> None:
         raise DavError(400, None, "sync-collection is a Depth: 0 report (RFC 6578 §3.2)")
 
 
-def since(source: SyncSource[C], value: str) -> int:
+def since(source: Tokens, value: str) -> int:
     """The revision a client's token stands for, or 403 ``DAV:valid-sync-token``."""
     revision = token_revision(value, source)
     if revision is None:

@@ -7,30 +7,22 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import http_parser, web, web_protocol
 
-from davproxy.access.radicale_native import RadicaleSharingApi
 from davproxy.config import Config
 from davproxy.dav import davxml
 from davproxy.dav.errors import DavError, PlainError
 from davproxy.edge.logs import log_access
 from davproxy.edge.monitoring import Metrics, Monitor
-from davproxy.edge.proxy import UPSTREAM_SECONDS, keep_upstream_headers
-from davproxy.edge.routes import ROUTE, USER, Router, Site
-from davproxy.feeds.fetch import Fetcher
+from davproxy.edge.routes import ROUTE, Router
+from davproxy.edge.sites import Site, build_site, feed_parts
 from davproxy.feeds.refresh import Refresher
-from davproxy.feeds.store import FeedStore
-from davproxy.feeds.subscriptions import Subscriptions
-from davproxy.feeds.views import FeedServer
-from davproxy.sharing.model import Sharing
-from davproxy.sharing.notifications import NotificationCollection, Renderer
 from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
-from davproxy.upstream.directory import Directory
-from davproxy.upstream.identity import Authenticator
+from davproxy.upstream.proxy import UPSTREAM_SECONDS, keep_upstream_headers
+from davproxy.upstream.site import USER, Limits
 
 log = logging.getLogger("davproxy.app")
 
@@ -93,49 +85,6 @@ class SetupError(Exception):
     """A resource named in the configuration cannot be used (one line for the operator)."""
 
 
-@dataclass(frozen=True, slots=True)
-class FeedParts:
-    """The subscription machinery every upstream shares: one fetch per source URL."""
-
-    feeds: FeedStore
-    fetcher: Fetcher
-    refresher: Refresher
-    server: FeedServer
-
-
-def feed_parts(store: Store, config: Config) -> FeedParts:
-    feeds = FeedStore(store)
-    fetcher = Fetcher(config.feeds)
-    return FeedParts(
-        feeds,
-        fetcher,
-        Refresher(feeds, fetcher, config.feeds),
-        FeedServer(feeds, config.server.max_body_bytes),
-    )
-
-
-def _site(store: Store, upstream: Upstream, parts: FeedParts) -> Site:
-    """Everything that serves one upstream, wired together."""
-    auth = Authenticator(upstream.config.identity, upstream)
-    htpasswd = auth.htpasswd
-    directory = Directory(upstream.config, htpasswd.users if htpasswd else set)
-    renderer = Renderer(upstream, directory.display_name)
-    native = None
-    if upstream.config.access.backend == "radicale-native":
-        native = RadicaleSharingApi(
-            upstream.session,
-            str(upstream.config.url),
-            lambda user: sharing.as_user(user),
-            timeout=upstream.read_timeout,  # [server] upstream_timeout bounds these calls too
-        )
-    sharing = Sharing(store, upstream, auth, directory, renderer, native)
-    notifications = NotificationCollection(store, renderer, sharing.reply)
-    subscriptions = Subscriptions(
-        parts.feeds, parts.server, parts.refresher, parts.fetcher, upstream, parts.fetcher.settings
-    )
-    return Site(upstream, auth, sharing, notifications, subscriptions)
-
-
 async def _reconcile_until_done(site: Site, pause: float = 5.0) -> None:
     """Settle what start-up could not (an upstream that was not up yet): until then a
     deletion stays pending and upstream rights may differ from the store."""
@@ -143,7 +92,7 @@ async def _reconcile_until_done(site: Site, pause: float = 5.0) -> None:
         await asyncio.sleep(pause)
         try:
             await site.sharing.settle_deletions()
-            await site.sharing.reconcile_all()
+            await site.sharing.access.reconcile_all()
         except PlainError as exc:
             log.warning("reconciliation with %s still failing: %s", site.upstream.name, exc)
             continue
@@ -172,7 +121,8 @@ def create_app(config: Config) -> web.Application:
         parts = feed_parts(store, config)
         try:
             sites = [
-                _site(store, Upstream(up, config.server, session), parts) for up in config.upstreams
+                build_site(store, Upstream(up, config.server, session), parts)
+                for up in config.upstreams
             ]
         except (OSError, ValueError) as exc:
             await session.close()
@@ -184,7 +134,7 @@ def create_app(config: Config) -> web.Application:
         for site in sites:
             try:
                 await site.sharing.settle_deletions()
-                await site.sharing.reconcile_all()
+                await site.sharing.access.reconcile_all()
             except PlainError as exc:  # the upstream may still be starting: retry until done
                 log.error("start-up reconciliation with %s failed: %s", site.upstream.name, exc)
                 retries.append(asyncio.create_task(_reconcile_until_done(site)))
@@ -195,7 +145,9 @@ def create_app(config: Config) -> web.Application:
             site.upstream.on_answer = metrics.upstream.labels(site.upstream.name).observe
             site.upstream.on_bytes = metrics.relayed.labels(site.upstream.name).inc
         app[METRICS] = metrics
-        app[ROUTER] = Router(sites, config.server.max_body_bytes, config.server.forwarded_allow_ips)
+        app[ROUTER] = Router(
+            sites, Limits(config.server.max_body_bytes, config.server.forwarded_allow_ips)
+        )
         app[ROUTER].monitor = Monitor(store, metrics, config.monitoring)
         parts.refresher.on_report = metrics.observe_refresh
         app[REFRESHER] = parts.refresher

@@ -1,10 +1,17 @@
-"""Which outcome each request gets: serve, passthrough (and later rewrite, augment).
+"""Which handler answers each request: one ordered table of named routes.
 
 Every request is first placed under one upstream by the longest matching public
-prefix.  Below each prefix, the segment ``.davproxy/`` is davproxy's own namespace:
-it cannot collide with a user's collections (user ids may not start with a dot) and
-the upstream never sees requests for it.  Everything a route does not claim is
-passthrough.
+prefix.  Below each prefix, the segment ``.davproxy/`` is davproxy's own namespace: it
+cannot collide with a user's collections (user ids may not start with a dot) and the
+upstream never sees requests for it.  Everything else is *classified* once (what the
+path is to the caller: a shared copy, a subscription, a path the access backend
+reserves, ...), then ``ROUTES`` is read top to bottom and the first route whose place,
+method, POST body root element and condition match answers.  The last route of the
+upstream space is passthrough: what no route claims goes to the upstream unchanged.
+
+A route names what identity it needs: ``none`` (no one is asked), ``optional`` (checked
+when sent), ``claimed`` (who the client says it is; proxy-auth checks it, upstream-basic
+leaves it to the upstream) or ``verified`` (davproxy checks the credentials itself).
 """
 
 from __future__ import annotations
@@ -12,89 +19,317 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from enum import Enum
 
 from aiohttp import web
 from lxml import etree
 
 from davproxy.dav import davxml
-from davproxy.dav.errors import DavError, PlainError
-from davproxy.dav.paths import PathRejected, canonical, check_path
-from davproxy.edge import views
+from davproxy.dav.errors import NEED_PRIVILEGES, DavError, PlainError
+from davproxy.dav.paths import PathRejected, canonical, check_path, slash
+from davproxy.edge import augment
 from davproxy.edge.monitoring import PATHS as MONITORING_PATHS
 from davproxy.edge.monitoring import Monitor
-from davproxy.edge.proxy import Forward, forward, public_origin, read_body
-from davproxy.feeds.subscriptions import FEEDS_SEGMENT, Subscriptions
-from davproxy.sharing.model import Sharing
-from davproxy.sharing.notifications import (
-    COLLECTION_SEGMENT,
-    NEED_PRIVILEGES,
-    NotificationCollection,
-)
+from davproxy.edge.sites import Site
+from davproxy.feeds.store import Subscription
+from davproxy.feeds.subscriptions import FEEDS_SEGMENT
+from davproxy.sharing import copies
+from davproxy.sharing.notifications import COLLECTION_SEGMENT
 from davproxy.sharing.requests import CS_INVITE_REPLY, CS_SHARE, SHARE_RESOURCE, VALID_REQUEST
-from davproxy.upstream.client import Upstream
-from davproxy.upstream.identity import Authenticator, parse_basic
+from davproxy.store.sqlite import Share
+from davproxy.upstream.site import WELL_KNOWN, Context, Limits
 
 log = logging.getLogger("davproxy.routes")
 
-# Per-request facts for the access log.
+# The route that answered, for the access log and metrics.
 ROUTE = web.RequestKey("route", str)
-USER = web.RequestKey("user", str)
-
 OWN_SEGMENT = ".davproxy"
-NOTIFICATIONS_PREFIX = f"{COLLECTION_SEGMENT}/"
-FEEDS_PREFIX = f"{FEEDS_SEGMENT}/"
-WELL_KNOWN = ("/.well-known/caldav", "/.well-known/carddav")
-# Requests a client may make before it has credentials (service discovery, RFC 6764).
-_ANONYMOUS_METHODS = frozenset({"OPTIONS"})
+
+
+class Place(Enum):
+    """What a path is, to davproxy and to the caller."""
+
+    FEEDS = "<prefix>.davproxy/feeds/…"
+    NOTIFICATIONS = "<prefix>.davproxy/notifications/<user>/…"
+    WHOAMI = "<prefix>.davproxy/whoami"
+    OWN_OTHER = "any other <prefix>.davproxy/ path"
+    ANONYMOUS = "upstream path, no user (discovery, or upstream-basic without credentials)"
+    RESERVED = "upstream path the access backend reserves (Radicale's .sharing/, .token/)"
+    WITHDRAWN = "under the caller's copy of an ended share the upstream may still serve"
+    COPY = "the caller's copy of someone else's collection, or inside it"
+    SUBSCRIPTION = "the caller's subscription in their calendar home, or inside it"
+    UPSTREAM = "any other upstream path"
+
+
+# The root element of an XML POST body that does not parse.
+UNUSABLE_XML = "unusable XML"
+
+
+@dataclass(slots=True)
+class Facts:
+    """What classification found out about one request."""
+
+    place: Place
+    user: str | None = None
+    share: Share | None = None
+    subscription: Subscription | None = None
+    below: str = ""  # path below the copy or subscription, or below .davproxy/<segment>/
+    post_root: str | None = None  # root tag of an XML POST body, or UNUSABLE_XML
+    sharing_type: bool = False  # Content-Type application/davsharing+xml
+    wanted_subscription: tuple[str, dict[str, str]] | None = None  # MKCOL/MKCALENDAR
+
+
+Handler = Callable[[Context, Site, Facts], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
-class Site:
-    """One upstream with everything needed to route requests to it."""
-
-    upstream: Upstream
-    auth: Authenticator
-    sharing: Sharing
-    notifications: NotificationCollection
-    subscriptions: Subscriptions
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    request: web.Request
-    site: Site
-    path: str  # public path, percent-encoded, no query
-    query: str  # "?..." or ""
-    rest: str  # path below the public prefix
-
-
-Handler = Callable[[Context], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True, slots=True)
-class OwnRoute:
-    """A davproxy-served resource under ``<prefix>.davproxy/``."""
-
-    name: str
-    methods: frozenset[str]
-    subpath: str  # below ".davproxy/"
+class Route:
+    name: str  # in the access log and metrics
+    place: Place
     handler: Handler
+    methods: frozenset[str] | None = None  # None: every method
+    post_roots: frozenset[str] | None = None  # None: any body
+    when: Callable[[Context, Site, Facts], bool] | None = None
+    user: str = "claimed"  # none | optional | claimed | verified
+
+    def matches(self, ctx: Context, site: Site, facts: Facts) -> bool:
+        if self.place is not facts.place:
+            return False
+        if self.methods is not None and ctx.method not in self.methods:
+            return False
+        if self.post_roots is not None and facts.post_root not in self.post_roots:
+            return False
+        return self.when is None or self.when(ctx, site, facts)
+
+
+# -- handlers ---------------------------------------------------------------------------
+
+
+async def _feeds(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    if facts.below == "":  # <prefix>.davproxy/feeds without its slash
+        raise web.HTTPMovedPermanently(ctx.path + "/")
+    # public feeds need no credentials; credentials that are sent are checked
+    user = await ctx.verified_user() if "Authorization" in ctx.request.headers else None
+    return await site.subscriptions.serve_configured(
+        ctx.request, facts.below[1:], user, ctx.verified_user
+    )
+
+
+async def _notifications(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    assert facts.user is not None
+    return await site.notifications.handle(
+        ctx.request, facts.user, facts.below, ctx.limits.max_body
+    )
+
+
+async def _whoami(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    """Who davproxy takes the caller to be, and where their collections live."""
+    assert facts.user is not None
+    upstream = ctx.upstream
+    paths = upstream.user_paths(facts.user)
+    body = {
+        "user": facts.user,
+        "upstream": upstream.name,
+        "identity_mode": upstream.config.identity.mode,
+        "principal": paths.principal,
+        "calendar_home": paths.calendar_home,
+        "addressbook_home": paths.addressbook_home,
+    }
+    return web.json_response(body, dumps=lambda v: json.dumps(v, indent=2) + "\n")
+
+
+async def _whoami_method(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    raise PlainError(405, "Method not allowed here", {"Allow": "GET, HEAD"})
+
+
+async def _own_unknown(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    raise PlainError(404, "No such davproxy resource")
+
+
+async def _passthrough(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    return await ctx.forward()
+
+
+async def _reserved(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    raise DavError(403, NEED_PRIVILEGES, "sharing is managed by davproxy here")
+
+
+async def _withdrawn(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    raise DavError(403, NEED_PRIVILEGES, "this share has ended")
+
+
+async def _sharee(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    assert facts.share is not None
+    return await copies.serve(ctx, site.sharing, facts.share, facts.below)
+
+
+async def _subscription(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    assert facts.user is not None and facts.subscription is not None
+    return await site.subscriptions.serve_mounted(
+        ctx.request, facts.user, facts.subscription, facts.below
+    )
+
+
+async def _subscribe(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    assert facts.user is not None and facts.wanted_subscription is not None
+    return await site.subscriptions.create(
+        facts.user, ctx.rest, *facts.wanted_subscription, exists_upstream=ctx.exists_upstream
+    )
+
+
+async def _share(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    assert facts.user is not None
+    root = davxml.parse(await ctx.body())
+    return await site.sharing.share(ctx.request, facts.user, ctx.rest, root)
+
+
+async def _reply(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    assert facts.user is not None
+    root = davxml.parse(await ctx.body())
+    return await site.sharing.reply_cs(ctx.request, facts.user, root)
+
+
+async def _unusable_share(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    raise DavError(403, VALID_REQUEST, "unusable XML in a share request")
+
+
+async def _not_a_share(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    raise DavError(400, None, f"expected DAV:share-resource, got {facts.post_root}")
+
+
+async def _own(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    assert facts.user is not None
+    return await augment.serve(ctx, site, facts.user)
+
+
+# -- conditions -------------------------------------------------------------------------
+
+
+def _at_home(ctx: Context, site: Site, facts: Facts) -> bool:
+    """A CS:invite-reply goes to the sharee's home (caldav-sharing §5.3.3)."""
+    assert facts.user is not None
+    return canonical(slash(ctx.rest)) in site.sharing.homes(facts.user)
+
+
+def _owns_collection(ctx: Context, site: Site, facts: Facts) -> bool:
+    """An XML POST to one's own collection can only be a share request here."""
+    assert facts.user is not None
+    return site.sharing.owns_collection(facts.user, ctx.rest)
+
+
+def _sharing_type(ctx: Context, site: Site, facts: Facts) -> bool:
+    return facts.sharing_type
+
+
+def _subscribing(ctx: Context, site: Site, facts: Facts) -> bool:
+    return facts.wanted_subscription is not None
+
+
+_GET = frozenset({"GET", "HEAD"})
+_POST = frozenset({"POST"})
+_CREATORS = frozenset({"MKCOL", "MKCALENDAR"})
+_SHARES = frozenset({SHARE_RESOURCE, CS_SHARE})
+_REPLIES = frozenset({CS_INVITE_REPLY})
+_UNUSABLE = frozenset({UNUSABLE_XML})
+
+# Read top to bottom: the first match answers.  (name, place, handler, methods,
+# POST body roots, condition, identity)
+ROUTES: tuple[Route, ...] = (
+    # davproxy's own namespace
+    Route("feeds", Place.FEEDS, _feeds, user="optional"),
+    Route("notifications", Place.NOTIFICATIONS, _notifications, user="verified"),
+    Route("whoami", Place.WHOAMI, _whoami, _GET, user="verified"),
+    Route("whoami", Place.WHOAMI, _whoami_method, user="none"),
+    Route("own-unknown", Place.OWN_OTHER, _own_unknown, user="none"),
+    # the upstream's space
+    Route("passthrough", Place.ANONYMOUS, _passthrough, user="none"),
+    Route("passthrough", Place.RESERVED, _reserved),
+    Route("passthrough", Place.WITHDRAWN, _withdrawn),
+    Route("sharee", Place.COPY, _sharee, user="verified"),
+    Route("subscription", Place.SUBSCRIPTION, _subscription, user="verified"),
+    Route("subscribe", Place.UPSTREAM, _subscribe, _CREATORS, None, _subscribing, "verified"),
+    Route("share", Place.UPSTREAM, _share, _POST, _SHARES, None, "verified"),
+    Route("reply", Place.UPSTREAM, _reply, _POST, _REPLIES, _at_home, "verified"),
+    Route("passthrough", Place.UPSTREAM, _unusable_share, _POST, _UNUSABLE, _owns_collection),
+    Route("passthrough", Place.UPSTREAM, _not_a_share, _POST, None, _sharing_type),
+    Route("passthrough", Place.UPSTREAM, _own),
+)
+
+
+# -- classification ----------------------------------------------------------------------
+
+
+async def classify(ctx: Context, site: Site) -> Facts:
+    """What the request's path is to davproxy and to the caller, found out once."""
+    own, _, subpath = ctx.rest.partition("/")
+    if own == OWN_SEGMENT:
+        return _classify_own(subpath)
+    user = await ctx.claimed_user()
+    if user is None:
+        return Facts(Place.ANONYMOUS)
+    access = site.sharing.access
+    if access.reserved(ctx.rest):
+        return Facts(Place.RESERVED, user)
+    if access.withdrawn(user, ctx.rest):
+        return Facts(Place.WITHDRAWN, user)
+    found = site.sharing.mount_for(user, ctx.rest)
+    if found is not None:
+        return Facts(Place.COPY, user, share=found[0], below=found[1])
+    subscribed = site.subscriptions.mounted(user, ctx.rest)
+    if subscribed is not None:
+        return Facts(Place.SUBSCRIPTION, user, subscription=subscribed[0], below=subscribed[1])
+    facts = Facts(Place.UPSTREAM, user)
+    request = ctx.request
+    if request.method in _CREATORS and request.body_exists:
+        facts.wanted_subscription = site.subscriptions.wants_subscription(await ctx.body())
+    elif request.method == "POST" and davxml.is_xml_content_type(
+        request.headers.get("Content-Type", "")
+    ):
+        facts.sharing_type = "davsharing+xml" in request.headers.get("Content-Type", "")
+        facts.post_root = _root_tag(await ctx.body(), strict=facts.sharing_type)
+    return facts
+
+
+def _classify_own(subpath: str) -> Facts:
+    if subpath == FEEDS_SEGMENT or subpath.startswith(FEEDS_SEGMENT + "/"):
+        return Facts(Place.FEEDS, below=subpath[len(FEEDS_SEGMENT) :])  # "" or "/…"
+    if subpath.startswith(COLLECTION_SEGMENT + "/"):
+        return Facts(Place.NOTIFICATIONS, below=subpath[len(COLLECTION_SEGMENT) + 1 :])
+    if subpath == "whoami":
+        return Facts(Place.WHOAMI)
+    return Facts(Place.OWN_OTHER)
+
+
+def _root_tag(body: bytes, strict: bool) -> str:
+    """The body's root element; a sharing media type must parse (else 400), any other
+    XML POST is the upstream's to judge."""
+    try:
+        root: etree._Element = davxml.parse(body)
+    except davxml.XmlError:
+        if strict:
+            raise
+        return UNUSABLE_XML
+    return str(root.tag)
+
+
+def route_for(ctx: Context, site: Site, facts: Facts) -> Route:
+    for route in ROUTES:
+        if route.matches(ctx, site, facts):
+            return route
+    raise AssertionError(f"no route for {facts.place}")  # the table ends with catch-alls
+
+
+# -- dispatch ----------------------------------------------------------------------------
 
 
 class Router:
-    def __init__(
-        self, sites: list[Site], max_body: int, forwarded_allow_ips: tuple[str, ...]
-    ) -> None:
+    def __init__(self, sites: list[Site], limits: Limits) -> None:
         # Longest prefix first, so "/dav/team/" wins over "/dav/" and "/".
         self.sites = sorted(sites, key=lambda s: len(s.upstream.paths.public), reverse=True)
         self.default_site = sites[0]
-        self.max_body = max_body
-        self.allowed = forwarded_allow_ips
+        self.limits = limits
         self.monitor: Monitor | None = None  # set by the application once it has a store
-        self.own_routes: list[OwnRoute] = [
-            OwnRoute("whoami", frozenset({"GET", "HEAD"}), "whoami", self.whoami),
-        ]
 
     def site_for(self, path: str) -> tuple[Site, str] | None:
         for site in self.sites:
@@ -104,9 +339,7 @@ class Router:
         return None
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        raw = request.raw_path
-        path, sep, query = raw.partition("?")
-        query = sep + query
+        path, sep, query = request.raw_path.partition("?")
         which = MONITORING_PATHS.get(path)
         if which is not None and self.monitor is not None:
             request[ROUTE] = which
@@ -123,208 +356,15 @@ class Router:
             if path in WELL_KNOWN:
                 # RFC 6764 §5: point discovery at the context path of the first upstream.
                 request[ROUTE] = "well-known"
-                location = self.default_site.upstream.paths.public
-                raise web.HTTPMovedPermanently(location)
+                raise web.HTTPMovedPermanently(self.default_site.upstream.paths.public)
             request[ROUTE] = "outside"
             raise PlainError(404, "No upstream is mapped at this path")
         site, rest = found
-        ctx = Context(request, site, path, query, rest)
-        own, _, subpath = rest.partition("/")
-        if own == OWN_SEGMENT:
-            return await self.serve_own(ctx, subpath)
-        request[ROUTE] = "passthrough"
-        return await self.passthrough(ctx)
-
-    async def serve_own(self, ctx: Context, subpath: str) -> web.StreamResponse:
-        if subpath == FEEDS_SEGMENT or subpath.startswith(FEEDS_PREFIX):
-            ctx.request[ROUTE] = "feeds"
-            if subpath == FEEDS_SEGMENT:
-                raise web.HTTPMovedPermanently(ctx.path + "/")
-            # public feeds need no credentials; credentials that are sent are checked
-            user = await self.user_for(ctx) if "Authorization" in ctx.request.headers else None
-            return await ctx.site.subscriptions.serve_configured(
-                ctx.request, subpath[len(FEEDS_PREFIX) :], user, lambda: self.user_for(ctx)
-            )
-        if subpath.startswith(NOTIFICATIONS_PREFIX):
-            ctx.request[ROUTE] = "notifications"
-            user = await self.user_for(ctx)
-            return await ctx.site.notifications.handle(
-                ctx.request, user, subpath[len(NOTIFICATIONS_PREFIX) :], self.max_body
-            )
-        for route in self.own_routes:
-            if route.subpath == subpath:
-                ctx.request[ROUTE] = route.name
-                if ctx.request.method not in route.methods:
-                    raise PlainError(
-                        405, "Method not allowed here", {"Allow": ", ".join(sorted(route.methods))}
-                    )
-                return await route.handler(ctx)
-        ctx.request[ROUTE] = "own-unknown"
-        raise PlainError(404, "No such davproxy resource")
-
-    async def user_for(self, ctx: Context) -> str:
-        user = await ctx.site.auth.require_user(ctx.request.headers.get("Authorization"))
-        ctx.request[USER] = user
-        return user
-
-    async def identify(self, ctx: Context) -> tuple[str | None, bool]:
-        """(user, verified).  proxy-auth verifies on every request that needs a user;
-        upstream-basic takes the claimed user, for the upstream to judge, until davproxy
-        must act on it itself (then ``user_for`` verifies)."""
-        request, auth = ctx.request, ctx.site.auth
-        if auth.proxy_auth:
-            anonymous_ok = request.method in _ANONYMOUS_METHODS or ctx.path in WELL_KNOWN
-            if "Authorization" in request.headers or not anonymous_ok:
-                return await self.user_for(ctx), True
-            return None, False
-        credentials = parse_basic(request.headers.get("Authorization"))
-        if credentials is None:
-            return None, False
-        request[USER] = credentials.user  # claimed; the upstream verifies it
-        return credentials.user, False
-
-    def spec(self, ctx: Context, rest: str, acting_user: str | None) -> Forward:
-        """A forward of this request to ``rest`` at the upstream, acting as the client
-        (``acting_user`` None) or as another user (shared copies)."""
-        request, upstream = ctx.request, ctx.site.upstream
-        config = upstream.config
-        drop = {"x-script-name"} | trusted_header_copies(request, config.identity.trusted_header)
-        path, set_headers = upstream.target(rest)
-        if ctx.site.auth.proxy_auth:
-            drop.add("authorization")
-            user = acting_user or request.get(USER)
-            if user is not None:
-                set_headers[config.identity.trusted_header] = user
-        elif acting_user is not None:
-            drop.add("authorization")
-            set_headers.update(ctx.site.sharing.as_user(acting_user))
-        spec = Forward(
-            upstream=upstream,
-            path=path + ctx.query,
-            set_headers=set_headers,
-            drop_headers=frozenset(drop),
-        )
-        if config.href_mapping == "rewrite":
-            origin = public_origin(request, self.allowed)
-            spec = replace(
-                spec,
-                request_hrefs=upstream.paths.href_to_upstream,
-                response_hrefs=lambda h: upstream.paths.href_to_public(h, upstream.origin, origin),
-            )
-        return spec
-
-    async def passthrough(self, ctx: Context) -> web.StreamResponse:
-        request, site = ctx.request, ctx.site
-        user, verified = await self.identify(ctx)
-        if user is None:
-            return await forward(
-                request, self.spec(ctx, ctx.rest, None), self.max_body, self.allowed
-            )
-        if site.sharing.native is not None and ctx.rest.startswith(_UPSTREAM_SHARING):
-            # radicale-native: Radicale's map shares are davproxy's to manage; a client
-            # writing them directly could plant maps in other users' namespaces.
-            raise DavError(403, NEED_PRIVILEGES, "sharing is managed by davproxy here")
-        if site.sharing.withdrawn(user, ctx.rest):
-            raise DavError(403, NEED_PRIVILEGES, "this share has ended")
-        found = site.sharing.mount_for(user, ctx.rest)
-        if found is not None:
-            if not verified:
-                user = await self.user_for(ctx)
-            request[ROUTE] = "sharee"
-            return await views.sharee(self, ctx, user, *found)
-        subscribed = site.subscriptions.mounted(user, ctx.rest)
-        if subscribed is not None:
-            if not verified:
-                user = await self.user_for(ctx)
-            request[ROUTE] = "subscription"
-            return await site.subscriptions.serve_mounted(request, user, *subscribed)
-        body: bytes | None = None
-        if request.method in _COLLECTION_CREATORS and request.body_exists:
-            body = await read_body(request, self.max_body)
-            wanted = site.subscriptions.wants_subscription(body)
-            if wanted is not None:
-                request[ROUTE] = "subscribe"
-                if not verified:
-                    user = await self.user_for(ctx)
-                return await site.subscriptions.create(
-                    user, ctx.rest, *wanted, exists_upstream=lambda: self.exists_upstream(ctx)
-                )
-        if request.method == "POST" and davxml.is_xml_content_type(
-            request.headers.get("Content-Type", "")
-        ):
-            body = await read_body(request, self.max_body)
-            sharing_type = "davsharing+xml" in request.headers.get("Content-Type", "")
-            root = davxml.parse(body) if sharing_type else _root_or_none(body)
-            if root is None and site.sharing.owns_collection(user, ctx.rest):
-                # an XML POST to one's own collection can only be a share request here
-                raise DavError(403, VALID_REQUEST, "unusable XML in a share request")
-            tag = root.tag if root is not None else None
-            if tag in (SHARE_RESOURCE, CS_SHARE) or (
-                tag == CS_INVITE_REPLY and canonical(_slash(ctx.rest)) in site.sharing.homes(user)
-            ):
-                request[ROUTE] = "share" if tag != CS_INVITE_REPLY else "reply"
-                if not verified:
-                    user = await self.user_for(ctx)
-                assert root is not None
-                if tag == CS_INVITE_REPLY:
-                    return await site.sharing.reply_cs(request, user, root)
-                return await site.sharing.share(request, user, ctx.rest, root)
-            if sharing_type and root is not None:
-                raise DavError(400, None, f"expected DAV:share-resource, got {root.tag}")
-        spec = replace(self.spec(ctx, ctx.rest, None), body=body)
-        return await views.own(self, ctx, user, spec)
-
-    async def exists_upstream(self, ctx: Context) -> bool:
-        """Whether the client already has something at its request path upstream."""
-        spec = self.spec(ctx, ctx.rest, None)
-        headers = {**spec.set_headers, "Depth": "0"}
-        if not ctx.site.auth.proxy_auth and "Authorization" in ctx.request.headers:
-            headers["Authorization"] = ctx.request.headers["Authorization"]
-        async with ctx.site.upstream.request("PROPFIND", spec.path, headers) as answer:
-            body = await answer.read()
-            if answer.status != 207:
-                return answer.status == 200
-        try:  # Xandikos answers a missing path with a 404 inside a 207
-            return davxml.response_status(davxml.parse(body)) != 404
-        except davxml.XmlError:
-            return True  # unsure: refuse rather than shadow something
-
-    async def whoami(self, ctx: Context) -> web.StreamResponse:
-        """Who davproxy takes the caller to be, and where their collections live."""
-        user = await self.user_for(ctx)
-        upstream = ctx.site.upstream
-        paths = upstream.user_paths(user)
-        body = {
-            "user": user,
-            "upstream": upstream.name,
-            "identity_mode": upstream.config.identity.mode,
-            "principal": paths.principal,
-            "calendar_home": paths.calendar_home,
-            "addressbook_home": paths.addressbook_home,
-        }
-        return web.json_response(body, dumps=lambda v: json.dumps(v, indent=2) + "\n")
-
-
-_UPSTREAM_SHARING = (".sharing/", ".token/", ".sharing", ".token")
-_COLLECTION_CREATORS = frozenset({"MKCOL", "MKCALENDAR"})
-
-
-def _slash(rest: str) -> str:
-    return rest if rest.endswith("/") else rest + "/"
-
-
-def _root_or_none(body: bytes) -> etree._Element | None:
-    try:
-        return davxml.parse(body)
-    except davxml.XmlError:
-        return None  # not ours to judge: the upstream answers its own POSTs
-
-
-def trusted_header_copies(request: web.Request, trusted_header: str) -> set[str]:
-    """Every client-sent spelling of the trusted identity header (``X_Remote_User`` too)."""
-
-    def norm(name: str) -> str:
-        return name.lower().replace("_", "-")
-
-    wanted = norm(trusted_header)
-    return {name.lower() for name in request.headers if norm(name) == wanted}
+        ctx = Context(request, site.upstream, site.auth, self.limits, path, sep + query, rest)
+        request[ROUTE] = "passthrough"  # until a route is chosen
+        facts = await classify(ctx, site)
+        route = route_for(ctx, site, facts)
+        request[ROUTE] = route.name
+        if route.user == "verified":
+            facts.user = await ctx.verified_user()
+        return await route.handler(ctx, site, facts)

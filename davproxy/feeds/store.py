@@ -50,6 +50,11 @@ class FeedSource:
     created: float
 
     @property
+    def token_prefix(self) -> str:
+        """RFC 6578 tokens, enhanced-GET tokens and CS:getctag share one token space."""
+        return "urn:x-davproxy:feed:"
+
+    @property
     def meta_data(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.meta)
         return data

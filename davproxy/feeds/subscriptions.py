@@ -20,22 +20,29 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import unquote
 
+import aiohttp
 from aiohttp import web
 from lxml import etree
 
 from davproxy.config import FeedConfig, FeedsConfig, feed_url
 from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CS, DAV, ICAL, PropRequest, element, href
-from davproxy.dav.errors import DavError
-from davproxy.dav.paths import canonical, quote_segment
-from davproxy.edge.proxy import read_body
+from davproxy.dav.errors import NEED_PRIVILEGES, DavError, PlainError
+from davproxy.dav.http import multistatus_response, read_body
+from davproxy.dav.paths import canonical, quote_segment, slash
 from davproxy.feeds.fetch import Fetcher, OriginRefused
 from davproxy.feeds.refresh import UPSTREAM_SOURCE, Bounds, Refresher
 from davproxy.feeds.store import FeedStore, Subscription
 from davproxy.feeds.views import DAV_HEADER, FeedServer, FeedView, links, read_only
-from davproxy.sharing.notifications import NEED_PRIVILEGES, multistatus_response
 from davproxy.upstream.client import Upstream
+from davproxy.upstream.proxy import Forward, end_to_end
+from davproxy.upstream.site import Context
 
+# Validators and sizes of the client's request that do not apply to the export davproxy
+# fetches for it (its answer to the client is built afresh).
+_NOT_FOR_EXPORTS = frozenset(
+    {"content-length", "accept-encoding", "if-none-match", "if-modified-since", "if-match"}
+)
 log = logging.getLogger("davproxy.subscriptions")
 
 FEEDS_SEGMENT = "feeds"
@@ -272,7 +279,7 @@ class Subscriptions:
         values: dict[str, str],
         exists_upstream: Callable[[], Awaitable[bool]],
     ) -> web.Response:
-        path = canonical(rest if rest.endswith("/") else rest + "/")
+        path = canonical(slash(rest))
         home = canonical(self.upstream.rest_of(self.upstream.user_paths(user).calendar_home) or "")
         parent = path.rstrip("/").rsplit("/", 1)[0] + "/"
         if parent != home or path == home:
@@ -395,12 +402,32 @@ class Subscriptions:
 
         return add
 
-    async def serve_export(
-        self, request: web.Request, user: str, rest: str, public_path: str, body: bytes
-    ) -> web.StreamResponse:
-        """Enhanced GET of an upstream calendar: diff the export against the snapshot
-        davproxy keeps for it, then answer like any feed."""
-        key = f"{UPSTREAM_SOURCE}{self.upstream.name}:{canonical(rest)}"
+    async def serve_export(self, ctx: Context, user: str, spec: Forward) -> web.StreamResponse:
+        """Enhanced GET of an upstream calendar: fetch its export as the client, diff it
+        against the snapshot davproxy keeps for it, then answer like any feed."""
+        request = ctx.request
+        headers = end_to_end(request.headers, spec.drop_headers | _NOT_FOR_EXPORTS)
+        headers.update(spec.set_headers)
+        cap = self.settings.max_bytes
+        async with self.upstream.request("GET", spec.path, headers) as answer:
+            calendar = answer.headers.get("Content-Type", "").lower().startswith("text/calendar")
+            if answer.content_length is not None and answer.content_length > cap:
+                raise PlainError(502, f"The upstream's export is over {cap} bytes")
+            try:
+                body = await answer.content.read(cap + 1)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise PlainError(502, "Upstream broke off its answer") from exc
+            if len(body) > cap:
+                raise PlainError(502, f"The upstream's export is over {cap} bytes")
+            if answer.status != 200 or not calendar:
+                # not a calendar export (or refused): the client sees the upstream's answer
+                return web.Response(
+                    status=answer.status,
+                    reason=answer.reason,
+                    body=body,
+                    headers=end_to_end(answer.headers, frozenset({"content-length"})),
+                )
+        key = f"{UPSTREAM_SOURCE}{self.upstream.name}:{canonical(ctx.rest)}"
         with self.feeds.transaction():
             source = self.feeds.source_ensure(key, next_fetch=math.inf)
         report = await self.refresher.apply(source, body, confirm_losses=False)
@@ -410,8 +437,8 @@ class Subscriptions:
         assert current is not None
         view = FeedView(
             source=current,
-            base=public_path,
-            feed_path=public_path,
+            base=ctx.path,
+            feed_path=ctx.path,
             displayname=current.meta_data.get("name") or "",
             user_principal=self._principal(user),
         )

@@ -26,25 +26,18 @@ from urllib.parse import unquote
 from aiohttp import web
 from lxml import etree
 
-from davproxy.dav import davxml
-from davproxy.dav.davxml import CALDAV, CS, DAV, ICAL, PropRequest, element, href
-from davproxy.dav.errors import DavError
-from davproxy.edge.proxy import read_body
+from davproxy.dav import davxml, sync
+from davproxy.dav.davxml import CALDAV, CS, DAV, ICAL, PropRequest, element, href, privilege_set
+from davproxy.dav.errors import NEED_PRIVILEGES, DavError
+from davproxy.dav.http import multistatus_response, preferences, read_body
 from davproxy.feeds import caldav_query
 from davproxy.feeds.store import FeedItem, FeedSource, FeedStore
-from davproxy.sharing.notifications import (
-    NEED_PRIVILEGES,
-    VALID_SYNC_TOKEN,
-    multistatus_response,
-    privilege_set,
-)
 
-TOKEN_PREFIX = "urn:x-davproxy:feed:"
 ALLOW = "OPTIONS, GET, HEAD, PROPFIND, REPORT"
 DAV_HEADER = "1, 3, calendar-access"
 ENHANCED = "subscribe-enhanced-get"
 CALENDAR_DATA = f"{{{CALDAV}}}calendar-data"
-SYNC_TOKEN = f"{{{DAV}}}sync-token"
+SYNC_TOKEN = sync.SYNC_TOKEN
 #: properties PROPFIND allprop leaves out (RFC 6578 §4; calendar data is large)
 HIDDEN = frozenset({CALENDAR_DATA, SYNC_TOKEN})
 _REPORTS = ("calendar-multiget", "calendar-query", "sync-collection")
@@ -68,24 +61,31 @@ class FeedView:
     extra_props: dict[str, etree._Element] = field(default_factory=dict)
 
 
-def feed_token(source: FeedSource, revision: int | None = None) -> str:
-    return f"{TOKEN_PREFIX}{source.tag}-{source.revision if revision is None else revision}"
+@dataclass(frozen=True, slots=True)
+class FeedLog:
+    """A feed's change log as the RFC 6578 engine sees it."""
 
+    feeds: FeedStore
+    source: FeedSource
 
-def token_revision(token: str, source: FeedSource) -> int | None:
-    """The revision a client's token stands for ('' = 0), or None when it is not valid
-    here: another feed's, malformed, in the future, or older than pruned history."""
-    token = token.strip()
-    if not token:
-        return 0
-    prefix = f"{TOKEN_PREFIX}{source.tag}-"
-    digits = token[len(prefix) :]
-    if not token.startswith(prefix) or not (digits.isascii() and digits.isdigit()):
-        return None
-    revision = int(token[len(prefix) :])
-    if revision > source.revision or revision < source.min_revision:
-        return None
-    return revision
+    @property
+    def token_prefix(self) -> str:
+        return self.source.token_prefix
+
+    @property
+    def tag(self) -> str:
+        return self.source.tag
+
+    @property
+    def revision(self) -> int:
+        return self.source.revision
+
+    @property
+    def min_revision(self) -> int:
+        return self.source.min_revision
+
+    def changes(self, since: int, limit: int | None, live_only: bool) -> list[FeedItem]:
+        return self.feeds.changes(self.source.id, since, limit, live_only)
 
 
 def http_date(stamp: float | None) -> str:
@@ -103,26 +103,6 @@ def links(collection: str, feed_path: str, public: bool = False) -> str:
 
 def link_header(view: FeedView) -> str:
     return links(view.base, view.feed_path, view.public)
-
-
-def preferences(request: web.Request) -> dict[str, str]:
-    """RFC 7240 ``Prefer`` tokens (lower-cased) with their values."""
-    found: dict[str, str] = {}
-    for header in request.headers.getall("Prefer", []):
-        for part in header.split(","):
-            token = part.split(";", 1)[0].strip()
-            name, _, value = token.partition("=")
-            if name:
-                found[name.strip().lower()] = value.strip().strip('"')
-    return found
-
-
-def _limit(value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
-        return None
-    return min(int(value), 100_000)
 
 
 def _etag_matches(request: web.Request, etag: str) -> bool:
@@ -201,7 +181,7 @@ class FeedServer:
 
     def collection_props(self, view: FeedView) -> dict[str, etree._Element]:
         source = view.source
-        token = feed_token(source)
+        token = sync.token(source)
         kinds = self.feeds.kinds(source.id) or ["VEVENT"]
         meta = source.meta_data
         principal = (
@@ -303,13 +283,16 @@ class FeedServer:
             "prop",
             tuple(str(p.tag) for p in prop if isinstance(p.tag, str)) if prop is not None else (),
         )
-        if root.tag == f"{{{DAV}}}sync-collection":
-            # RFC 6578 §3.2 wants Depth: 0, but python-caldav sends 1 and Radicale and
-            # Xandikos accept it: the feed must sync like the calendars next to it.
-            depth = request.headers.get("Depth", "0").strip()
-            if depth not in ("0", "1"):
-                raise DavError(400, None, "sync-collection is a Depth: 0 report (RFC 6578 §3.2)")
-            return self._sync_collection(view, root, wanted)
+        if root.tag == sync.SYNC_COLLECTION:
+            sync.check_depth(request.headers.get("Depth"))
+            document = sync.report(
+                FeedLog(self.feeds, view.source),
+                sync.parse_request(root),
+                view.base,
+                lambda item: view.base + item.href,
+                lambda item, wanted: self._member_answer(view, item, wanted),
+            )
+            return multistatus_response(document)
         if root.tag == f"{{{CALDAV}}}calendar-multiget":
             return self._multiget(view, root, wanted)
         if root.tag == f"{{{CALDAV}}}calendar-query":
@@ -326,38 +309,6 @@ class FeedServer:
         raise DavError(
             403, f"{{{DAV}}}supported-report", f"report {root.tag} is not supported here"
         )
-
-    def _sync_collection(
-        self, view: FeedView, root: etree._Element, wanted: PropRequest
-    ) -> web.Response:
-        source = view.source
-        since = token_revision(root.findtext(SYNC_TOKEN) or "", source)
-        if since is None:
-            raise DavError(403, VALID_SYNC_TOKEN, "unknown or expired sync token")
-        level = (root.findtext(f"{{{DAV}}}sync-level") or "1").strip()
-        if level not in ("1", "infinite"):
-            raise DavError(400, None, f"sync-level must be 1 or infinite, not {level!r}")
-        limit = None
-        nresults = root.findtext(f"{{{DAV}}}limit/{{{DAV}}}nresults")
-        if nresults is not None:
-            limit = _limit(nresults.strip())
-            if limit is None:
-                raise DavError(400, None, "D:nresults must be a positive integer")
-        items, revision, truncated = self.page(source, since, limit)
-        responses = []
-        for item in items:
-            if item.deleted:
-                responses.append(davxml.status_response(view.base + item.href, 404))
-            else:
-                responses.append(self._member_answer(view, item, wanted))
-        if truncated:
-            # RFC 6578 §3.6: the request-URI with 507, and a token for the partial set
-            cut = davxml.status_response(view.base, 507)
-            cut.append(element(davxml.ERROR, element(f"{{{DAV}}}number-of-matches-within-limits")))
-            responses.append(cut)
-        document = davxml.multistatus(*responses)
-        document.append(element(SYNC_TOKEN, text=feed_token(source, revision)))
-        return multistatus_response(document)
 
     def _multiget(self, view: FeedView, root: etree._Element, wanted: PropRequest) -> web.Response:
         names: dict[str, str] = {}
@@ -377,21 +328,6 @@ class FeedServer:
                 responses.append(self._member_answer(view, item, wanted))
         return multistatus_response(davxml.multistatus(*responses))
 
-    def page(
-        self, source: FeedSource, since: int, limit: int | None
-    ) -> tuple[list[FeedItem], int, bool]:
-        """Changes after ``since`` (live objects only on an initial sync), cut at ``limit``;
-        the revision a token for exactly this page stands for."""
-        rows = self.feeds.changes(
-            source.id, since, None if limit is None else limit + 1, live_only=since == 0
-        )
-        truncated = limit is not None and len(rows) > limit
-        if truncated:
-            rows = rows[:limit]
-            return rows, rows[-1].revision, True
-        newest = max([source.revision, *(r.revision for r in rows[-1:])])
-        return rows, newest, False
-
     # -- GET ------------------------------------------------------------------------------------
 
     def _get_member(self, request: web.Request, item: FeedItem) -> web.Response:
@@ -410,13 +346,13 @@ class FeedServer:
         if enhanced:
             headers["Preference-Applied"] = ENHANCED
         token_header = request.headers.get("Sync-Token")
-        limit = _limit(prefer.get("limit")) if enhanced else None
+        limit = sync.positive_limit(prefer.get("limit")) if enhanced else None
         if enhanced and (token_header is not None or limit is not None):
             return self._enhanced(request, view, token_header or "", limit, headers)
         body, etag = self.full(source)
         headers["ETag"] = etag
         headers["Last-Modified"] = http_date(source.last_change)
-        headers["Sync-Token"] = f'"{feed_token(source)}"'  # a hint even without Prefer (§5)
+        headers["Sync-Token"] = f'"{sync.token(source)}"'  # a hint even without Prefer (§5)
         if _etag_matches(request, etag) or _not_modified_since(request, source.last_change):
             return web.Response(status=304, headers=headers)
         return _body_response(body, headers)
@@ -430,7 +366,7 @@ class FeedServer:
         headers: dict[str, str],
     ) -> web.Response:
         source = view.source
-        since = token_revision(token_header.strip().strip('"'), source)
+        since = sync.token_revision(token_header.strip().strip('"'), source)
         if since is None:
             # the client must drop its copy and fetch everything again (§5)
             return web.Response(
@@ -438,9 +374,10 @@ class FeedServer:
                 text="The Sync-Token is not valid for this feed; fetch it again without one.\n",
                 headers={"Vary": headers["Vary"], "Link": headers["Link"]},
             )
-        items, revision, truncated = self.page(source, since, limit)
-        headers["Sync-Token"] = f'"{feed_token(source, revision)}"'
-        if truncated:
+        found = sync.page(FeedLog(self.feeds, source), since, limit)
+        items = list(found.changes)
+        headers["Sync-Token"] = f'"{sync.token(source, found.revision)}"'
+        if found.truncated:
             headers["Preference-Applied"] = f"{ENHANCED}, limit={limit}"
         if not items:
             return web.Response(status=304, headers=headers)

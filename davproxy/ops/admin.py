@@ -21,9 +21,8 @@ import aiohttp
 from davproxy import config as config_mod
 from davproxy.dav.errors import PlainError
 from davproxy.dav.paths import canonical
-from davproxy.edge.app import FeedParts, _site, feed_parts
-from davproxy.edge.routes import Site
 from davproxy.edge.server import StartupError
+from davproxy.edge.sites import FeedParts, Site, build_site, feed_parts
 from davproxy.store.sqlite import Store, StoreError
 from davproxy.upstream.client import Upstream
 
@@ -79,7 +78,7 @@ async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store
     parts = feed_parts(store, config)
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         sites = {
-            up.name: _site(store, Upstream(up, config.server, session), parts)
+            up.name: build_site(store, Upstream(up, config.server, session), parts)
             for up in config.upstreams
         }
         verb = args.verb
@@ -103,10 +102,11 @@ async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store
         if verb == "reconcile":
             chosen = [_pick(sites, args.upstream)] if args.upstream else list(sites.values())
             for site in chosen:
-                if site.sharing.native is None:
-                    print(f"{site.upstream.name}: backend proxy-enforced, nothing to reconcile")
+                access = site.sharing.access
+                if not access.upstream_rights:
+                    print(f"{site.upstream.name}: backend {access.name}, nothing to reconcile")
                     continue
-                await site.sharing.reconcile_all()
+                await access.reconcile_all()
                 print(f"{site.upstream.name}: upstream rights match the store")
             return 0
     return 2

@@ -21,18 +21,12 @@ from urllib.parse import quote, unquote
 from aiohttp import web
 from lxml import etree
 
-from davproxy.access.radicale_native import NativeSharingError, RadicaleSharingApi
+from davproxy.access.backend import AccessBackend
 from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element, href
-from davproxy.dav.errors import DavError, PlainError
-from davproxy.dav.paths import canonical
-from davproxy.sharing.notifications import (
-    NEED_PRIVILEGES,
-    Renderer,
-    invite_name,
-    now_stamp,
-    reply_name,
-)
+from davproxy.dav.errors import NEED_PRIVILEGES, DavError, PlainError
+from davproxy.dav.paths import canonical, slash
+from davproxy.sharing.notifications import Renderer, invite_name, now_stamp, reply_name
 from davproxy.sharing.properties import INSTANCE_PROPS, SharingProperties, inner_xml
 from davproxy.sharing.requests import (
     CS_SHARE,
@@ -74,15 +68,9 @@ class Sharing:
         auth: Authenticator,
         directory: Directory,
         renderer: Renderer,
-        native: RadicaleSharingApi | None = None,
+        access: AccessBackend,
     ) -> None:
-        self.native = native
-        # radicale-native: the (sharee, copy path) pairs Radicale maps per owner, as last
-        # applied, and the pairs the store has ended but Radicale may still map.  Until
-        # Radicale confirms their removal, davproxy itself refuses those sharees there, so
-        # a revoked sharee is cut off at the commit, not after the upstream call.
-        self._applied: dict[str, set[tuple[str, str]]] = {}
-        self._withdrawn: dict[str, set[tuple[str, str]]] = {}
+        self.access = access
         self.properties = SharingProperties(store, upstream, directory)
         self.store = store
         self.upstream = upstream
@@ -90,31 +78,6 @@ class Sharing:
         self.directory = directory
         self.renderer = renderer
         self.name = upstream.name
-
-    # -- reaching the upstream as someone ----------------------------------------------
-
-    def as_user(self, user: str, authorization: str | None = None) -> dict[str, str]:
-        """Headers that make the upstream act for ``user``.
-
-        proxy-auth: the trusted header.  upstream-basic: the client's own credentials
-        when they are that user's, else the configured service account.
-        """
-        identity = self.upstream.config.identity
-        if identity.mode == "proxy-auth":
-            return {identity.trusted_header: user}
-        if authorization is not None:
-            return {"Authorization": authorization}
-        access = self.upstream.config.access
-        if access.service_user and access.service_password is not None:
-            import base64
-
-            token = f"{access.service_user}:{access.service_password.reveal()}".encode()
-            return {"Authorization": "Basic " + base64.b64encode(token).decode()}
-        raise PlainError(
-            503,
-            "Shared collections need [access] service_user and service_password in "
-            "upstream-basic mode",
-        )
 
     async def collection_info(self, rest: str, headers: dict[str, str]) -> CollectionInfo:
         body = davxml.serialize(
@@ -204,12 +167,12 @@ class Sharing:
     ) -> web.StreamResponse:
         """``D:share-resource`` (IETF, 204) or ``CS:share`` (Apple, 200) on a collection."""
         apple = root.tag == CS_SHARE
-        collection = canonical(rest if rest.endswith("/") else rest + "/")
+        collection = canonical(slash(rest))
         if not self.owns_collection(user, collection):
             raise DavError(403, NEED_PRIVILEGES, "only the owner of a collection can share it")
         sharees = parse_cs_share(root) if apple else parse_share_resource(root)
         info = await self.collection_info(
-            collection, self.as_user(user, request.headers.get("Authorization"))
+            collection, self.auth.headers_for(user, request.headers.get("Authorization"))
         )
         if apple:
             unknown = {
@@ -222,7 +185,7 @@ class Sharing:
         with self.store.transaction():
             for sharee in sharees:
                 self._apply(user, collection, info, sharee)
-        await self.sync_native(user)
+        await self.access.apply(user)
         log.info("%s changed %d sharee(s) of %s (%s)", user, len(sharees), collection, info.kind)
         return web.Response(status=200 if apple else 204)
 
@@ -367,23 +330,22 @@ class Sharing:
         if not accept:
             with self.store.transaction():
                 self._answer(share, "declined", None, comment)
-            await self.sync_native(share.owner)
+            await self.access.apply(share.owner)
             return None
         invitation = self.store.notification(self.name, share.sharee, invite_name(share.invite_uid))
         offered = json.loads(invitation.body).get("displayname", "") if invitation else ""
         for _attempt in range(3):
             mount = await self._choose_mount(request, share, create_in, slug)
-            if self.native is not None:  # the upstream first: nothing recorded if it refuses
-                await self._grant_native(share, mount)
+            await self.access.grant(share, mount)  # first: nothing recorded if it refuses
             try:
                 with self.store.transaction():
                     self._record_acceptance(share, mount, comment, displayname or offered)
             except sqlite3.IntegrityError:
                 continue  # a racing reply took this name meanwhile: choose another
             except DavError:
-                await self.sync_native(share.owner)  # take back what was granted above
+                await self.access.apply(share.owner)  # take back what was granted above
                 raise
-            await self.sync_native(share.owner)
+            await self.access.apply(share.owner)
             return mount
         raise DavError(409, None, "no free name for the shared copy; try again")
 
@@ -399,27 +361,6 @@ class Sharing:
             )
         if name:
             self.store.set_instance_prop(accepted.id, f"{{{DAV}}}displayname", name)
-
-    async def _grant_native(self, share: Share, mount: str) -> None:
-        assert self.native is not None
-        # counted as applied from now on: if the acceptance is not recorded after all,
-        # the next sync takes it back and davproxy refuses it meanwhile
-        self._applied.setdefault(share.owner, set()).add((share.sharee, mount))
-        try:
-            await self.native.grant(
-                share.owner,
-                self._radicale_path(share.collection),
-                share.sharee,
-                self._radicale_path(mount),
-                share.access,
-            )
-        except NativeSharingError as exc:
-            log.error(
-                "upstream %s refused to map %s for %s: %s", self.name, mount, share.sharee, exc
-            )
-            raise PlainError(
-                502, f"Upstream {self.name} could not set up the shared copy"
-            ) from None
 
     def _answer(self, share: Share, status: str, mount: str | None, comment: str) -> Share:
         updated = self.store.share_set_status(share, status, mount, expect="noresponse")
@@ -452,14 +393,14 @@ class Sharing:
         if create_in:
             wanted = self.upstream.rest_of(davxml.href_path(create_in))
             if wanted is not None:
-                wanted = canonical(wanted if wanted.endswith("/") else wanted + "/")
+                wanted = canonical(slash(wanted))
             if wanted not in allowed:
                 raise DavError(403, NEED_PRIVILEGES, "DAV:create-in must be one of your own homes")
             parent = wanted
         base = _segment(slug or "") or _segment(
             f"{unquote(share.collection.rstrip('/').split('/')[-1])}-{share.owner}"
         )
-        headers = self.as_user(share.sharee, request.headers.get("Authorization"))
+        headers = self.auth.headers_for(share.sharee, request.headers.get("Authorization"))
         for attempt in range(1, 50):
             candidate = f"{parent}{base if attempt == 1 else f'{base}-{attempt}'}/"
             if self.store.mount_taken(self.name, candidate):
@@ -516,7 +457,7 @@ class Sharing:
         """End one share as if its owner had said no-access (the admin command)."""
         with self.store.transaction():
             self._revoke(share, None)
-        await self.sync_native(share.owner)
+        await self.access.apply(share.owner)
 
     async def unbind(self, share: Share) -> None:
         """The sharee removed their copy: only the binding goes; the owner is told."""
@@ -525,16 +466,16 @@ class Sharing:
             if updated is None:
                 return  # revoked or left meanwhile: nothing more to undo
             self._tell_owner(updated, "declined")
-        await self.sync_native(share.owner)
+        await self.access.apply(share.owner)
         log.info("%s removed their copy of %s", share.sharee, share.collection)
 
     async def delete_owned(self, owner: str, rest: str, send: Callable[[], Awaitable[int]]) -> None:
         """An owner's DELETE of something that holds shares, crash-safe: the intent is
         recorded first, the outcome settled after (or at start-up, if davproxy died)."""
-        path = canonical(rest if rest.endswith("/") else rest + "/")
+        path = canonical(slash(rest))
         with self.store.transaction():
             self.store.deletion_begin(self.name, owner, path)
-        await self.sync_native(owner, without=path)  # Radicale refuses to delete mapped ones
+        await self.access.apply(owner, without=path)  # Radicale refuses to delete mapped ones
         status = 0
         try:
             status = await send()
@@ -544,12 +485,12 @@ class Sharing:
                     self.owner_deleted(owner, path)
                 self.store.deletion_end(self.name, owner, path)
             if not 200 <= status < 300:
-                await self.sync_native(owner)  # the delete failed: the shares stand
+                await self.access.apply(owner)  # the delete failed: the shares stand
 
     async def settle_deletions(self) -> None:
         """At start-up: deletions davproxy never saw the end of are checked upstream."""
         for owner, path in self.store.pending_deletions(self.name):
-            gone = not await self._exists(path, self.as_user(owner))
+            gone = not await self._exists(path, self.auth.headers_for(owner))
             with self.store.transaction():
                 if gone:
                     self.owner_deleted(owner, path)
@@ -558,7 +499,7 @@ class Sharing:
 
     def owner_deleted(self, owner: str, rest: str) -> None:
         """The owner deleted a collection (or a parent of one): every share of it ends."""
-        collection = canonical(rest if rest.endswith("/") else rest + "/")
+        collection = canonical(slash(rest))
         shares = [s for s in self.store.shares_under(self.name, collection) if s.owner == owner]
         if not shares:
             return
@@ -599,80 +540,6 @@ class Sharing:
             for name, value in changes:
                 self.store.set_instance_prop(share.id, name, value)
         return davxml.multistatus(davxml.response(path, [etree.Element(n) for n, _ in changes]))
-
-    # -- the upstream's own rights (radicale-native backend) -------------------------
-
-    def _radicale_path(self, rest: str) -> str:
-        return unquote(self.upstream.target(rest)[0])
-
-    async def sync_native(self, owner: str, without: str | None = None) -> None:
-        """Make Radicale's map shares of ``owner`` equal the store's accepted shares.
-
-        One mechanism for every change (share, reply, unbind, delete, start-up): the
-        store is the truth and the upstream is reconciled to it.  ``without`` leaves a
-        collection's shares out (Radicale refuses to delete a collection still mapped).
-        """
-        if self.native is None:
-            return
-        kept = [
-            share
-            for share in self.store.shares_by_owner(self.name, owner)
-            if share.status == "accepted"
-            and share.mount
-            and (without is None or not share.collection.startswith(without))
-        ]
-        wanted = [
-            (
-                share.owner,
-                self._radicale_path(share.collection),
-                share.sharee,
-                self._radicale_path(share.mount or ""),
-                share.access,
-            )
-            for share in kept
-        ]
-        # No await since the store changed: this runs as one step with the commit.
-        pairs = {(share.sharee, share.mount or "") for share in kept}
-        ended = self._applied.get(owner, set()) - pairs
-        if ended:
-            self._withdrawn.setdefault(owner, set()).update(ended)
-        try:
-            changed, removed = await self.native.reconcile(wanted, {owner})
-        except (NativeSharingError, ValueError) as exc:
-            log.error(
-                "upstream %s: could not apply %s's shares (%d ended share(s) refused by "
-                "davproxy until it can): %s",
-                self.name, owner, len(self._withdrawn.get(owner, ())), exc,
-            )  # fmt: skip
-            raise PlainError(
-                502, f"Upstream {self.name} could not apply the share change"
-            ) from None
-        self._applied[owner] = pairs
-        self._withdrawn.pop(owner, None)
-        if changed or removed:
-            log.info(
-                "upstream %s: %s's shares applied natively (%d set, %d removed)",
-                self.name, owner, changed, removed,
-            )  # fmt: skip
-
-    def withdrawn(self, user: str, rest: str) -> bool:
-        """Whether ``rest`` is under a copy of ``user``'s that the store has ended but
-        Radicale may still map (radicale-native, until the upstream confirms)."""
-        if not self._withdrawn:
-            return False
-        key = canonical(rest)
-        return any(
-            sharee == user and (key.startswith(mount) or key + "/" == mount)
-            for pairs in self._withdrawn.values()
-            for sharee, mount in pairs
-        )
-
-    async def reconcile_all(self) -> None:
-        """At start-up: every owner's upstream rights brought in line with the store."""
-        if self.native is None:
-            return
-        for owner in sorted(self.store.share_owners(self.name)):
-            await self.sync_native(owner)
 
     def shared_marker(self, role: str | None, rest: str) -> str | None:
         """The CS resourcetype marker for a path in the given ``role``: ``CS:shared-owner``

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,11 +21,11 @@ from urllib.parse import unquote
 from aiohttp import web
 from lxml import etree
 
-from davproxy.dav import davxml
-from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, PropRequest, element, href
-from davproxy.dav.errors import DavError
+from davproxy.dav import davxml, sync
+from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element, href, privilege_set
+from davproxy.dav.errors import NEED_PRIVILEGES, DavError
+from davproxy.dav.http import multistatus_response, read_body
 from davproxy.dav.paths import quote_segment
-from davproxy.edge.proxy import read_body
 from davproxy.store.sqlite import Notification, Store
 from davproxy.upstream.client import Upstream
 
@@ -34,8 +33,6 @@ COLLECTION_SEGMENT = "notifications"
 IETF_MEDIA_TYPE = "application/davnotification+xml"
 SYNC_TOKEN_PREFIX = "urn:x-davproxy:notifications:sync:"
 
-NEED_PRIVILEGES = f"{{{DAV}}}need-privileges"
-VALID_SYNC_TOKEN = f"{{{DAV}}}valid-sync-token"
 
 # Protected properties that allprop does not return (notifications-03 §4, RFC 6578 §4).
 _NOT_IN_ALLPROP = frozenset(
@@ -235,28 +232,27 @@ def resourcetype(kind: str) -> etree._Element:
     return node
 
 
-def collection_tag(upstream: str, user: str) -> str:
-    """Ties a sync token to one collection: another user's token is not valid here."""
-    return hashlib.sha256(f"{upstream}\0{user}".encode()).hexdigest()[:12]
+@dataclass(frozen=True, slots=True)
+class NotificationLog:
+    """One user's notification collection as the RFC 6578 engine sees it."""
 
+    store: Store
+    upstream: str
+    user: str
+    token_prefix: str = SYNC_TOKEN_PREFIX
+    min_revision: int = 0  # tombstones are kept: every token ever given stays valid
 
-def sync_token(tag: str, revision: int) -> str:
-    return f"{SYNC_TOKEN_PREFIX}{tag}-{revision}"
+    @property
+    def tag(self) -> str:
+        """Ties a sync token to one collection: another user's token is not valid here."""
+        return hashlib.sha256(f"{self.upstream}\0{self.user}".encode()).hexdigest()[:12]
 
+    @property
+    def revision(self) -> int:
+        return self.store.notification_revision(self.upstream, self.user)
 
-_TOKEN = re.compile(r"([0-9a-f]{12})-([0-9]{1,18})")
-
-
-def parse_sync_token(token: str, current: int, tag: str) -> int:
-    """The revision a client's token stands for; 403 valid-sync-token if not ours."""
-    token = token.strip()
-    if not token:
-        return 0
-    if token.startswith(SYNC_TOKEN_PREFIX):
-        match = _TOKEN.fullmatch(token[len(SYNC_TOKEN_PREFIX) :])
-        if match and match.group(1) == tag and int(match.group(2)) <= current:
-            return int(match.group(2))
-    raise DavError(403, VALID_SYNC_TOKEN, "unknown or expired sync token")
+    def changes(self, since: int, limit: int | None, live_only: bool) -> list[Notification]:
+        return self.store.notification_changes(self.upstream, self.user, since, limit, live_only)
 
 
 ReplyHandler = Callable[[web.Request, str, Notification, bytes], Awaitable[web.StreamResponse]]
@@ -309,12 +305,13 @@ class NotificationCollection:
                     )
             return multistatus_response(davxml.multistatus(*responses))
         if method == "REPORT":
-            return self._sync_collection(user, base, await read_body(request, body_limit))
+            return self._sync_collection(request, user, base, await read_body(request, body_limit))
         raise DavError(403, NEED_PRIVILEGES, "the notification collection is managed by the server")
 
     def collection_props(self, user: str) -> dict[str, etree._Element]:
-        revision = self.store.notification_revision(self.upstream.name, user)
-        token = sync_token(collection_tag(self.upstream.name, user), revision)
+        log = NotificationLog(self.store, self.upstream.name, user)
+        revision = log.revision
+        token = sync.token(log, revision)
         return {
             f"{{{DAV}}}resourcetype": element(
                 f"{{{DAV}}}resourcetype",
@@ -346,27 +343,17 @@ class NotificationCollection:
         props.update(self.renderer.notification_types(note))
         return props
 
-    def _sync_collection(self, user: str, base: str, body: bytes) -> web.StreamResponse:
-        root = davxml.parse(body)
-        if root.tag != f"{{{DAV}}}sync-collection":
-            raise DavError(
-                403, f"{{{DAV}}}supported-report", f"report {root.tag} is not supported here"
-            )
-        current = self.store.notification_revision(self.upstream.name, user)
-        tag = collection_tag(self.upstream.name, user)
-        since = parse_sync_token(root.findtext(f"{{{DAV}}}sync-token") or "", current, tag)
-        prop = root.find(davxml.PROP)
-        wanted = PropRequest("prop", tuple(str(p.tag) for p in prop) if prop is not None else ())
-        responses = []
-        for note in self.store.notification_changes(self.upstream.name, user, since):
-            path = base + note.name
-            if note.deleted:
-                if since:  # an initial sync lists only what exists
-                    responses.append(davxml.status_response(path, 404))
-            else:
-                responses.append(davxml.answer(path, self._member_props(note), wanted))
-        document = davxml.multistatus(*responses)
-        document.append(element(f"{{{DAV}}}sync-token", text=sync_token(tag, current)))
+    def _sync_collection(
+        self, request: web.Request, user: str, base: str, body: bytes
+    ) -> web.StreamResponse:
+        sync.check_depth(request.headers.get("Depth"))
+        document = sync.report(
+            NotificationLog(self.store, self.upstream.name, user),
+            sync.parse_request(davxml.parse(body)),
+            base,
+            lambda note: base + note.name,
+            lambda note, wanted: davxml.answer(base + note.name, self._member_props(note), wanted),
+        )
         return multistatus_response(document)
 
     # -- members ---------------------------------------------------------------------------
@@ -418,19 +405,3 @@ def negotiate(request: web.Request) -> str:
     if IETF_MEDIA_TYPE in asked or "application/davsharing+xml" in asked:
         return IETF_MEDIA_TYPE
     return "application/xml"
-
-
-def privilege_set(*privileges: str) -> etree._Element:
-    return element(
-        f"{{{DAV}}}current-user-privilege-set",
-        *(element(f"{{{DAV}}}privilege", element(f"{{{DAV}}}{p}")) for p in privileges),
-    )
-
-
-def multistatus_response(document: etree._Element) -> web.Response:
-    return web.Response(
-        status=207,
-        body=davxml.serialize(document),
-        content_type="application/xml",
-        charset="utf-8",
-    )

@@ -12,9 +12,8 @@ from __future__ import annotations
 from lxml import etree
 
 from davproxy.dav import davxml
-from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href
+from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href, privilege_set
 from davproxy.dav.paths import canonical
-from davproxy.sharing.notifications import privilege_set
 from davproxy.store.sqlite import Share, Store
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.directory import Directory

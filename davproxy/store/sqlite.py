@@ -553,12 +553,23 @@ class Store:
         ).fetchone()
         return int(row[0] or 0)
 
-    def notification_changes(self, upstream: str, user: str, since: int) -> list[Notification]:
-        """Members changed or deleted after revision ``since`` (tombstones included)."""
-        return self._notifications(
-            "upstream = ? AND user = ? AND revision > ? ORDER BY revision",
-            (upstream, user, since),
-        )
+    def notification_changes(
+        self,
+        upstream: str,
+        user: str,
+        since: int,
+        limit: int | None = None,
+        live_only: bool = False,
+    ) -> list[Notification]:
+        """Members changed or deleted after revision ``since`` (tombstones included unless
+        ``live_only``), oldest first, at most ``limit``."""
+        live = " AND deleted = 0" if live_only else ""
+        sql = f"upstream = ? AND user = ? AND revision > ?{live} ORDER BY revision"
+        params: tuple[object, ...] = (upstream, user, since)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        return self._notifications(sql, params)
 
 
 _SHARE_COLUMNS = (

@@ -36,7 +36,7 @@ from passlib.context import CryptContext
 from passlib.hash import bcrypt, sha256_crypt, sha512_crypt
 
 from davproxy.config import IdentityConfig
-from davproxy.dav.errors import unauthorized
+from davproxy.dav.errors import PlainError, unauthorized
 from davproxy.upstream.client import Upstream
 
 log = logging.getLogger("davproxy.identity")
@@ -222,6 +222,26 @@ class Authenticator:
     @property
     def proxy_auth(self) -> bool:
         return self.config.mode == "proxy-auth"
+
+    def headers_for(self, user: str, authorization: str | None = None) -> dict[str, str]:
+        """Headers that make the upstream act for ``user``.
+
+        proxy-auth: the trusted header.  upstream-basic: the client's own credentials
+        when they are that user's, else the configured service account.
+        """
+        if self.proxy_auth:
+            return {self.config.trusted_header: user}
+        if authorization is not None:
+            return {"Authorization": authorization}
+        access = self.upstream.config.access
+        if access.service_user and access.service_password is not None:
+            token = f"{access.service_user}:{access.service_password.reveal()}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(token).decode()}
+        raise PlainError(
+            503,
+            "Shared collections need [access] service_user and service_password in "
+            "upstream-basic mode",
+        )
 
     async def verify(self, credentials: Credentials) -> bool:
         cached = self.cache.get(credentials)

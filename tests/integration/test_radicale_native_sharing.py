@@ -1,4 +1,4 @@
-"""Radicale's built-in map sharing, driven by davproxy.access.radicale_native.
+"""Radicale's built-in map sharing, driven by davproxy.access.radicale_api.
 
 A real Radicale 3.9 with ``[sharing] type = csv``; every check goes to Radicale directly,
 with ``X-Remote-User`` standing in for davproxy's proxy-auth mode.
@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from davproxy.access.radicale_native import NativeSharingError, RadicaleSharingApi
+from davproxy.access.radicale_api import NativeSharingError, RadicaleSharingApi
 from davproxy.ops.embedded import ServerProcess, _spawn, free_port
 
 OWNER, SHAREE, OTHER = "alice", "bob", "carol"

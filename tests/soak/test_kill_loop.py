@@ -69,7 +69,7 @@ import aiohttp
 import pytest
 from lxml import etree
 
-from davproxy.access.radicale_native import RadicaleSharingApi
+from davproxy.access.radicale_api import RadicaleSharingApi
 from davproxy.feeds.store import CALENDAR_END, item_etag
 from davproxy.ops.embedded import ServerProcess, start_radicale
 from davproxy.store.sqlite import MIGRATIONS

@@ -12,11 +12,12 @@ from yarl import URL
 from davproxy.config import feed_url
 from davproxy.dav import davxml
 from davproxy.dav.paths import PathMap
+from davproxy.dav.sync import positive_limit, token_revision
 from davproxy.feeds import caldav_query
 from davproxy.feeds.fetch import parse_retry_after
 from davproxy.feeds.split import fingerprint, split_feed
 from davproxy.feeds.store import FeedSource
-from davproxy.feeds.views import CALENDAR_DATA, _limit, token_revision
+from davproxy.feeds.views import CALENDAR_DATA
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,7 @@ def _source(revision: int = 5) -> FeedSource:
 @pytest.mark.parametrize("digits", ["²", "①", "٣", "1²"])
 def test_unicode_digits_are_not_numbers(digits: str) -> None:
     assert token_revision(f"urn:x-davproxy:feed:t0-{digits}", _source()) is None
-    assert _limit(digits) is None
+    assert positive_limit(digits) is None
     assert parse_retry_after(digits, 0.0) is None
     root = davxml.parse(
         f'<D:multistatus xmlns:D="DAV:"><D:response><D:status>HTTP/1.1 {digits}</D:status>'

@@ -9,7 +9,7 @@ from yarl import URL
 from davproxy.config import AccessConfig, IdentityConfig, Layout, ServerConfig, UpstreamConfig
 from davproxy.dav import davxml
 from davproxy.dav.errors import DavError
-from davproxy.sharing.notifications import Renderer, collection_tag, parse_sync_token, sync_token
+from davproxy.sharing.notifications import Renderer
 from davproxy.sharing.requests import parse_share_resource
 from davproxy.store.sqlite import Notification
 from davproxy.upstream.client import Upstream
@@ -127,23 +127,6 @@ def test_bad_share_resource_is_400(body: str) -> None:
     with pytest.raises(DavError) as error:
         parse_share_resource(share(body))
     assert error.value.status == 400
-
-
-def test_sync_tokens() -> None:
-    mine, theirs = collection_tag("u", "bob"), collection_tag("u", "carol")
-    assert parse_sync_token("", 5, mine) == 0
-    assert parse_sync_token(sync_token(mine, 3), 5, mine) == 3
-    for bad in (
-        sync_token(mine, 6),  # from the future
-        sync_token(theirs, 3),  # another user's collection
-        "http://radicale.org/ns/sync/abc",
-        sync_token(mine, 3) + "x",
-        sync_token(mine, 0)[:-1] + "\u00b2",  # a digit isdigit() accepts and int() refuses
-        sync_token(mine, 0)[:-1] + "9" * 5000,
-    ):
-        with pytest.raises(DavError) as error:
-            parse_sync_token(bad, 5, mine)
-        assert error.value.status == 403 and error.value.condition == "{DAV:}valid-sync-token"
 
 
 def test_augment_replaces_404_with_owned_value_and_keeps_untouched_bytes() -> None:

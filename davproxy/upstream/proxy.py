@@ -21,7 +21,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from davproxy.dav import davxml
-from davproxy.dav.errors import DavError, PlainError, payload_too_large
+from davproxy.dav.errors import DavError, PlainError
+from davproxy.dav.http import CHUNK, read_body
 from davproxy.upstream.client import Upstream
 
 log = logging.getLogger("davproxy.proxy")
@@ -38,7 +39,6 @@ HOP_BY_HOP = frozenset(
         "expect",  # aiohttp answers 100-continue to the client itself
     }
 )
-CHUNK = 64 * 1024
 # Names of the headers the upstream sent, so defaults aiohttp adds can be taken back.
 UPSTREAM_HEADER_NAMES = web.RequestKey("upstream_header_names", frozenset)
 UPSTREAM_SECONDS = web.RequestKey("upstream_seconds", float)
@@ -142,20 +142,6 @@ def forwarded_headers(request: web.Request, allowed: tuple[str, ...]) -> dict[st
             if name in request.headers:
                 headers[name] = request.headers[name]
     return headers
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read a whole request body, refusing (413) as soon as it passes ``limit``."""
-    if request.content_length is not None and request.content_length > limit:
-        raise payload_too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise payload_too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _stream_request_body(request: web.Request) -> AsyncIterator[bytes]:

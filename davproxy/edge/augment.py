@@ -1,0 +1,172 @@
+"""The user's own requests: passthrough, and the *augment* outcome.
+
+A user's own request goes to the upstream unchanged; where the answer shows something
+davproxy owns, davproxy adds it: the notification URL on the principal, the user's
+shared copies, subscriptions and notification collection in home listings, the sharing
+state of shared collections (``D:share`` privilege, ``CS:shared-owner``), the sharing
+feature tokens on homes, subscription links on calendar exports.  Deleting something
+that holds shares ends them, crash-safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from aiohttp import web
+from lxml import etree
+
+from davproxy.dav import davxml
+from davproxy.dav.davxml import CS, DAV, element, href
+from davproxy.dav.http import preferences
+from davproxy.dav.paths import canonical, slash
+from davproxy.edge.sites import Site
+from davproxy.feeds.views import ENHANCED
+from davproxy.sharing import copies
+from davproxy.sharing.copies import SHARING_TOKENS
+from davproxy.sharing.notifications import collection_path
+from davproxy.store.sqlite import Share
+from davproxy.upstream.site import Context
+
+NOTIFICATION_URL = f"{{{DAV}}}notification-URL"
+CS_NOTIFICATION_URL = f"{{{CS}}}notification-URL"
+# What the user's homes offer: sharing, and subscriptions kept on the server (Apple
+# clients store a subscription in the home only when the server announces this; sabre/dav
+# uses the same token).
+HOME_TOKENS = (*SHARING_TOKENS, "calendarserver-subscribed")
+# Upstream properties davproxy extends: the privilege set (D:share on the user's own
+# collections) and resourcetype (CS:shared-owner / CS:shared markers).
+PRIVILEGES = f"{{{DAV}}}current-user-privilege-set"
+RESOURCETYPE = f"{{{DAV}}}resourcetype"
+# Properties davproxy adds to a user's own principal and collections.
+OWNED_PROPS = frozenset(
+    {
+        NOTIFICATION_URL,
+        CS_NOTIFICATION_URL,
+        f"{{{DAV}}}share-access",
+        f"{{{DAV}}}invite",
+        f"{{{DAV}}}share-resource-uri",
+        f"{{{CS}}}invite",
+        f"{{{CS}}}allowed-sharing-modes",
+        f"{{{CS}}}shared-url",
+    }
+)
+
+
+async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
+    """The user's own request: passthrough, with sharing state added to the answer."""
+    request, spec = ctx.request, ctx.spec()
+    sharing, upstream = site.sharing, site.upstream
+    method = request.method
+    homes = sharing.homes(user)
+    in_homes = any(ctx.rest.startswith(home) for home in homes)
+    if method in ("GET", "HEAD") and ctx.rest.endswith("/"):
+        # a collection exported as one .ics: advertise it as a subscription access point
+        if method == "GET" and ENHANCED in preferences(request):
+            return await site.subscriptions.serve_export(ctx, user, spec)
+        spec = replace(spec, add_headers=site.subscriptions.export_links(ctx.path))
+    if method == "OPTIONS" and in_homes:
+        spec = replace(spec, dav_tokens=HOME_TOKENS)
+    elif method == "PROPFIND" and in_homes:
+        body = await ctx.body()
+        try:
+            wanted = davxml.parse_propfind(body)
+        except davxml.XmlError:
+            # not ours to judge: the upstream answers a bad PROPFIND in its own words
+            return await ctx.forward(replace(spec, body=body))
+        depth = request.headers.get("Depth", "infinity").strip()
+        extra = await _listing_extras(ctx, site, user, wanted, body) if depth != "0" else []
+        target = canonical(slash(ctx.rest))
+        is_home = target in homes
+        owned = sharing.owns_collection(user, target)
+        shared = owned and bool(sharing.store.shares_of_collection(upstream.name, target))
+        edits = (
+            bool(extra)
+            or wanted.wants_any(OWNED_PROPS)
+            or (wanted.wants(PRIVILEGES) and (is_home or owned))
+            or (wanted.wants(RESOURCETYPE) and (is_home or shared))
+        )
+        if not edits:
+            # nothing of davproxy's in the answer: plain passthrough (compression kept)
+            return await ctx.forward(replace(spec, body=body))
+        principal = canonical(upstream.user_paths(user).principal)
+        notification_url = collection_path(upstream, user)
+        roles: dict[str, tuple[str | None, Share | None]] = {}
+
+        def role_of(path: str) -> tuple[str, str | None, Share | None]:
+            """Each listed path is classified once, whichever hook asks first."""
+            rest = upstream.rest_of(path)
+            if rest is None:
+                return "", None, None
+            key = canonical(slash(rest))
+            if key not in roles:
+                roles[key] = sharing.role(user, key)
+            return (key, *roles[key])
+
+        def provide(path: str) -> dict[str, etree._Element] | None:
+            if canonical(path) == principal:
+                return {
+                    NOTIFICATION_URL: element(NOTIFICATION_URL, href(notification_url)),
+                    CS_NOTIFICATION_URL: element(CS_NOTIFICATION_URL, href(notification_url)),
+                }
+            rest, role, share = role_of(path)
+            if role == "owned":
+                return sharing.properties.owner_props(rest)
+            if role == "copy" and share is not None:  # a copy the upstream lists itself
+                return sharing.properties.copy_props(share)
+            return None
+
+        def share_privilege(path: str, node: etree._Element) -> bool:
+            """The owner may share their collections: D:share (resource-sharing §5.1);
+            shared ones and copies carry Apple's resourcetype markers."""
+            rest, role, _ = role_of(path)
+            changed = False
+            marker = sharing.shared_marker(role, rest)
+            if marker is not None:
+                changed = davxml.add_resourcetype(node, marker)
+            if role == "owned":
+                changed = davxml.add_privilege(node, f"{{{DAV}}}share") or changed
+            return changed
+
+        def edit(answer: bytes) -> bytes:
+            return davxml.augment(answer, wanted, provide, extra, share_privilege)
+
+        spec = replace(spec, body=body, edit_xml=edit)
+    elif method == "DELETE" and sharing.store.shares_under(
+        upstream.name, canonical(slash(ctx.rest))
+    ):
+        # a shared collection, or a home (or anything else) that holds one
+        answers: list[web.StreamResponse] = []
+
+        async def send() -> int:
+            answers.append(await ctx.forward(spec))
+            return answers[0].status
+
+        await sharing.delete_owned(user, ctx.rest, send)
+        return answers[0]
+    return await ctx.forward(spec)
+
+
+async def _listing_extras(
+    ctx: Context, site: Site, user: str, wanted: davxml.PropRequest, body: bytes
+) -> list[etree._Element]:
+    """Members davproxy adds to a Depth 1 listing of a home: the user's shared copies
+    that live in it, and (calendar home) the notification collection."""
+    upstream, sharing = site.upstream, site.sharing
+    home = canonical(slash(ctx.rest))
+    extras: list[etree._Element] = []
+    if home == canonical(upstream.rest_of(upstream.user_paths(user).calendar_home) or ""):
+        path = collection_path(upstream, user)
+        props = site.notifications.collection_props(user)
+        extras.append(davxml.answer(path, props, wanted, frozenset({f"{{{DAV}}}sync-token"})))
+    extras += site.subscriptions.listing(user, home, wanted)
+    if sharing.access.upstream_serves_copies:
+        return extras  # the upstream lists the user's copies itself (``provide`` adds ours)
+    for share in sharing.store.mounts_of(upstream.name, user):
+        mount = share.mount or ""
+        parent = mount.rstrip("/").rsplit("/", 1)[0] + "/"
+        if parent != home:
+            continue
+        node = await copies.listing(ctx, sharing, share, wanted, body)
+        if node is not None:
+            extras.append(node)
+    return extras

@@ -1,0 +1,73 @@
+"""Everything that serves one upstream, wired together: the ``Site``.
+
+The composition root of the features: one ``Site`` per upstream holds its connection,
+identity, sharing (with its access backend), notification collection and subscriptions;
+the feed machinery (store, fetcher, refresher, server) is shared by every upstream, so
+a source URL is fetched once however many upstreams' users subscribe to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from davproxy.access.backend import backend_for
+from davproxy.config import Config
+from davproxy.feeds.fetch import Fetcher
+from davproxy.feeds.refresh import Refresher
+from davproxy.feeds.store import FeedStore
+from davproxy.feeds.subscriptions import Subscriptions
+from davproxy.feeds.views import FeedServer
+from davproxy.sharing.model import Sharing
+from davproxy.sharing.notifications import NotificationCollection, Renderer
+from davproxy.store.sqlite import Store
+from davproxy.upstream.client import Upstream
+from davproxy.upstream.directory import Directory
+from davproxy.upstream.identity import Authenticator
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One upstream with everything that serves requests for it."""
+
+    upstream: Upstream
+    auth: Authenticator
+    sharing: Sharing
+    notifications: NotificationCollection
+    subscriptions: Subscriptions
+
+
+@dataclass(frozen=True, slots=True)
+class FeedParts:
+    """The subscription machinery every upstream shares: one fetch per source URL."""
+
+    feeds: FeedStore
+    fetcher: Fetcher
+    refresher: Refresher
+    server: FeedServer
+
+
+def feed_parts(store: Store, config: Config) -> FeedParts:
+    feeds = FeedStore(store)
+    fetcher = Fetcher(config.feeds)
+    return FeedParts(
+        feeds,
+        fetcher,
+        Refresher(feeds, fetcher, config.feeds),
+        FeedServer(feeds, config.server.max_body_bytes),
+    )
+
+
+def build_site(store: Store, upstream: Upstream, parts: FeedParts) -> Site:
+    """Everything that serves one upstream, wired together."""
+    auth = Authenticator(upstream.config.identity, upstream)
+    htpasswd = auth.htpasswd
+    directory = Directory(upstream.config, htpasswd.users if htpasswd else set)
+    renderer = Renderer(upstream, directory.display_name)
+    sharing = Sharing(
+        store, upstream, auth, directory, renderer, backend_for(store, upstream, auth)
+    )
+    notifications = NotificationCollection(store, renderer, sharing.reply)
+    subscriptions = Subscriptions(
+        parts.feeds, parts.server, parts.refresher, parts.fetcher, upstream, parts.fetcher.settings
+    )
+    return Site(upstream, auth, sharing, notifications, subscriptions)

@@ -1,0 +1,183 @@
+"""A sharee's copy of someone else's collection: the *rewrite* outcome.
+
+Requests under a copy are rewritten to the owner's collection and forwarded as the
+owner, with the sharee's access enforced here first; every href in the answer is mapped
+back to the copy (resource-sharing-04 §4.6, caldav-sharing §4).  Where the access backend
+makes the upstream serve copies itself (radicale-native), the request goes to the copy's
+own path as the sharee and davproxy only adds the sharing properties.  The copy's own
+response in its parent's Depth 1 listing is built here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from aiohttp import web
+from lxml import etree
+
+from davproxy.dav import davxml
+from davproxy.dav.davxml import CS, DAV
+from davproxy.dav.errors import NEED_PRIVILEGES, DavError
+from davproxy.dav.http import multistatus_response
+from davproxy.dav.paths import PathMap, PathRejected, canonical, check_path
+from davproxy.sharing.model import READ_METHODS, WRITE_METHODS, Sharing
+from davproxy.store.sqlite import Share
+from davproxy.upstream.site import Context
+
+# Shared calendars cannot schedule through davproxy: said so, as CalendarServer does.
+SHARING_TOKENS = (
+    "resource-sharing",
+    "calendarserver-sharing",
+    "calendarserver-sharing-no-scheduling",
+)
+
+
+async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web.StreamResponse:
+    """A request at ``below`` under the sharee's copy of ``share``."""
+    upstream = ctx.upstream
+    method = ctx.method
+    copy_path = upstream.paths.public + (share.mount or "")
+    if below == "":
+        if method == "DELETE":
+            await sharing.unbind(share)
+            return web.Response(status=204)
+        if method == "PROPPATCH":
+            return multistatus_response(sharing.set_instance_props(share, await ctx.body()))
+        if method in ("MKCOL", "MKCALENDAR", "PUT", "MOVE", "COPY"):
+            raise DavError(403, NEED_PRIVILEGES, "a shared copy cannot be replaced or moved")
+    if share.access == "read" and method not in READ_METHODS:
+        raise DavError(403, NEED_PRIVILEGES, "this share is read-only")
+    if method not in WRITE_METHODS | READ_METHODS:
+        # requests under a copy may run as the owner: only methods whose effect is known
+        raise DavError(403, NEED_PRIVILEGES, f"{method} is not available on a shared copy")
+
+    if method in ("MOVE", "COPY"):
+        # strictly inside: onto the copy itself would replace the owner's collection
+        destination = canonical(davxml.href_path(ctx.request.headers.get("Destination", "")))
+        root = canonical(copy_path).rstrip("/")
+        if not destination.startswith(root + "/") or destination.rstrip("/") == root:
+            raise DavError(403, NEED_PRIVILEGES, "objects cannot be moved out of a shared copy")
+
+    request_body = await ctx.body() if method == "PROPFIND" else None
+
+    def edit(body: bytes) -> bytes:
+        wanted = _wanted(method, request_body)
+        return davxml.augment(
+            body, wanted, _copy_provider(sharing, share, copy_path), None, _copy_marker(copy_path)
+        )
+
+    edit_xml = edit if method in ("PROPFIND", "REPORT") else None
+    if sharing.access.upstream_serves_copies:
+        # The upstream enforces this share itself: the request goes to the copy's own
+        # path, as the sharee; davproxy only adds the sharing properties.
+        return await ctx.forward(replace(ctx.spec(), edit_xml=edit_xml))
+
+    origin = ctx.origin
+    copy = PathMap(copy_path, upstream.paths.public + share.collection)
+    base = ctx.spec(share.collection + below, share.owner)
+    to_upstream = base.request_hrefs or (lambda h: h)
+    to_public = base.response_hrefs or (lambda h: h)
+    copy_key, owner_key = canonical(copy_path), canonical(upstream.paths.public + share.collection)
+
+    def request_hrefs(value: str) -> str:
+        """A client href (multiget, Destination) into the owner's collection.
+
+        Requests under a copy run *as the owner*: an href outside the copy (or one the
+        upstream would resolve elsewhere) would read the owner's other data, so it is
+        refused rather than passed on."""
+        path = davxml.href_path(value).partition("?")[0]
+        try:
+            check_path(path)
+        except PathRejected as exc:
+            raise DavError(400, None, f"href not accepted: {exc}") from None
+        path = canonical(path)
+        if path + "/" == copy_key:
+            path = copy_key
+        if not path.startswith(copy_key):
+            raise DavError(403, NEED_PRIVILEGES, "hrefs must stay inside the shared copy")
+        return to_upstream(owner_key + path[len(copy_key) :])
+
+    def response_hrefs(value: str) -> str:
+        return copy.href_to_public(to_public(value), upstream.origin, origin)
+
+    spec = replace(
+        base,
+        request_hrefs=request_hrefs,
+        response_hrefs=response_hrefs,
+        strict_bodies=True,
+        edit_xml=edit_xml,
+        dav_tokens=SHARING_TOKENS if method == "OPTIONS" else (),
+    )
+    return await ctx.forward(spec)
+
+
+async def listing(
+    ctx: Context, sharing: Sharing, share: Share, wanted: davxml.PropRequest, body: bytes
+) -> etree._Element | None:
+    """The copy's own response in a listing of its parent: the owner's collection,
+    fetched as the owner, shown under the copy's path with the sharee's properties."""
+    upstream = ctx.upstream
+    path, extra = upstream.target(share.collection)
+    headers = {
+        **ctx.auth.headers_for(share.owner),
+        **extra,
+        "Depth": "0",
+        "Content-Type": "application/xml; charset=utf-8",
+    }
+    async with upstream.request("PROPFIND", path, headers, body) as answer:
+        text = await answer.read()
+        if answer.status != 207:
+            return None  # the owner's collection is gone: list nothing rather than fail
+    try:
+        root = davxml.parse(text)
+    except davxml.XmlError:
+        return None
+    node = root.find(davxml.RESPONSE)
+    if node is None:
+        return None
+    copy_path = upstream.paths.public + (share.mount or "")
+    link = node.find(davxml.HREF)
+    if link is not None:
+        link.text = copy_path
+    edited = davxml.augment(
+        davxml.serialize(davxml.multistatus(node)),
+        wanted,
+        _copy_provider(sharing, share, copy_path),
+        None,
+        _copy_marker(copy_path),
+    )
+    return davxml.parse(edited).find(davxml.RESPONSE)
+
+
+def _copy_provider(
+    sharing: Sharing, share: Share, copy_path: str
+) -> Callable[[str], dict[str, etree._Element] | None]:
+    copy_path = canonical(copy_path)
+
+    def provide(path: str) -> dict[str, etree._Element] | None:
+        path = canonical(path)
+        if path.rstrip("/") == copy_path.rstrip("/"):
+            return sharing.properties.copy_props(share)
+        if path.startswith(copy_path):
+            return sharing.properties.member_props(share)
+        return None
+
+    return provide
+
+
+def _copy_marker(copy_path: str) -> Callable[[str, etree._Element], bool]:
+    key = canonical(copy_path).rstrip("/")
+
+    def adjust(path: str, node: etree._Element) -> bool:
+        if canonical(path).rstrip("/") != key:
+            return False
+        return davxml.add_resourcetype(node, f"{{{CS}}}shared")
+
+    return adjust
+
+
+def _wanted(method: str, body: bytes | None) -> davxml.PropRequest:
+    if method != "PROPFIND":
+        return davxml.PropRequest("prop", (f"{{{DAV}}}current-user-privilege-set",))
+    return davxml.parse_propfind(body or b"")
