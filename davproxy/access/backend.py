@@ -19,7 +19,8 @@ from typing import Protocol
 from davproxy.access.proxy_enforced import ProxyEnforced
 from davproxy.access.radicale_api import RadicaleSharingApi
 from davproxy.access.radicale_native import RadicaleNative
-from davproxy.store.sqlite import Share, Store
+from davproxy.store.records import Share
+from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.identity import Authenticator
 

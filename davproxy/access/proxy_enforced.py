@@ -8,7 +8,7 @@ grant, apply or reconcile, and a revocation takes effect at the commit.
 
 from __future__ import annotations
 
-from davproxy.store.sqlite import Share
+from davproxy.store.records import Share
 
 
 class ProxyEnforced:

@@ -17,7 +17,8 @@ from urllib.parse import unquote
 from davproxy.access.radicale_api import NativeSharingError, RadicaleSharingApi
 from davproxy.dav.errors import PlainError
 from davproxy.dav.paths import canonical
-from davproxy.store.sqlite import Share, Store
+from davproxy.store.records import Share
+from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
 
 log = logging.getLogger("davproxy.sharing")

@@ -24,7 +24,7 @@ from davproxy.feeds.views import ENHANCED
 from davproxy.sharing import copies
 from davproxy.sharing.copies import SHARING_TOKENS
 from davproxy.sharing.notifications import collection_path
-from davproxy.store.sqlite import Share
+from davproxy.store.records import Share
 from davproxy.upstream.site import Context
 
 NOTIFICATION_URL = f"{{{DAV}}}notification-URL"

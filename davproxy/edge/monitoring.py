@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import sqlite3
 import time
 from collections.abc import Iterable
 
@@ -21,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from davproxy.config import MonitoringConfig
 from davproxy.feeds.refresh import RefreshReport
-from davproxy.store.sqlite import Store
+from davproxy.store.sqlite import Store, StoreError
 from davproxy.upstream.client import Upstream, UpstreamError
 
 PATHS = {
@@ -54,7 +53,7 @@ class StoreCollector(Collector):
                 shares.add_metric([upstream, status], count)
             for upstream, count in self.store.notification_counts():
                 notes.add_metric([upstream], count)
-        except sqlite3.Error:
+        except StoreError:
             pass  # a scrape must not fail because the store is busy; readyz tells that
         feeds = GaugeMetricFamily(
             "davproxy_feed_sources", "Feed sources by last refresh status", labels=["status"]
@@ -66,7 +65,7 @@ class StoreCollector(Collector):
             for status, count in self.store.feed_counts():
                 feeds.add_metric([status], count)
             subscriptions.add_metric([], self.store.subscription_count())
-        except sqlite3.Error:
+        except StoreError:
             pass
         yield shares
         yield notes
@@ -159,7 +158,7 @@ async def _ready(store: Store, upstreams: list[Upstream]) -> web.Response:
     try:
         store.check_writable()
         lines.append("store ok")
-    except sqlite3.Error as exc:
+    except StoreError as exc:
         ready = False
         lines.append(f"store FAILED: {exc}")
     for upstream in upstreams:

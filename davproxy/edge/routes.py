@@ -37,7 +37,7 @@ from davproxy.feeds.subscriptions import FEEDS_SEGMENT
 from davproxy.sharing import copies
 from davproxy.sharing.notifications import COLLECTION_SEGMENT
 from davproxy.sharing.requests import CS_INVITE_REPLY, CS_SHARE, SHARE_RESOURCE, VALID_REQUEST
-from davproxy.store.sqlite import Share
+from davproxy.store.records import Share
 from davproxy.upstream.site import WELL_KNOWN, Context, Limits
 
 log = logging.getLogger("davproxy.routes")

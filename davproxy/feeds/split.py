@@ -45,7 +45,6 @@ _BOM = b"\xef\xbb\xbf"
 _NAME = re.compile(r"[^;:]*")
 #: characters XML 1.0 cannot carry (C0 controls but tab, LF, CR; U+FFFE, U+FFFF)
 _NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_NOT_IN_XML_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]|\xef\xbf[\xbe\xbf]")
 _HAS_TZID = re.compile(r";\s*tzid\s*=", re.IGNORECASE)  # cheap pre-check before parsing params
 
 _DURATION = re.compile(

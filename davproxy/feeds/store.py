@@ -120,7 +120,6 @@ class FeedStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.conn = store.db.conn
 
     def transaction(self) -> AbstractContextManager[None]:
         return self.store.transaction()
@@ -128,7 +127,7 @@ class FeedStore:
     # -- sources ------------------------------------------------------------------------
 
     def _sources(self, where: str, params: tuple[object, ...]) -> list[FeedSource]:
-        rows = self.conn.execute(f"SELECT {_SOURCE_COLUMNS} FROM feed_sources {where}", params)
+        rows = self.store.execute(f"SELECT {_SOURCE_COLUMNS} FROM feed_sources {where}", params)
         return [FeedSource(*row) for row in rows]
 
     def source(self, source_id: int) -> FeedSource | None:
@@ -144,7 +143,7 @@ class FeedStore:
 
     def source_ensure(self, url: str, next_fetch: float = 0.0) -> FeedSource:
         """The source for ``url``, created (due at once) if nobody subscribed to it yet."""
-        self.conn.execute(
+        self.store.execute(
             "INSERT INTO feed_sources (url, fetch_url, tag, next_fetch, created)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (url) DO NOTHING",
             (url, url, secrets.token_hex(8), next_fetch, time.time()),
@@ -158,7 +157,7 @@ class FeedStore:
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
         assignments = ", ".join(f"{name} = ?" for name in values)
-        self.conn.execute(
+        self.store.execute(
             f"UPDATE feed_sources SET {assignments} WHERE id = ?", (*values.values(), source_id)
         )
 
@@ -169,7 +168,7 @@ class FeedStore:
         )
 
     def next_due(self, exclude_prefix: str) -> float | None:
-        row = self.conn.execute(
+        row = self.store.execute(
             "SELECT MIN(next_fetch) FROM feed_sources WHERE substr(url, 1, ?) != ?",
             (len(exclude_prefix), exclude_prefix),
         ).fetchone()
@@ -177,7 +176,7 @@ class FeedStore:
 
     def drop_unused_sources(self) -> int:
         """Delete sources no subscription refers to (their items go with them)."""
-        cursor = self.conn.execute(
+        cursor = self.store.execute(
             "DELETE FROM feed_sources WHERE id NOT IN (SELECT source_id FROM feed_subscriptions)"
             " AND url NOT LIKE 'upstream:%'"
         )
@@ -186,7 +185,7 @@ class FeedStore:
     # -- items ---------------------------------------------------------------------------
 
     def _items(self, where: str, params: tuple[object, ...]) -> list[FeedItem]:
-        rows = self.conn.execute(f"SELECT {_ITEM_COLUMNS} FROM feed_items WHERE {where}", params)
+        rows = self.store.execute(f"SELECT {_ITEM_COLUMNS} FROM feed_items WHERE {where}", params)
         return [
             FeedItem(**dict(zip(_ITEM_NAMES, row[:-1], strict=True)), deleted=bool(row[-1]))
             for row in rows
@@ -211,20 +210,20 @@ class FeedStore:
         return found
 
     def fingerprints(self, source_id: int) -> dict[str, str]:
-        rows = self.conn.execute(
+        rows = self.store.execute(
             "SELECT uid, fingerprint FROM feed_items WHERE source_id = ? AND deleted = 0",
             (source_id,),
         )
         return {row[0]: row[1] for row in rows}
 
     def count(self, source_id: int) -> int:
-        row = self.conn.execute(
+        row = self.store.execute(
             "SELECT COUNT(*) FROM feed_items WHERE source_id = ? AND deleted = 0", (source_id,)
         ).fetchone()
         return int(row[0])
 
     def kinds(self, source_id: int) -> list[str]:
-        rows = self.conn.execute(
+        rows = self.store.execute(
             "SELECT DISTINCT kind FROM feed_items WHERE source_id = ? AND deleted = 0"
             " ORDER BY kind",
             (source_id,),
@@ -255,7 +254,7 @@ class FeedStore:
         revision = source.revision
         for resource in changed:
             revision += 1
-            self.conn.execute(
+            self.store.execute(
                 "INSERT INTO feed_items (source_id, href, uid, kind, text, body_start, tzids,"
                 " fingerprint, etag, revision, modified, deleted)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
@@ -280,7 +279,7 @@ class FeedStore:
             )
         for uid in removed:
             revision += 1
-            self.conn.execute(
+            self.store.execute(
                 "UPDATE feed_items SET deleted = 1, text = '', body_start = 0, tzids = '[]',"
                 " revision = ?, modified = ? WHERE source_id = ? AND uid = ? AND deleted = 0",
                 (revision, now, source.id, uid),
@@ -289,14 +288,14 @@ class FeedStore:
 
     def prune_tombstones(self, source: FeedSource, before: float) -> int:
         """Forget deletions older than ``before``; tokens from before them become invalid."""
-        row = self.conn.execute(
+        row = self.store.execute(
             "SELECT MAX(revision), COUNT(*) FROM feed_items"
             " WHERE source_id = ? AND deleted = 1 AND modified < ?",
             (source.id, before),
         ).fetchone()
         if not row[1]:
             return 0
-        self.conn.execute(
+        self.store.execute(
             "DELETE FROM feed_items WHERE source_id = ? AND deleted = 1 AND modified < ?",
             (source.id, before),
         )
@@ -306,7 +305,7 @@ class FeedStore:
     # -- subscriptions ---------------------------------------------------------------------
 
     def _subscriptions(self, where: str, params: tuple[object, ...]) -> list[Subscription]:
-        rows = self.conn.execute(
+        rows = self.store.execute(
             f"SELECT {_SUBSCRIPTION_COLUMNS} FROM feed_subscriptions WHERE {where}", params
         )
         return [Subscription(*row) for row in rows]
@@ -322,7 +321,7 @@ class FeedStore:
         return self._subscriptions("1 ORDER BY upstream, path", ())
 
     def subscribers(self, source_id: int) -> int:
-        row = self.conn.execute(
+        row = self.store.execute(
             "SELECT COUNT(*) FROM feed_subscriptions WHERE source_id = ?", (source_id,)
         ).fetchone()
         return int(row[0])
@@ -336,7 +335,7 @@ class FeedStore:
         source_id: int,
         props: dict[str, str] | None = None,
     ) -> Subscription:
-        self.conn.execute(
+        self.store.execute(
             "INSERT INTO feed_subscriptions (upstream, owner, path, name, source_id, props,"
             " created) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (upstream, path) DO UPDATE"
             " SET owner = excluded.owner, name = excluded.name, source_id = excluded.source_id,"
@@ -347,14 +346,8 @@ class FeedStore:
         assert found is not None
         return found
 
-    def subscription_set_props(self, subscription: Subscription, props: dict[str, str]) -> None:
-        self.conn.execute(
-            "UPDATE feed_subscriptions SET props = ? WHERE id = ?",
-            (json.dumps(props, sort_keys=True), subscription.id),
-        )
-
     def subscription_delete(self, upstream: str, path: str) -> bool:
-        cursor = self.conn.execute(
+        cursor = self.store.execute(
             "DELETE FROM feed_subscriptions WHERE upstream = ? AND path = ?", (upstream, path)
         )
         return cursor.rowcount > 0

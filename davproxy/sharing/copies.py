@@ -22,7 +22,7 @@ from davproxy.dav.errors import NEED_PRIVILEGES, DavError
 from davproxy.dav.http import multistatus_response
 from davproxy.dav.paths import PathMap, PathRejected, canonical, check_path
 from davproxy.sharing.model import READ_METHODS, WRITE_METHODS, Sharing
-from davproxy.store.sqlite import Share
+from davproxy.store.records import Share
 from davproxy.upstream.site import Context
 
 # Shared calendars cannot schedule through davproxy: said so, as CalendarServer does.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
@@ -37,7 +36,8 @@ from davproxy.sharing.requests import (
     parse_cs_share,
     parse_share_resource,
 )
-from davproxy.store.sqlite import NewShare, Notification, Share, Store
+from davproxy.store.records import NewShare, Notification, Share
+from davproxy.store.sqlite import Store, StoreConflict
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.directory import Directory
 from davproxy.upstream.identity import Authenticator
@@ -340,7 +340,7 @@ class Sharing:
             try:
                 with self.store.transaction():
                     self._record_acceptance(share, mount, comment, displayname or offered)
-            except sqlite3.IntegrityError:
+            except StoreConflict:
                 continue  # a racing reply took this name meanwhile: choose another
             except DavError:
                 await self.access.apply(share.owner)  # take back what was granted above

@@ -14,7 +14,8 @@ from lxml import etree
 from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href, privilege_set
 from davproxy.dav.paths import canonical
-from davproxy.store.sqlite import Share, Store
+from davproxy.store.records import Share
+from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.directory import Directory
 

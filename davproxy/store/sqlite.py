@@ -9,6 +9,7 @@ written by a newer davproxy is refused rather than damaged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import sqlite3
@@ -18,174 +19,40 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import sqlite_utils
 
+from davproxy.store.migrations import MIGRATIONS
+from davproxy.store.records import NewShare, Notification, Share
+
 log = logging.getLogger("davproxy.store")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class StoreError(Exception):
-    """The store cannot be opened or is not one this davproxy can use."""
+    """The store cannot be opened, is not one this davproxy can use, or failed a call.
+
+    No ``sqlite3`` exception leaves this package: callers see ``StoreError`` (and
+    ``StoreConflict``), which a server-grade store raises too."""
 
 
-Migration = Callable[[sqlite_utils.Database], None]
+class StoreConflict(StoreError):
+    """A write broke a uniqueness rule: a racing request took the same name first."""
 
 
-def _m001_meta(db: sqlite_utils.Database) -> None:
-    meta = db.table("meta")
-    meta.create({"key": str, "value": str}, pk="key")
-    meta.insert({"key": "instance_id", "value": str(uuid.uuid4())})
+def _translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn sqlite3's exceptions into StoreError (a busy store for a metrics scrape)."""
 
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
 
-def _m002_sharing(db: sqlite_utils.Database) -> None:
-    # One row per sharee instance of a shared collection (sabre's model): the owner's
-    # collection and everything the sharee's copy needs.  Paths are below the
-    # upstream root, so a change of public prefix keeps them valid.
-    db.execute(
-        """CREATE TABLE shares (
-            id INTEGER PRIMARY KEY,
-            upstream TEXT NOT NULL,
-            owner TEXT NOT NULL,
-            collection TEXT NOT NULL,
-            kind TEXT NOT NULL CHECK (kind IN ('calendar', 'addressbook', 'collection')),
-            sharee TEXT NOT NULL,
-            sharee_href TEXT NOT NULL,
-            access TEXT NOT NULL CHECK (access IN ('read', 'read-write')),
-            status TEXT NOT NULL
-                CHECK (status IN ('noresponse', 'accepted', 'declined', 'invalid')),
-            invite_uid TEXT NOT NULL UNIQUE,
-            comment TEXT NOT NULL DEFAULT '',
-            sharee_name TEXT NOT NULL DEFAULT '',
-            summary TEXT NOT NULL DEFAULT '',
-            mount TEXT,
-            created REAL NOT NULL,
-            updated REAL NOT NULL,
-            UNIQUE (upstream, collection, sharee)
-        )"""
-    )
-    db.execute("CREATE INDEX shares_by_sharee ON shares (upstream, sharee, status)")
-    db.execute(
-        "CREATE UNIQUE INDEX shares_by_mount ON shares (upstream, mount) WHERE mount IS NOT NULL"
-    )
-    # Per-sharee properties of a sharee's copy (displayname, colour, order, ...).
-    db.execute(
-        """CREATE TABLE instance_props (
-            share_id INTEGER NOT NULL REFERENCES shares (id) ON DELETE CASCADE,
-            name TEXT NOT NULL,
-            value TEXT NOT NULL,
-            PRIMARY KEY (share_id, name)
-        )"""
-    )
-    # One canonical record per notification, rendered per flavour at GET time.
-    # Deleted ones stay as tombstones so sync-collection can report them.
-    db.execute(
-        """CREATE TABLE notifications (
-            id INTEGER PRIMARY KEY,
-            upstream TEXT NOT NULL,
-            user TEXT NOT NULL,
-            name TEXT NOT NULL,
-            type TEXT NOT NULL,
-            body TEXT NOT NULL,
-            etag TEXT NOT NULL,
-            revision INTEGER NOT NULL,
-            deleted INTEGER NOT NULL DEFAULT 0,
-            created REAL NOT NULL,
-            UNIQUE (upstream, user, name)
-        )"""
-    )
-    db.execute("CREATE INDEX notifications_by_revision ON notifications (upstream, user, revision)")
-    db.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-    db.execute("INSERT INTO counters VALUES ('revision', 0)")
-
-
-def _m003_pending_deletions(db: sqlite_utils.Database) -> None:
-    # An owner's DELETE of something that holds shares, recorded before it is sent:
-    # if davproxy dies before it learns the outcome, start-up settles it, and copies of
-    # what may be gone are not served meanwhile.
-    db.execute(
-        """CREATE TABLE pending_deletions (
-            upstream TEXT NOT NULL,
-            owner TEXT NOT NULL,
-            path TEXT NOT NULL,
-            created REAL NOT NULL,
-            PRIMARY KEY (upstream, owner, path)
-        )"""
-    )
-
-
-def _m004_feeds(db: sqlite_utils.Database) -> None:
-    # One row per unique source URL, shared by every subscriber: one origin fetch each.
-    # ``tag`` is random so a sync token of a deleted source never matches a new one.
-    db.execute(
-        """CREATE TABLE feed_sources (
-            id INTEGER PRIMARY KEY,
-            url TEXT NOT NULL UNIQUE,
-            fetch_url TEXT NOT NULL,
-            tag TEXT NOT NULL UNIQUE,
-            etag TEXT,
-            last_modified TEXT,
-            body_hash TEXT,
-            suspect_hash TEXT,
-            meta TEXT NOT NULL DEFAULT '{}',
-            timezones TEXT NOT NULL DEFAULT '{}',
-            revision INTEGER NOT NULL DEFAULT 0,
-            min_revision INTEGER NOT NULL DEFAULT 0,
-            status TEXT NOT NULL DEFAULT 'new',
-            error TEXT NOT NULL DEFAULT '',
-            failures INTEGER NOT NULL DEFAULT 0,
-            last_attempt REAL,
-            last_success REAL,
-            last_change REAL,
-            next_fetch REAL NOT NULL DEFAULT 0,
-            interval INTEGER,
-            bytes INTEGER NOT NULL DEFAULT 0,
-            created REAL NOT NULL
-        )"""
-    )
-    # One row per calendar object resource (UID); deletions stay as tombstones so
-    # sync-collection and enhanced GET can report them; one revision per change.
-    db.execute(
-        """CREATE TABLE feed_items (
-            source_id INTEGER NOT NULL REFERENCES feed_sources (id) ON DELETE CASCADE,
-            href TEXT NOT NULL,
-            uid TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            text TEXT NOT NULL,
-            body_start INTEGER NOT NULL,
-            tzids TEXT NOT NULL,
-            fingerprint TEXT NOT NULL,
-            etag TEXT NOT NULL,
-            revision INTEGER NOT NULL,
-            modified REAL NOT NULL,
-            deleted INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (source_id, href)
-        )"""
-    )
-    db.execute("CREATE INDEX feed_items_by_revision ON feed_items (source_id, revision)")
-    # Where a feed is visible: operator feeds (owner '') and users' own subscriptions.
-    db.execute(
-        """CREATE TABLE feed_subscriptions (
-            id INTEGER PRIMARY KEY,
-            upstream TEXT NOT NULL,
-            owner TEXT NOT NULL,
-            path TEXT NOT NULL,
-            name TEXT NOT NULL,
-            source_id INTEGER NOT NULL REFERENCES feed_sources (id),
-            props TEXT NOT NULL DEFAULT '{}',
-            created REAL NOT NULL,
-            UNIQUE (upstream, path)
-        )"""
-    )
-    db.execute("CREATE INDEX feed_subscriptions_by_owner ON feed_subscriptions (upstream, owner)")
-
-
-# Append only: a released migration is never edited, only followed by a new one.
-MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
-    (1, "meta", _m001_meta),
-    (2, "sharing", _m002_sharing),
-    (3, "pending_deletions", _m003_pending_deletions),
-    (4, "feeds", _m004_feeds),
-)
+    return call
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,25 +131,31 @@ class Store:
         return StoreInfo(self.path, self.schema_version(), instance[0], mode)
 
     def check_writable(self) -> None:
-        """Raise sqlite3.Error unless the store can take its write lock right now."""
+        """Raise StoreError unless the store can take its write lock right now."""
         if self._in_transaction:
             return
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
 
+    @_translated
     def share_counts(self) -> list[tuple[str, str, int]]:
         rows = self.db.conn.execute(
             "SELECT upstream, status, COUNT(*) FROM shares GROUP BY upstream, status"
         )
         return [(r[0], r[1], int(r[2])) for r in rows]
 
+    @_translated
     def notification_counts(self) -> list[tuple[str, int]]:
         rows = self.db.conn.execute(
             "SELECT upstream, COUNT(*) FROM notifications WHERE deleted = 0 GROUP BY upstream"
         )
         return [(r[0], int(r[1])) for r in rows]
 
+    @_translated
     def feed_counts(self) -> list[tuple[str, int]]:
         rows = self.db.conn.execute(
             "SELECT status, COUNT(*) FROM feed_sources WHERE url NOT LIKE 'upstream:%'"
@@ -290,6 +163,7 @@ class Store:
         )
         return [(r[0], int(r[1])) for r in rows]
 
+    @_translated
     def subscription_count(self) -> int:
         row = self.db.conn.execute("SELECT COUNT(*) FROM feed_subscriptions").fetchone()
         return int(row[0])
@@ -313,6 +187,9 @@ class Store:
         self._in_transaction = True
         try:
             yield
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK")
+            raise StoreConflict(str(exc)) from exc
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -320,6 +197,11 @@ class Store:
             conn.execute("COMMIT")
         finally:
             self._in_transaction = False
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        """One SQL statement, for the store verbs of a feature that owns its tables
+        (feeds/store.py); everything else uses the verbs below."""
+        return self.db.conn.execute(sql, params)
 
     def _next_revision(self) -> int:
         conn = self.db.conn
@@ -577,52 +459,3 @@ _SHARE_COLUMNS = (
     " comment, sharee_name, summary, mount, created, updated"
 )
 _NOTIFICATION_COLUMNS = "id, upstream, user, name, type, body, etag, revision, created, deleted"
-
-
-@dataclass(frozen=True, slots=True)
-class Share:
-    id: int
-    upstream: str
-    owner: str
-    collection: str  # the owner's collection, below the upstream root ("alice/work/")
-    kind: str  # calendar | addressbook | collection
-    sharee: str  # user id (or the href as given, for an invalid sharee)
-    sharee_href: str  # as the sharer wrote it
-    access: str  # read | read-write
-    status: str  # noresponse | accepted | declined | invalid
-    invite_uid: str
-    comment: str
-    sharee_name: str
-    summary: str
-    mount: str | None  # the sharee's copy, below the upstream root, once accepted
-    created: float
-    updated: float
-
-
-@dataclass(frozen=True, slots=True)
-class NewShare:
-    upstream: str
-    owner: str
-    collection: str
-    kind: str
-    sharee: str
-    sharee_href: str
-    access: str
-    status: str
-    comment: str = ""
-    sharee_name: str = ""
-    summary: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Notification:
-    id: int
-    upstream: str
-    user: str
-    name: str
-    type: str
-    body: str  # canonical JSON, rendered per flavour at GET time
-    etag: str
-    revision: int
-    created: float
-    deleted: bool = False

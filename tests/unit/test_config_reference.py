@@ -33,9 +33,9 @@ def _table_label(file: Path, name: str) -> str:
 def keys_the_loader_reads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """Load the example configuration, recording every key each table asked for."""
     seen: set[str] = set()
-    finish = config._Table.finish
+    finish = config.Table.finish
 
-    def record(table: config._Table) -> None:
+    def record(table: config.Table) -> None:
         label = _table_label(table.file, table.name)
         for key in table._used:
             if not label and key in TABLES:
@@ -43,7 +43,7 @@ def keys_the_loader_reads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
             seen.add(f"{label} {key}".strip())
         finish(table)
 
-    monkeypatch.setattr(config._Table, "finish", record)
+    monkeypatch.setattr(config.Table, "finish", record)
     config.load(CONFIG_DIR / "davproxy.example.toml")
     return seen
 

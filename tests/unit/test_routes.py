@@ -23,7 +23,8 @@ from aiohttp.test_utils import make_mocked_request
 from davproxy import config
 from davproxy.edge.routes import ROUTES, Place, classify, route_for
 from davproxy.edge.sites import Site, build_site, feed_parts
-from davproxy.store.sqlite import NewShare, Store
+from davproxy.store.records import NewShare
+from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.site import Context, Limits
 

@@ -11,7 +11,7 @@ from davproxy.dav import davxml
 from davproxy.dav.errors import DavError
 from davproxy.sharing.notifications import Renderer
 from davproxy.sharing.requests import parse_share_resource
-from davproxy.store.sqlite import Notification
+from davproxy.store.records import Notification
 from davproxy.upstream.client import Upstream
 
 NS = {"D": "DAV:", "C": "urn:ietf:params:xml:ns:caldav", "CS": "http://calendarserver.org/ns/"}

@@ -13,15 +13,14 @@ The documented examples with every key and its default are in ``config/``.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from yarl import URL
 
+from davproxy.config.tables import REQUIRED, ConfigError, Secret, Table, read_toml, resolve
 from davproxy.dav.paths import slash
 
 IdentityMode = Literal["upstream-basic", "proxy-auth"]
@@ -54,33 +53,6 @@ _LAYOUT_DEFAULTS: dict[str, dict[str, str]] = {
 # Radicale's server is threaded Python with a listen backlog of 5: more parallel
 # requests only contend for its GIL (measured in bench/passthrough), so few is faster.
 _MAX_CONNECTIONS: dict[str, int] = {"radicale": 2}
-
-
-class ConfigError(Exception):
-    """A configuration problem, worded for the operator: file, table, key, what is wrong."""
-
-
-class Secret:
-    """A string that never shows itself in reprs, logs or check-config output."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +167,6 @@ class UpstreamConfig:
     feeds: tuple[FeedConfig, ...] = ()
     max_connections: int = 32
 
-    @property
-    def upstream_prefix(self) -> str:
-        return self.url.path
-
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -211,125 +179,7 @@ class Config:
     feeds: FeedsConfig = field(default_factory=FeedsConfig)
 
 
-class _Table:
-    """Typed, checked access to one TOML table, naming file/table/key on every error."""
-
-    def __init__(self, file: Path, name: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: [{name}] must be a table")
-        self.file, self.name, self.data = file, name, data
-        self._used: set[str] = set()
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.file}: [{self.name}] {key}: {message}")
-
-    def _get(self, key: str, types: tuple[type, ...], default: Any, what: str) -> Any:
-        self._used.add(key)
-        if key not in self.data:
-            if default is _REQUIRED:
-                raise self.error(key, "is required")
-            return default
-        value = self.data[key]
-        # bool is an int in Python; a port of `true` is a mistake, not 1.
-        if isinstance(value, bool) and bool not in types:
-            raise self.error(key, f"must be {what}, got {value!r}")
-        if not isinstance(value, types):
-            raise self.error(key, f"must be {what}, got {value!r}")
-        return value
-
-    def text(self, key: str, default: Any = None, choices: tuple[str, ...] = ()) -> Any:
-        value = self._get(key, (str,), default, "a string")
-        if choices and value is not None and value not in choices:
-            raise self.error(key, f"must be one of {', '.join(choices)}; got {value!r}")
-        return value
-
-    def integer(self, key: str, default: Any, minimum: int = 0, maximum: int | None = None) -> int:
-        value = self._get(key, (int,), default, "an integer")
-        if value < minimum or (maximum is not None and value > maximum):
-            bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            raise self.error(key, f"must be {bounds}; got {value}")
-        return int(value)
-
-    def optional_integer(
-        self, key: str, minimum: int = 0, maximum: int | None = None
-    ) -> int | None:
-        """An integer whose absence means "use the default from elsewhere"."""
-        self._used.add(key)
-        return self.integer(key, None, minimum, maximum) if key in self.data else None
-
-    def number(self, key: str, default: Any, minimum: float = 0.0) -> float:
-        value = self._get(key, (int, float), default, "a number")
-        if value <= minimum:
-            raise self.error(key, f"must be > {minimum}; got {value}")
-        return float(value)
-
-    def flag(self, key: str, default: Any) -> bool:
-        return bool(self._get(key, (bool,), default, "true or false"))
-
-    def strings(self, key: str, default: Any = ()) -> tuple[str, ...]:
-        value = self._get(key, (list,), default, "a list of strings")
-        if not all(isinstance(item, str) for item in value):
-            raise self.error(key, "must be a list of strings")
-        return tuple(value)
-
-    def table(self, key: str) -> _Table:
-        self._used.add(key)
-        return _Table(self.file, f"{self.name}.{key}" if self.name else key, self.data.get(key, {}))
-
-    def tables(self, key: str) -> list[_Table]:
-        self._used.add(key)
-        value = self.data.get(key, [])
-        if not isinstance(value, list):
-            raise self.error(key, "must be an array of tables ([[" + key + "]])")
-        return [_Table(self.file, f"{key}[{i}]", item) for i, item in enumerate(value)]
-
-    def secret(self, key: str) -> Secret | None:
-        """A secret given as ``<key>_file`` (path) or ``<key>_env`` (variable name)."""
-        path = self.text(f"{key}_file")
-        env = self.text(f"{key}_env")
-        if key in self.data:
-            raise self.error(key, f"inline secrets are refused; use {key}_file or {key}_env")
-        if path and env:
-            raise self.error(f"{key}_file", f"give either {key}_file or {key}_env, not both")
-        if path:
-            resolved = _resolve(self.file, path)
-            try:
-                return Secret(resolved.read_text(encoding="utf-8").strip())
-            except OSError as exc:
-                raise self.error(f"{key}_file", f"cannot read {resolved}: {exc.strerror}") from None
-        if env:
-            if env not in os.environ:
-                raise self.error(f"{key}_env", f"environment variable {env} is not set")
-            return Secret(os.environ[env])
-        return None
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self._used)
-        if unknown:
-            raise self.error(unknown[0], "unknown key (check the spelling against config/)")
-
-
-_REQUIRED = object()
-
-
-def _resolve(base_file: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base_file.parent / path)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-
-
-def _normalise_prefix(table: _Table, key: str, value: str) -> str:
+def _normalise_prefix(table: Table, key: str, value: str) -> str:
     if not value.startswith("/"):
         raise table.error(key, f"must start with '/'; got {value!r}")
     if "//" in value or "/../" in value + "/" or "/./" in value + "/":
@@ -337,7 +187,7 @@ def _normalise_prefix(table: _Table, key: str, value: str) -> str:
     return slash(value)
 
 
-def _parse_url(table: _Table, key: str, value: str) -> URL:
+def _parse_url(table: Table, key: str, value: str) -> URL:
     try:
         url = URL(value)
     except (ValueError, TypeError) as exc:
@@ -357,7 +207,7 @@ def _parse_url(table: _Table, key: str, value: str) -> URL:
 def load(path: str | Path) -> Config:
     """Load and validate the main file and every mapping file it names."""
     source = Path(path).resolve()
-    root = _Table(source, "", _read_toml(source))
+    root = Table(source, "", read_toml(source))
 
     server_t = root.table("server")
     server = ServerConfig(
@@ -372,7 +222,7 @@ def load(path: str | Path) -> Config:
     server_t.finish()
 
     store_t = root.table("store")
-    store = StoreConfig(path=_resolve(source, store_t.text("path", "davproxy.sqlite3")))
+    store = StoreConfig(path=resolve(source, store_t.text("path", "davproxy.sqlite3")))
     store_t.finish()
 
     log_t = root.table("logging")
@@ -398,7 +248,7 @@ def load(path: str | Path) -> Config:
     return Config(source, server, store, logging_cfg, upstreams, monitoring, feeds)
 
 
-def _networks(table: _Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+def _networks(table: Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
     networks = table.strings(key, default)
     for entry in networks:
         try:
@@ -408,7 +258,7 @@ def _networks(table: _Table, key: str, default: tuple[str, ...]) -> tuple[str, .
     return networks
 
 
-def _load_feeds_settings(table: _Table) -> FeedsConfig:
+def _load_feeds_settings(table: Table) -> FeedsConfig:
     d = FeedsConfig()
     floor = table.integer("refresh_floor", d.refresh_floor, 1)
     ceiling = table.integer("refresh_ceiling", d.refresh_ceiling, 1)
@@ -468,14 +318,14 @@ def _without_credentials(value: str) -> str:
     return re.sub(r"(?<=://)[^/@]*@", "***@", value)
 
 
-def _load_feed(table: _Table) -> FeedConfig:
-    name = table.text("name", _REQUIRED)
+def _load_feed(table: Table) -> FeedConfig:
+    name = table.text("name", REQUIRED)
     if not _FEED_NAME.fullmatch(name):
         raise table.error(
             "name",
             f"must be 1-64 letters, digits, '.', '_' or '-', not starting with a dot; got {name!r}",
         )
-    raw_url = table.text("url", _REQUIRED)
+    raw_url = table.text("url", REQUIRED)
     url = feed_url(raw_url)
     if url is None:
         raise table.error(
@@ -514,17 +364,17 @@ def _check_unique(source: Path, upstreams: tuple[UpstreamConfig, ...]) -> None:
         prefixes.add(up.prefix)
 
 
-def _load_upstream(source: Path, table: _Table) -> UpstreamConfig:
-    name = table.text("name", _REQUIRED)
+def _load_upstream(source: Path, table: Table) -> UpstreamConfig:
+    name = table.text("name", REQUIRED)
     prefix = _normalise_prefix(table, "prefix", table.text("prefix", "/"))
-    url = _parse_url(table, "url", table.text("url", _REQUIRED))
-    mapping_path = _resolve(source, table.text("mapping", _REQUIRED))
+    url = _parse_url(table, "url", table.text("url", REQUIRED))
+    mapping_path = resolve(source, table.text("mapping", REQUIRED))
     if not mapping_path.is_file():
         raise table.error("mapping", f"file not found: {mapping_path}")
     max_connections = table.optional_integer("max_connections", 1, 10_000)
     table.finish()
 
-    mapping = _Table(mapping_path, "", _read_toml(mapping_path))
+    mapping = Table(mapping_path, "", read_toml(mapping_path))
     kind = mapping.text("kind", "generic", _KINDS)
 
     href_t = mapping.text("href_mapping", "auto", _HREF_MAPPINGS)
@@ -534,18 +384,18 @@ def _load_upstream(source: Path, table: _Table) -> UpstreamConfig:
     defaults = _LAYOUT_DEFAULTS.get(kind, {})
     layout = Layout(
         **{
-            key: _check_template(layout_t, key, layout_t.text(key, defaults.get(key, _REQUIRED)))
+            key: _check_template(layout_t, key, layout_t.text(key, defaults.get(key, REQUIRED)))
             for key in ("principal", "calendar_home", "addressbook_home")
         }
     )
     layout_t.finish()
 
     ident_t = mapping.table("identity")
-    mode = ident_t.text("mode", _REQUIRED, _IDENTITY_MODES)
+    mode = ident_t.text("mode", REQUIRED, _IDENTITY_MODES)
     htpasswd = ident_t.text("htpasswd", None)
     if mode == "proxy-auth" and not htpasswd:
         raise ident_t.error("htpasswd", "is required when mode = 'proxy-auth'")
-    htpasswd_path = _resolve(mapping_path, htpasswd) if htpasswd else None
+    htpasswd_path = resolve(mapping_path, htpasswd) if htpasswd else None
     if htpasswd_path is not None and not htpasswd_path.is_file():
         raise ident_t.error("htpasswd", f"file not found: {htpasswd_path}")
     trusted_header = ident_t.text("trusted_header", "X-Remote-User")
@@ -605,7 +455,7 @@ def _load_upstream(source: Path, table: _Table) -> UpstreamConfig:
 
 
 def _choose_href_mapping(
-    table: _Table, wanted: str, kind: str, prefix: str, url: URL
+    table: Table, wanted: str, kind: str, prefix: str, url: URL
 ) -> HrefMapping:
     if prefix == url.path:
         return "none"  # nothing to map, whatever was asked
@@ -623,7 +473,7 @@ def _choose_href_mapping(
     return wanted  # type: ignore[return-value]
 
 
-def _check_template(table: _Table, key: str, value: str) -> str:
+def _check_template(table: Table, key: str, value: str) -> str:
     if value.startswith("/"):
         raise table.error(key, "is relative to the upstream root; drop the leading '/'")
     if "{user}" not in value:
@@ -633,9 +483,9 @@ def _check_template(table: _Table, key: str, value: str) -> str:
     return value
 
 
-def _load_user(table: _Table) -> DirectoryUser:
+def _load_user(table: Table) -> DirectoryUser:
     user = DirectoryUser(
-        id=table.text("id", _REQUIRED),
+        id=table.text("id", REQUIRED),
         emails=tuple(e.lower() for e in table.strings("emails")),
         display_name=table.text("display_name", ""),
     )

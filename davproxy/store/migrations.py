@@ -1,0 +1,109 @@
+"""The store's schema, as numbered migrations applied in order (``Store.migrate``).
+
+Each migration runs in its own transaction and is recorded in ``schema_migrations``; a
+store written by a newer davproxy is refused rather than damaged.  Sharing's tables are
+described here; the feed tables next to the feed store that owns them
+(``feeds/schema.py``).  Numbers are global: a new migration takes the next one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import sqlite_utils
+
+from davproxy.feeds.schema import feed_tables
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _m001_meta(db: sqlite_utils.Database) -> None:
+    meta = db.table("meta")
+    meta.create({"key": str, "value": str}, pk="key")
+    meta.insert({"key": "instance_id", "value": str(uuid.uuid4())})
+
+
+def _m002_sharing(db: sqlite_utils.Database) -> None:
+    # One row per sharee instance of a shared collection (sabre's model): the owner's
+    # collection and everything the sharee's copy needs.  Paths are below the
+    # upstream root, so a change of public prefix keeps them valid.
+    db.execute(
+        """CREATE TABLE shares (
+            id INTEGER PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('calendar', 'addressbook', 'collection')),
+            sharee TEXT NOT NULL,
+            sharee_href TEXT NOT NULL,
+            access TEXT NOT NULL CHECK (access IN ('read', 'read-write')),
+            status TEXT NOT NULL
+                CHECK (status IN ('noresponse', 'accepted', 'declined', 'invalid')),
+            invite_uid TEXT NOT NULL UNIQUE,
+            comment TEXT NOT NULL DEFAULT '',
+            sharee_name TEXT NOT NULL DEFAULT '',
+            summary TEXT NOT NULL DEFAULT '',
+            mount TEXT,
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            UNIQUE (upstream, collection, sharee)
+        )"""
+    )
+    db.execute("CREATE INDEX shares_by_sharee ON shares (upstream, sharee, status)")
+    db.execute(
+        "CREATE UNIQUE INDEX shares_by_mount ON shares (upstream, mount) WHERE mount IS NOT NULL"
+    )
+    # Per-sharee properties of a sharee's copy (displayname, colour, order, ...).
+    db.execute(
+        """CREATE TABLE instance_props (
+            share_id INTEGER NOT NULL REFERENCES shares (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (share_id, name)
+        )"""
+    )
+    # One canonical record per notification, rendered per flavour at GET time.
+    # Deleted ones stay as tombstones so sync-collection can report them.
+    db.execute(
+        """CREATE TABLE notifications (
+            id INTEGER PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            user TEXT NOT NULL,
+            name TEXT NOT NULL,
+            type TEXT NOT NULL,
+            body TEXT NOT NULL,
+            etag TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL,
+            UNIQUE (upstream, user, name)
+        )"""
+    )
+    db.execute("CREATE INDEX notifications_by_revision ON notifications (upstream, user, revision)")
+    db.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    db.execute("INSERT INTO counters VALUES ('revision', 0)")
+
+
+def _m003_pending_deletions(db: sqlite_utils.Database) -> None:
+    # An owner's DELETE of something that holds shares, recorded before it is sent:
+    # if davproxy dies before it learns the outcome, start-up settles it, and copies of
+    # what may be gone are not served meanwhile.
+    db.execute(
+        """CREATE TABLE pending_deletions (
+            upstream TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            path TEXT NOT NULL,
+            created REAL NOT NULL,
+            PRIMARY KEY (upstream, owner, path)
+        )"""
+    )
+
+
+# Append only: a released migration is never edited, only followed by a new one.
+MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
+    (1, "meta", _m001_meta),
+    (2, "sharing", _m002_sharing),
+    (3, "pending_deletions", _m003_pending_deletions),
+    (4, "feeds", feed_tables),
+)
