@@ -17,6 +17,14 @@ class ConfigError(Exception):
     """A configuration problem, worded for the operator: file, table, key, what is wrong."""
 
 
+class MissingHtpasswd(ConfigError):
+    """The htpasswd file a mapping names does not exist (``admin user add`` makes it)."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class Secret:
     """A string that never shows itself in reprs, logs or check-config output."""
 

@@ -31,9 +31,9 @@ from davproxy.ops.embedded import EmbeddedError, start_radicale
 from davproxy.upstream.identity import hash_password, random_password
 
 DEMO_USERS = (
-    ("alice", "Alice Example", "alice@example.org"),
-    ("bob", "Bob Example", "bob@example.org"),
-    ("carol", "Carol Example", "carol@example.org"),
+    ("alice", "Alice", "alice@example.org"),
+    ("bob", "Bob", "bob@example.org"),
+    ("carol", "Carol", "carol@example.org"),
 )
 # Each demo user starts with a calendar and an address book (Radicale creates them
 # on the user's first request).
