@@ -215,6 +215,7 @@ def run_demo(data: str, port: int, host: str) -> int:
                         ("DAV", url.rstrip("/")),
                         *((user.upper(), f"{user}:{logins[user]}") for user, _, _ in DEMO_USERS),
                         ("FEEDS", feed_origin),
+                        ("DEMO", str(folder)),
                     )
                 ),
                 "  Ctrl-C stops davproxy and Radicale.",
