@@ -383,10 +383,12 @@ async def _share_or_accept(args: argparse.Namespace, store: Store, site: Site) -
             request = ShareeRequest(args.sharee, args.access, args.comment[:4096], "")
             await sharing.change_sharees(owner, collection, info, [request])
             share = store.share_for(site.upstream.name, collection, sharee)
-            result = {"collection": collection, "owner": owner, "sharee": sharee,
-                      "access": args.access, "status": share.status if share else "?"}  # fmt: skip
+            status = share.status if share else "?"
             public = site.upstream.paths.public + collection
-            message = f"{owner} shares {public} with {sharee} ({args.access}): invited"
+            result = {"collection": public, "owner": owner, "sharee": sharee,
+                      "access": args.access, "status": status}  # fmt: skip
+            done = "access changed" if status == "accepted" else "invited"
+            message = f"{owner} shares {public} with {sharee} ({args.access}): {done}"
         else:
             open_share = store.share_for(site.upstream.name, collection, args.sharee)
             if open_share is None:
@@ -394,8 +396,8 @@ async def _share_or_accept(args: argparse.Namespace, store: Store, site: Site) -
                 return 1
             mount = await sharing.accept(open_share, args.name[:512], args.slug)
             public = site.upstream.paths.public + mount
-            result = {"collection": collection, "sharee": args.sharee, "copy": public}
             owned = site.upstream.paths.public + collection
+            result = {"collection": owned, "sharee": args.sharee, "copy": public}
             message = f"{args.sharee} accepted {owned}: their copy is {public}"
     except (DavError, PlainError) as exc:
         print(f"davproxy: {exc.message}", file=sys.stderr)

@@ -367,7 +367,7 @@ class Sharing:
         offered = offered or self._info_of(share).displayname
         # A name the sharee chose stands; otherwise (IETF replies carry none, Apple
         # clients echo the offered name) the copy is told apart from the sharee's own
-        # collection of the same name: "Calendar (Alice Example)".
+        # collection of the same name: "Calendar (Alice)".
         if not displayname or displayname == offered:
             displayname = copy_name(offered, self.directory.display_name(share.owner))
         for _attempt in range(3):

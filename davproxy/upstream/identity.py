@@ -251,8 +251,8 @@ class Authenticator:
         # requests from one client costs one hash (or one upstream probe), not N.
         self._inflight: dict[bytes, asyncio.Task[bool]] = {}
         # The htpasswd file is looked at (in a worker thread) at most once a second
-        # between verifications, so a changed or removed password stops working at
-        # once rather than after cache_seconds.
+        # while requests arrive, so a changed or removed password stops working within
+        # about a second rather than after cache_seconds.
         self._generation = self.htpasswd.generation if self.htpasswd is not None else 0
         self._next_look = 0.0
 
