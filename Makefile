@@ -43,6 +43,7 @@ soak: $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/passthrough.py
 	$(BIN)/python bench/feeds.py
+	$(BIN)/python bench/loop_stall.py
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache

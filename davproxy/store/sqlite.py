@@ -1,10 +1,19 @@
 """davproxy's own state: one SQLite file through sqlite-utils, in WAL mode.
 
-All SQL lives in this module (and, for subscriptions, in feed_store), behind verbs that
-return plain values, so handlers never see a cursor and a server-grade backend can
-replace this one without touching them.  The schema evolves by numbered migrations
+All SQL lives in this module (and, for subscriptions, in feeds/store.py), behind verbs
+that return plain values, so handlers never see a cursor and a server-grade backend can
+replace this one without touching them; errors leave as ``StoreError``/``StoreConflict``,
+never as sqlite3's.  The schema evolves by numbered migrations (store/migrations.py)
 applied in order, each in its own transaction, recorded in ``schema_migrations``; a store
 written by a newer davproxy is refused rather than damaged.
+
+Blocking on the event loop is bounded by design: the verbs the request path calls are
+indexed lookups and small writes (a user's shares, one notification), and a transaction
+never spans an ``await``, so within one process no request waits for another's lock.
+The one bulk writer, a whole-feed import, runs in a worker thread on its own connection
+(``FeedStore.in_worker``; ``bench/loop_stall.py`` measures what remains).  Another
+process holding the write lock (``davproxy admin``) can make a write wait up to the
+5 s ``busy_timeout``.
 """
 
 from __future__ import annotations
