@@ -44,6 +44,7 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/passthrough.py
 	$(BIN)/python bench/feeds.py
 	$(BIN)/python bench/loop_stall.py
+	$(BIN)/python bench/xml_gate.py
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache
