@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from yarl import URL
 
+from . import untrusted
+
 IdentityMode = Literal["upstream-basic", "proxy-auth"]
 HrefMapping = Literal["none", "script-name", "rewrite"]
 UpstreamKind = Literal["radicale", "xandikos", "generic"]
@@ -452,12 +454,13 @@ def feed_url(value: str) -> str | None:
             break
     # yarl parses lazily: any part may raise, so all of it is read inside the try
     try:
-        url = URL(text)
-        if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
-            return None
-        url.port  # noqa: B018 - raises on an out-of-range port
-        return str(url.with_fragment(None))
-    except (ValueError, TypeError, IndexError):
+        with untrusted.parsing("yarl", "a feed URL", expected=(ValueError, TypeError, IndexError)):
+            url = URL(text)
+            if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
+                return None
+            url.port  # noqa: B018 - raises on an out-of-range port
+            return str(url.with_fragment(None))
+    except untrusted.Refused:
         return None
 
 

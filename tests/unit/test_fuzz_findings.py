@@ -245,3 +245,15 @@ def test_davproxys_own_bugs_are_not_hidden(monkeypatch: pytest.MonkeyPatch, inne
     monkeypatch.setattr(caldav_query, "_prop_matches", buggy)
     with pytest.raises(AttributeError, match="davproxy's own bug"):
         caldav_query.matches(_filter(inner, "VEVENT"), "VEVENT", GOOD_EVENT)
+
+
+@pytest.mark.parametrize("error", [TypeError("x"), AttributeError("y"), RecursionError()])
+def test_whatever_lxml_raises_is_an_xml_error(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(davxml.etree, "fromstring", broken)
+    with pytest.raises(davxml.XmlError, match=type(error).__name__):
+        davxml.parse(b"<a/>")
