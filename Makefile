@@ -5,19 +5,25 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test soak lint bench clean
+# Every install takes the exact versions in constraints.txt (what was tested and
+# measured); pyproject.toml only bounds them for other installs.  `make constraints`
+# regenerates the file from the newest releases pyproject.toml allows.
+CONSTRAINTS := constraints.txt
+PIP_INSTALL  = $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
+
+.PHONY: demo test soak lint bench constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Re-install whenever pyproject.toml changes.
-$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[radicale]'
+# Re-install whenever pyproject.toml or constraints.txt changes.
+$(VENV)/.demo-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[radicale]'
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+$(VENV)/.test-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[test,dev]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed
@@ -43,6 +49,20 @@ soak: $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/passthrough.py
 	$(BIN)/python bench/feeds.py
+
+# The newest releases pyproject.toml allows, installed in a scratch environment and
+# frozen; run make test and make soak before committing the new file.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install --quiet --upgrade pip
+	.venv-constraints/bin/python -m pip install --quiet '.[radicale,test,dev]'
+	{ echo "# Exact versions make test, make soak, make demo and make bench install"; \
+	  echo "# (pip install -c constraints.txt); regenerate with make constraints."; \
+	  echo "# Tested on CPython 3.11, Linux x86_64; see pyproject.toml for the bounds."; \
+	  .venv-constraints/bin/python -m pip freeze --exclude davproxy; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-constraints build
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache
