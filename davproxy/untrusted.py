@@ -46,7 +46,9 @@ class Refused(Exception):
     """A third-party library could not read hostile input (its exception is the cause)."""
 
     def __init__(self, library: str, what: str, error: BaseException) -> None:
-        super().__init__(f"{library} refused {what}: {type(error).__name__}: {error}")
+        # the library's message may quote the hostile input: short, one line, escaped
+        detail = repr(str(error)[:200])[1:-1]
+        super().__init__(f"{library} refused {what}: {type(error).__name__}: {detail}")
         self.library = library
         self.what = what
         self.error = error

@@ -80,6 +80,15 @@ def test_a_kind_of_failure_is_a_warning_once_then_debug(caplog: pytest.LogCaptur
     assert "/work/" not in first and "/tmp/" not in first
 
 
+def test_the_message_quoting_hostile_input_stays_one_short_line() -> None:
+    hostile = "x\n2026-01-01 ERROR forged log line\r" + "y" * 1000
+    with pytest.raises(untrusted.Refused) as caught, untrusted.parsing("somelib"):
+        library_call(ValueError(hostile))
+    message = str(caught.value)
+    assert "\n" not in message and "\r" not in message and len(message) < 300
+    assert "x\\n2026-01-01 ERROR forged" in message
+
+
 def test_documented_refusals_are_debug_only(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="davproxy.untrusted")
     with pytest.raises(untrusted.Refused), untrusted.parsing("lxml", expected=(ValueError,)):
