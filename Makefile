@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   bundled Radicale with demo users, davproxy in front
-#   make test   the whole suite (lint, unit, integration against real servers)
+#   make test   the whole suite (lint, fuzz smoke, unit, integration against real servers)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
