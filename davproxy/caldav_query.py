@@ -19,7 +19,8 @@ import icalendar
 import recurring_ical_events
 from lxml import etree
 
-from . import untrusted
+from davproxy import untrusted  # absolute: this module moves into a subpackage
+
 from .davxml import CALDAV
 from .errors import DavError
 

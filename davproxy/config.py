@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from yarl import URL
 
-from . import untrusted
+from davproxy import untrusted  # absolute: this module moves into a subpackage
 
 IdentityMode = Literal["upstream-basic", "proxy-auth"]
 HrefMapping = Literal["none", "script-name", "rewrite"]

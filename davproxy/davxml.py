@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from . import untrusted
+from davproxy import untrusted  # absolute: this module moves into a subpackage
 
 DAV = "DAV:"
 CALDAV = "urn:ietf:params:xml:ns:caldav"

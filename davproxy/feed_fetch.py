@@ -28,7 +28,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from . import untrusted
+from davproxy import untrusted  # absolute: this module moves into a subpackage
+
 from .config import FeedsConfig
 
 log = logging.getLogger("davproxy.feeds")

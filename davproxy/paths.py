@@ -13,7 +13,7 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 
 from yarl import URL
 
-from . import untrusted
+from davproxy import untrusted  # absolute: this module moves into a subpackage
 
 # Characters RFC 3986 allows unencoded in a path segment besides unreserved ones.
 _SEGMENT_SAFE = "!$&'()*+,;=:@"
