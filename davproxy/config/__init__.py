@@ -21,6 +21,7 @@ from typing import Any, Literal
 from yarl import URL
 
 from davproxy.config.tables import REQUIRED, ConfigError, Secret, Table, read_toml, resolve
+from davproxy.dav import untrusted
 from davproxy.dav.paths import slash
 
 IdentityMode = Literal["upstream-basic", "proxy-auth"]
@@ -312,12 +313,13 @@ def feed_url(value: str) -> str | None:
             break
     # yarl parses lazily: any part may raise, so all of it is read inside the try
     try:
-        url = URL(text)
-        if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
-            return None
-        url.port  # noqa: B018 - raises on an out-of-range port
-        return str(url.with_fragment(None))
-    except (ValueError, TypeError, IndexError):
+        with untrusted.parsing("yarl", "a feed URL", expected=(ValueError, TypeError, IndexError)):
+            url = URL(text)
+            if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
+                return None
+            url.port  # noqa: B018 - raises on an out-of-range port
+            return str(url.with_fragment(None))
+    except untrusted.Refused:
         return None
 
 
