@@ -1,23 +1,29 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   bundled Radicale with demo users, davproxy in front
-#   make test   the whole suite (lint, unit, integration against real servers)
+#   make test   the whole suite (lint, fuzz smoke, unit, integration against real servers)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test soak lint bench clean
+# Every install takes the exact versions in constraints.txt (what was tested and
+# measured); pyproject.toml only bounds them for other installs.  `make constraints`
+# regenerates the file from the newest releases pyproject.toml allows.
+CONSTRAINTS := constraints.txt
+PIP_INSTALL  = $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
+
+.PHONY: demo test fuzz-smoke soak lint bench constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Re-install whenever pyproject.toml changes.
-$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[radicale]'
+# Re-install whenever pyproject.toml or constraints.txt changes.
+$(VENV)/.demo-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[radicale]'
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+$(VENV)/.test-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[test,dev]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed
@@ -28,7 +34,17 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check davproxy tests bench
 	$(BIN)/mypy davproxy
 
-test: lint
+# A few seconds of coverage-guided fuzzing per parser target (about half a minute in
+# all), every past finding replayed first as a seed: a finding exits non-zero.
+# atheris ships Linux wheels only: elsewhere the smoke is skipped.
+fuzz-smoke: $(VENV)/.test-installed
+ifeq ($(shell uname -s),Linux)
+	$(BIN)/python bench/fuzz_atheris.py --runs 50000 --max-time 2 --minimize-seconds 5
+else
+	@echo "fuzz-smoke skipped: atheris has Linux wheels only"
+endif
+
+test: lint fuzz-smoke
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak or regression"
 
 # The long reliability suite: SIGKILL loop, 200-client load, 10,000 fuzzed requests.
@@ -43,6 +59,22 @@ soak: $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/passthrough.py
 	$(BIN)/python bench/feeds.py
+	$(BIN)/python bench/loop_stall.py
+	$(BIN)/python bench/xml_gate.py
+
+# The newest releases pyproject.toml allows, installed in a scratch environment and
+# frozen; run make test and make soak before committing the new file.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install --quiet --upgrade pip
+	.venv-constraints/bin/python -m pip install --quiet '.[radicale,test,dev]'
+	{ echo "# Exact versions make test, make soak, make demo and make bench install"; \
+	  echo "# (pip install -c constraints.txt); regenerate with make constraints."; \
+	  echo "# Tested on CPython 3.11, Linux x86_64; see pyproject.toml for the bounds."; \
+	  .venv-constraints/bin/python -m pip freeze --exclude davproxy; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-constraints build
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache

@@ -29,6 +29,7 @@ from davproxy.config.tables import (
     read_toml,
     resolve,
 )
+from davproxy.dav import untrusted
 from davproxy.dav.paths import slash
 
 IdentityMode = Literal["upstream-basic", "proxy-auth"]
@@ -39,6 +40,7 @@ _KINDS = ("radicale", "xandikos", "generic")
 _IDENTITY_MODES = ("upstream-basic", "proxy-auth")
 _HREF_MAPPINGS = ("auto", "none", "script-name", "rewrite")
 _ACCESS_BACKENDS = ("proxy-enforced", "radicale-native")
+_FOREIGN_HOMES = ("refuse", "upstream")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("text", "json")
 
@@ -61,6 +63,10 @@ _LAYOUT_DEFAULTS: dict[str, dict[str, str]] = {
 # Radicale's server is threaded Python with a listen backlog of 5: more parallel
 # requests only contend for its GIL (measured in bench/passthrough), so few is faster.
 _MAX_CONNECTIONS: dict[str, int] = {"radicale": 2}
+# Whether davproxy refuses requests into another user's space itself.  Radicale (with
+# the owner_only rights davproxy's set-ups use) and Xandikos grant nothing across users;
+# for a generic server davproxy cannot know, so its own rights decide.
+_FOREIGN_HOMES_DEFAULT: dict[str, str] = {"radicale": "refuse", "xandikos": "refuse"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +157,9 @@ class AccessConfig:
     backend: str = "proxy-enforced"
     service_user: str | None = None
     service_password: Secret | None = None
+    # another user's principal or homes: refused by davproxy ("refuse"), or left to the
+    # upstream's own rights ("upstream", for rights that grant cross-user access)
+    foreign_homes: str = "upstream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,12 +321,13 @@ def feed_url(value: str) -> str | None:
             break
     # yarl parses lazily: any part may raise, so all of it is read inside the try
     try:
-        url = URL(text)
-        if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
-            return None
-        url.port  # noqa: B018 - raises on an out-of-range port
-        return str(url.with_fragment(None))
-    except (ValueError, TypeError, IndexError):
+        with untrusted.parsing("yarl", "a feed URL", expected=(ValueError, TypeError, IndexError)):
+            url = URL(text)
+            if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
+                return None
+            url.port  # noqa: B018 - raises on an out-of-range port
+            return str(url.with_fragment(None))
+    except untrusted.Refused:
         return None
 
 
@@ -424,6 +434,9 @@ def _load_upstream(source: Path, table: Table) -> UpstreamConfig:
         backend=access_t.text("backend", "proxy-enforced", _ACCESS_BACKENDS),
         service_user=access_t.text("service_user", None),
         service_password=access_t.secret("service_password"),
+        foreign_homes=access_t.text(
+            "foreign_homes", _FOREIGN_HOMES_DEFAULT.get(kind, "upstream"), _FOREIGN_HOMES
+        ),
     )
     access_t.finish()
     if access.backend == "radicale-native" and (kind != "radicale" or mode != "proxy-auth"):

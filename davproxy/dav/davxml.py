@@ -14,6 +14,8 @@ from http import HTTPStatus
 
 from lxml import etree
 
+from davproxy.dav import untrusted
+
 DAV = "DAV:"
 CALDAV = "urn:ietf:params:xml:ns:caldav"
 CARDDAV = "urn:ietf:params:xml:ns:carddav"
@@ -50,9 +52,13 @@ def parse(body: bytes) -> etree._Element:
     if not body.strip():
         raise XmlError("empty body")
     try:
-        root = etree.fromstring(body, _parser())
-    except etree.XMLSyntaxError as exc:
-        raise XmlError(f"malformed XML: {exc.msg}") from None
+        with untrusted.parsing("lxml", "an XML body", expected=(etree.XMLSyntaxError,)):
+            root = etree.fromstring(body, _parser())
+    except untrusted.Refused as refused:
+        error = refused.error
+        if isinstance(error, etree.XMLSyntaxError):
+            raise XmlError(f"malformed XML: {error.msg}") from None
+        raise XmlError(f"unreadable XML ({type(error).__name__})") from None
     tree = root.getroottree()
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
         raise XmlError("DTDs are not accepted")

@@ -13,6 +13,8 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 
 from yarl import URL
 
+from davproxy.dav import untrusted
+
 # Characters RFC 3986 allows unencoded in a path segment besides unreserved ones.
 _SEGMENT_SAFE = "!$&'()*+,;=:@"
 
@@ -93,12 +95,13 @@ def _absolute_url(href: str) -> URL | None:
     """An absolute URL with a usable origin, or None (yarl parses lazily: any part of
     a hostile href may raise, so everything used later is read here)."""
     try:
-        url = URL(href, encoded=True)
-        if not url.is_absolute():
-            return None
-        url.origin()  # noqa: B018
-        return url
-    except (ValueError, TypeError, IndexError):
+        with untrusted.parsing("yarl", "an href", expected=(ValueError, TypeError, IndexError)):
+            url = URL(href, encoded=True)
+            if not url.is_absolute():
+                return None
+            url.origin()  # noqa: B018
+            return url
+    except untrusted.Refused:
         return None
 
 

@@ -160,6 +160,7 @@ def create_app(config: Config) -> web.Application:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await parts.fetcher.close()
+            parts.feeds.close()
             await session.close()
             store.close()
 

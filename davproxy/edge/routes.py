@@ -58,7 +58,9 @@ class Place(Enum):
     RESERVED = "upstream path the access backend reserves (Radicale's .sharing/, .token/)"
     WITHDRAWN = "under the caller's copy of an ended share the upstream may still serve"
     COPY = "the caller's copy of someone else's collection, or inside it"
+    ENDED = "where a copy of the caller's was, after its share ended"
     SUBSCRIPTION = "the caller's subscription in their calendar home, or inside it"
+    FOREIGN = "another user's principal or homes (or a Destination there), not a share"
     UPSTREAM = "any other upstream path"
 
 
@@ -74,7 +76,7 @@ class Facts:
     user: str | None = None
     share: Share | None = None
     subscription: Subscription | None = None
-    below: str = ""  # path below the copy or subscription, or below .davproxy/<segment>/
+    below: str = ""  # below the copy, subscription or .davproxy/<segment>; an ended copy
     post_root: str | None = None  # root tag of an XML POST body, or UNUSABLE_XML
     sharing_type: bool = False  # Content-Type application/davsharing+xml
     wanted_subscription: tuple[str, dict[str, str]] | None = None  # MKCOL/MKCALENDAR
@@ -159,6 +161,22 @@ async def _withdrawn(ctx: Context, site: Site, facts: Facts) -> web.StreamRespon
     raise DavError(403, NEED_PRIVILEGES, "this share has ended")
 
 
+async def _foreign(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    raise DavError(403, NEED_PRIVILEGES, "this is another user's space")
+
+
+async def _ended(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    raise DavError(404, None, "this shared copy has ended")
+
+
+async def _replace_ended(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    """The sharee makes something of their own where an ended copy was: from now on the
+    path is theirs again, and the request is routed as any other."""
+    with site.sharing.store.transaction():
+        site.sharing.store.ended_copy_clear(site.upstream.name, facts.below)
+    return await answer(ctx, site, await classify(ctx, site))
+
+
 async def _sharee(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
     assert facts.share is not None
     return await copies.serve(ctx, site.sharing, facts.share, facts.below)
@@ -218,6 +236,10 @@ def _owns_collection(ctx: Context, site: Site, facts: Facts) -> bool:
     return site.sharing.owns_collection(facts.user, ctx.rest)
 
 
+def _at_ended_copy(ctx: Context, site: Site, facts: Facts) -> bool:
+    return canonical(slash(ctx.rest)) == facts.below
+
+
 def _sharing_type(ctx: Context, site: Site, facts: Facts) -> bool:
     return facts.sharing_type
 
@@ -247,7 +269,10 @@ ROUTES: tuple[Route, ...] = (
     Route("passthrough", Place.RESERVED, _reserved),
     Route("passthrough", Place.WITHDRAWN, _withdrawn),
     Route("sharee", Place.COPY, _sharee, user="verified"),
+    Route("ended", Place.ENDED, _replace_ended, _CREATORS, None, _at_ended_copy, "verified"),
+    Route("ended", Place.ENDED, _ended, user="verified"),
     Route("subscription", Place.SUBSCRIPTION, _subscription, user="verified"),
+    Route("foreign", Place.FOREIGN, _foreign, user="verified"),
     Route("subscribe", Place.UPSTREAM, _subscribe, _CREATORS, None, _subscribing, "verified"),
     Route("share", Place.UPSTREAM, _share, _POST, _SHARES, None, "verified"),
     Route("reply", Place.UPSTREAM, _reply, _POST, _REPLIES, _at_home, "verified"),
@@ -276,9 +301,14 @@ async def classify(ctx: Context, site: Site) -> Facts:
     found = site.sharing.mount_for(user, ctx.rest)
     if found is not None:
         return Facts(Place.COPY, user, share=found[0], below=found[1])
+    ended = site.sharing.store.ended_copy(site.upstream.name, user, canonical(ctx.rest))
+    if ended is not None:
+        return Facts(Place.ENDED, user, below=ended)  # below: where the copy was
     subscribed = site.subscriptions.mounted(user, ctx.rest)
     if subscribed is not None:
         return Facts(Place.SUBSCRIPTION, user, subscription=subscribed[0], below=subscribed[1])
+    if _foreign_space(ctx, site, user):
+        return Facts(Place.FOREIGN, user)
     facts = Facts(Place.UPSTREAM, user)
     request = ctx.request
     if request.method in _CREATORS and request.body_exists:
@@ -289,6 +319,20 @@ async def classify(ctx: Context, site: Site) -> Facts:
         facts.sharing_type = "davsharing+xml" in request.headers.get("Content-Type", "")
         facts.post_root = _root_tag(await ctx.body(), strict=facts.sharing_type)
     return facts
+
+
+def _foreign_space(ctx: Context, site: Site, user: str) -> bool:
+    """Whether the request reaches into another user's space (``[access] foreign_homes``):
+    its path, or the Destination of a MOVE/COPY."""
+    upstream = site.upstream
+    if upstream.config.access.foreign_homes != "refuse":
+        return False
+    rests = [ctx.rest]
+    if "Destination" in ctx.request.headers:
+        destination = davxml.href_path(ctx.request.headers["Destination"]).partition("?")[0]
+        rests.append(upstream.rest_of(destination) or "")
+    owners = {upstream.home_owner(rest) for rest in rests}
+    return bool(owners - {None, user})
 
 
 def _classify_own(subpath: str) -> Facts:
@@ -362,9 +406,13 @@ class Router:
         site, rest = found
         ctx = Context(request, site.upstream, site.auth, self.limits, path, sep + query, rest)
         request[ROUTE] = "passthrough"  # until a route is chosen
-        facts = await classify(ctx, site)
-        route = route_for(ctx, site, facts)
-        request[ROUTE] = route.name
-        if route.user == "verified":
-            facts.user = await ctx.verified_user()
-        return await route.handler(ctx, site, facts)
+        return await answer(ctx, site, await classify(ctx, site))
+
+
+async def answer(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    """The first matching route answers, with the identity it needs."""
+    route = route_for(ctx, site, facts)
+    ctx.request[ROUTE] = route.name
+    if route.user == "verified":
+        facts.user = await ctx.verified_user()
+    return await route.handler(ctx, site, facts)

@@ -19,6 +19,7 @@ import icalendar
 import recurring_ical_events
 from lxml import etree
 
+from davproxy.dav import untrusted
 from davproxy.dav.davxml import CALDAV
 from davproxy.dav.errors import DavError
 
@@ -171,7 +172,8 @@ def parse_filter(report: etree._Element) -> Query:
 
 
 def matches(query: Query, kind: str, text: str) -> bool:
-    """Whether a stored object (of ``kind``) satisfies the query."""
+    """Whether a stored object (of ``kind``) satisfies the query.  An object the iCalendar
+    libraries cannot read, whatever they raise, matches no filter (``untrusted``)."""
     if query.negated_calendar:
         return False
     comp = query.comp
@@ -184,19 +186,56 @@ def matches(query: Query, kind: str, text: str) -> bool:
     if comp.trivial:
         return True
     try:
-        calendar = icalendar.Calendar.from_ical(text)
-    except ValueError:
-        return False
-    try:
+        with untrusted.parsing(_ICAL, "a feed object", expected=(ValueError,)):
+            calendar = icalendar.Calendar.from_ical(text)
         return _component_matches(calendar, comp)
-    except (TypeError, ValueError, AttributeError, KeyError, OverflowError):
-        return False  # a value the feed broke (e.g. DUE:202301) matches no filter
+    except untrusted.Refused:
+        return False  # e.g. VALUE=, (icalendar 7.3: AttributeError), DUE:202301
 
 
 #: rules whose expansion from a distant start costs seconds (a CPU denial of service by
 #: anyone who can publish a feed): matched by their bounds instead of expanded
 _DENSE = frozenset({"SECONDLY", "MINUTELY", "HOURLY"})
 _DAILY_HORIZON = dt.timedelta(days=366 * 50)
+_ICAL = "icalendar"
+_RIE = "recurring-ical-events"
+
+
+def _walk(component: icalendar.cal.Component, name: str) -> list[icalendar.cal.Component]:
+    with untrusted.parsing(_ICAL, "a feed object"):
+        return list(component.walk(name))
+
+
+def _values(component: icalendar.cal.Component, name: str) -> list[object]:
+    """Every value of a property (a repeated property comes as a list); [] if absent."""
+    with untrusted.parsing(_ICAL, "a feed object"):
+        found = component.get(name)
+    if found is None:
+        return []
+    return list(found) if isinstance(found, list) else [found]
+
+
+def _when(value: object) -> dt.datetime | None:
+    """A DATE or DATE-TIME value in UTC; None for any other kind of value (a duration, a
+    period, a list).  A value the library kept as broken raises ``Refused``."""
+    with untrusted.parsing(_ICAL, "a feed object"):
+        found = getattr(value, "dt", None)
+    if not isinstance(found, dt.date):
+        return None
+    return _as_utc(found)
+
+
+def _frequencies(component: icalendar.cal.Component) -> list[str]:
+    """The FREQ of each RRULE of a component, upper case (a broken rule has none)."""
+    found = []
+    for rule in _values(component, "RRULE"):
+        if not isinstance(rule, dict):  # vRecur is a dict; a broken rule is text
+            continue
+        with untrusted.parsing(_ICAL, "a feed object"):
+            freq = rule.get("FREQ")
+        first = freq[0] if isinstance(freq, list) and freq else freq
+        found.append(str(first or "").upper())
+    return found
 
 
 def _by_bounds(calendar: icalendar.Calendar, kind: str, span: TimeRange) -> bool | None:
@@ -204,23 +243,17 @@ def _by_bounds(calendar: icalendar.Calendar, kind: str, span: TimeRange) -> bool
     None: expand.  A series starting after the window cannot match; a dense or very old
     daily rule that started before the window's end is answered as a match (a superset:
     clients read the objects themselves)."""
-    try:
-        components = list(calendar.walk(kind))
-        values = [getattr(c.get("DTSTART"), "dt", None) for c in components]
-        starts = [_as_utc(v) for v in values if isinstance(v, dt.date)]
-        if not starts:
-            return None
-        if min(starts) >= span.end:
-            return False
-        for component in components:
-            rule = component.get("RRULE")
-            if rule is None:
-                continue
-            freq = str((rule.get("FREQ") or [""])[0]).upper()
+    components = _walk(calendar, kind)
+    found = (_when(v) for c in components for v in _values(c, "DTSTART"))
+    starts = [start for start in found if start is not None]
+    if not starts:
+        return None
+    if min(starts) >= span.end:
+        return False
+    for component in components:
+        for freq in _frequencies(component):
             if freq in _DENSE or (freq == "DAILY" and span.start - min(starts) > _DAILY_HORIZON):
                 return True
-    except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
-        return None
     return None
 
 
@@ -230,25 +263,27 @@ def _instances(calendar: icalendar.Calendar, kind: str, span: TimeRange) -> bool
         return decided
     # Lazily, in start order: the first occurrence not over before the window decides.
     # (``between`` would build every occurrence of an endless rule up to year 9999 when a
-    # client sends only a start.)
-    try:
+    # client sends only a start.)  A broken series is skipped by the library itself.
+    with untrusted.parsing(_RIE, "a feed object"):
         query = recurring_ical_events.of(calendar, components=[kind], skip_bad_series=True)
-        for occurrence in query.after(span.start):
-            start = occurrence.get("DTSTART")
-            return start is None or _as_utc(start.dt) < span.end
-    except Exception:  # a broken RRULE in someone's feed must not fail the whole report
-        return False
+        occurrences = query.after(span.start)
+    for occurrence in untrusted.each(_RIE, occurrences, "a feed object"):
+        starts = _values(occurrence, "DTSTART")
+        if not starts:
+            return True
+        start = _when(starts[0])
+        return start is not None and start < span.end
     return False
 
 
 def _component_matches(calendar: icalendar.Calendar, comp: CompFilter) -> bool:
-    candidates = [c for c in calendar.walk(comp.name)]
+    candidates = _walk(calendar, comp.name)
     if not candidates:
         return False
     if comp.time_range is not None and not _instances(calendar, comp.name, comp.time_range):
         return False
     for sub in comp.comps:
-        children = [c for parent in candidates for c in parent.walk(sub.name) if c is not parent]
+        children = [c for parent in candidates for c in _walk(parent, sub.name) if c is not parent]
         if sub.undefined:
             if children:
                 return False
@@ -265,10 +300,11 @@ def _component_matches(calendar: icalendar.Calendar, comp: CompFilter) -> bool:
 def _value_in_range(component: icalendar.cal.Component, span: TimeRange) -> bool:
     # VALARM trigger times (§9.9) are not expanded; a component inside the window by its
     # own DTSTART counts.
-    start = component.get("DTSTART")
-    if start is None:
+    starts = _values(component, "DTSTART")
+    if not starts:
         return True
-    return _as_utc(start.dt) < span.end and _as_utc(start.dt) >= span.start
+    start = _when(starts[0])
+    return start is not None and span.start <= start < span.end
 
 
 def _as_utc(value: dt.date | dt.datetime) -> dt.datetime:
@@ -278,23 +314,24 @@ def _as_utc(value: dt.date | dt.datetime) -> dt.datetime:
         return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
     if value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)  # floating: read as UTC (server's choice, §9.9)
-    return value.astimezone(dt.UTC)
+    # the zone comes from the feed's VTIMEZONE through the library; year 1 or 9999 in a
+    # zone east or west of UTC has no UTC time (OverflowError)
+    with untrusted.parsing(_ICAL, "a feed object"):
+        return value.astimezone(dt.UTC)
 
 
 def _prop_matches(component: icalendar.cal.Component, prop: PropFilter) -> bool:
-    values = component.get(prop.name)
-    present = values is not None
+    items = _values(component, prop.name)
     if prop.undefined:
-        return not present
-    if not present:
+        return not items
+    if not items:
         return False
-    items = values if isinstance(values, list) else [values]
     if prop.time_range is not None:
-        return any(
-            hasattr(v, "dt") and prop.time_range.start <= _as_utc(v.dt) < prop.time_range.end
-            for v in items
-        )
+        span = prop.time_range
+        return any((when := _when(v)) is not None and span.start <= when < span.end for v in items)
     if prop.text is not None:
-        found = any(prop.text.found_in(str(v)) for v in items)
+        with untrusted.parsing(_ICAL, "a feed object"):
+            texts = [str(v) for v in items]
+        found = any(prop.text.found_in(t) for t in texts)
         return found != prop.text.negate
     return True

@@ -29,6 +29,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from davproxy.config import FeedsConfig
+from davproxy.dav import untrusted
 
 log = logging.getLogger("davproxy.feeds")
 
@@ -204,13 +205,20 @@ class Fetcher:
             ) as answer:
                 status = answer.status
                 if status in _REDIRECTS and "Location" in answer.headers:
-                    target = URL(current).join(URL(answer.headers["Location"]))
-                    if target.scheme not in ("http", "https"):
-                        return FetchResult(
-                            "failed", status=status, error=f"redirect to {target.scheme}"
-                        )
+                    location = answer.headers["Location"]
+                    try:
+                        with untrusted.parsing(
+                            "yarl", "a redirect Location", (ValueError, TypeError, IndexError)
+                        ):
+                            target = URL(current).join(URL(location))
+                            scheme, following = target.scheme, str(target.with_fragment(None))
+                    except untrusted.Refused:
+                        error = f"unreadable redirect to {location[:200]!r}"
+                        return FetchResult("failed", status=status, error=error)
+                    if scheme not in ("http", "https"):
+                        return FetchResult("failed", status=status, error=f"redirect to {scheme}")
                     permanent = permanent and status in _PERMANENT
-                    current = str(target.with_fragment(None))
+                    current = following
                     continue
                 moved = current if permanent and current != url else None
                 return await self._answer(answer, moved)

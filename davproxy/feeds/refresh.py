@@ -234,19 +234,37 @@ class Refresher:
         split = await asyncio.to_thread(split_feed, body)
         if not split.complete:
             return self.fail(source, "not a complete iCalendar document (truncated or garbage)")
+        return await self.feeds.in_worker(
+            lambda feeds: self._record(
+                feeds, source, split, body_hash, len(body), now, confirm_losses, validators
+            )
+        )
+
+    def _record(
+        self,
+        feeds: FeedStore,
+        source: FeedSource,
+        split: FeedSplit,
+        body_hash: str,
+        size: int,
+        now: float,
+        confirm_losses: bool,
+        validators: Mapping[str, str | None],
+    ) -> RefreshReport:
+        """Record a parsed body as item changes, in one transaction (a worker thread)."""
         content = _content_hash(split)
-        with self.feeds.transaction():
-            fresh = self.feeds.source(source.id)
+        with feeds.transaction():
+            fresh = feeds.source(source.id)
             if fresh is None:
                 return RefreshReport(source.id, "failed", error="source no longer exists")
-            old = self.feeds.fingerprints(source.id)
+            old = feeds.fingerprints(source.id)
             new = split.fingerprints()
             changes = diff(old, new)
             interval = self.interval(fresh, split.meta.refresh_seconds)
             suspicious = confirm_losses and not plausible(len(old), len(new))
             if suspicious and fresh.suspect_hash != content:
                 # lost most of its objects: believe it only when the next fetch agrees
-                self.feeds.source_update(
+                feeds.source_update(
                     source.id,
                     suspect_hash=content,
                     last_attempt=now,
@@ -257,11 +275,11 @@ class Refresher:
                     source.id, "suspect", revision=fresh.revision, error="needs confirmation"
                 )
             resources = [split.resources[uid] for uid in (*changes.added, *changes.changed)]
-            revision = self.feeds.record_changes(fresh, resources, changes.removed, now)
+            revision = feeds.record_changes(fresh, resources, changes.removed, now)
             meta = _meta_json(split)
             timezones = json.dumps(dict(split.timezones), sort_keys=True)
             touched = revision != fresh.revision or meta != fresh.meta
-            self.feeds.source_update(
+            feeds.source_update(
                 source.id,
                 body_hash=body_hash,
                 suspect_hash=None,
@@ -276,12 +294,12 @@ class Refresher:
                 last_change=now if touched or fresh.last_change is None else fresh.last_change,
                 next_fetch=self._next(interval),
                 interval=interval,
-                bytes=len(body),
+                bytes=size,
                 **validators,
             )
-            current = self.feeds.source(source.id)
+            current = feeds.source(source.id)
             assert current is not None
-            self.feeds.prune_tombstones(current, now - self.settings.tombstone_days * 86400)
+            feeds.prune_tombstones(current, now - self.settings.tombstone_days * 86400)
         return RefreshReport(
             source.id,
             "changed" if not changes.empty else "unchanged",

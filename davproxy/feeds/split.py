@@ -24,6 +24,16 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from davproxy.feeds.lines import (
+    FeedWarning,
+    Line,
+    lex,
+    params,
+    prop_name,
+    unescape,
+    value_of,
+)
+
 #: Top-level components that become resources (VAVAILABILITY: RFC 7953).
 OBJECT_KINDS = frozenset({"VEVENT", "VTODO", "VJOURNAL", "VFREEBUSY", "VAVAILABILITY"})
 #: Components that can only appear at the top level: meeting one inside another component means
@@ -40,26 +50,12 @@ VOLATILE_PROPS = frozenset({"DTSTAMP", "LAST-MODIFIED", "PRODID"})
 
 _DEFAULT_HEADER = ("VERSION:2.0", "PRODID:-//davproxy//feeds//EN")
 _CRLF = "\r\n"
-_FOLD_OCTETS = 75  # RFC 5545 §3.1: lines SHOULD NOT be longer than 75 octets
-_BOM = b"\xef\xbb\xbf"
-_NAME = re.compile(r"[^;:]*")
-#: characters XML 1.0 cannot carry (C0 controls but tab, LF, CR; U+FFFE, U+FFFF)
-_NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _HAS_TZID = re.compile(r";\s*tzid\s*=", re.IGNORECASE)  # cheap pre-check before parsing params
 
 _DURATION = re.compile(
     r"([+-])?P(?:(\d+)W)?(?:(\d+)D)?(?:T(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?",
     re.IGNORECASE,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class FeedWarning:
-    """Something the splitter tolerated; ``line`` is the 1-based physical line (0: whole feed)."""
-
-    code: str
-    line: int
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,187 +128,19 @@ class Diff:
 
 
 @dataclass(slots=True)
-class _Line:
-    name: str  # upper-cased property name (or BEGIN/END)
-    text: str  # unfolded logical line
-    raw: str  # the origin's physical lines, CRLF-joined
-    lineno: int
-
-
-@dataclass(slots=True)
 class _Comp:
     kind: str
     lineno: int
-    lines: list[_Line]
+    lines: list[Line]
     broken: str | None = None
 
 
-# --- lexing -----------------------------------------------------------------------------------
-
-
-def _to_utf8_bytes(raw: bytes) -> bytes:
-    if raw.startswith(_BOM):
-        return raw[len(_BOM) :]
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with BOM (rare, some exporters)
-        return raw.decode("utf-16", errors="replace").encode("utf-8")
-    return raw
-
-
-def _decode(data: bytes) -> str | None:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _fallback_decode(data: bytes) -> str:
-    # Non-UTF-8 feeds are nearly always Windows-1252; latin-1 never fails.
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def _refold(text: str) -> str:
-    """Fold at <= 75 octets on character boundaries (RFC 5545 §3.1)."""
-    if len(text.encode("utf-8")) <= _FOLD_OCTETS:
-        return text
-    parts: list[str] = []
-    cur: list[str] = []
-    size = 0
-    limit = _FOLD_OCTETS
-    for ch in text:
-        n = len(ch.encode("utf-8"))
-        if size + n > limit:
-            parts.append("".join(cur))
-            cur, size, limit = [], 0, _FOLD_OCTETS - 1  # continuation lines start with a space
-        cur.append(ch)
-        size += n
-    parts.append("".join(cur))
-    return (_CRLF + " ").join(parts)
-
-
-def _prop_name(text: str) -> str:
-    m = _NAME.match(text)
-    return m.group().strip().upper() if m else ""
-
-
-def _lex(raw: bytes, warnings: list[FeedWarning]) -> list[_Line]:
-    """Unfold physical lines (CRLF, LF or CR) into logical lines, decoding each one."""
-    physical = _to_utf8_bytes(raw).splitlines()
-    groups: list[tuple[int, list[bytes]]] = []
-    for no, line in enumerate(physical, 1):
-        if line[:1] in (b" ", b"\t") and groups:
-            groups[-1][1].append(line)
-        elif line.strip():
-            # (a leading blank with nothing to continue would fold onto whatever precedes
-            # the line where davproxy serves it)
-            groups.append((no, [line.lstrip(b" \t")]))
-    lines: list[_Line] = []
-    bad_first = 0
-    bad = 0
-    controls = 0
-    for no, parts in groups:
-        logical_b = (
-            parts[0] if len(parts) == 1 else b"".join([parts[0], *(p[1:] for p in parts[1:])])
-        )
-        text = _decode(logical_b)
-        if text is None:
-            text = _fallback_decode(logical_b)
-            bad += 1
-            bad_first = bad_first or no
-        if _NOT_IN_XML.search(text):
-            # calendar data is served inside XML (calendar-data, displayname...), which
-            # cannot carry these: dropped, not passed on to fail every PROPFIND; the line
-            # is folded afresh (what is left of the origin's folds could fold wrongly),
-            # and must not start blank (it would read as a fold)
-            text = _NOT_IN_XML.sub("", text).lstrip(" \t")
-            controls += 1
-            if text.strip():
-                lines.append(_Line(_prop_name(text), text, _refold(text), no))
-            continue
-        if len(parts) == 1:
-            raw_text = text
-        else:
-            decoded = [_decode(p) for p in parts]
-            if all(d is not None for d in decoded):
-                raw_text = _CRLF.join(d for d in decoded if d is not None)
-            else:
-                # a fold splitting a UTF-8 sequence, or a non-UTF-8 line: re-fold the decoded text
-                raw_text = _refold(text)
-        lines.append(_Line(_prop_name(text), text, raw_text, no))
-    if bad:
-        warnings.append(
-            FeedWarning("decode", bad_first, f"{bad} line(s) not UTF-8, read as Windows-1252")
-        )
-    if controls:
-        warnings.append(
-            FeedWarning("control-characters", 0, f"{controls} line(s) had control characters")
-        )
-    return lines
-
-
-def _value_start(text: str) -> int:
-    """Index just after the ':' separating parameters from the value (quotes respected)."""
-    quoted = False
-    for i, ch in enumerate(text):
-        if ch == '"':
-            quoted = not quoted
-        elif ch == ":" and not quoted:
-            return i + 1
-    return len(text)
-
-
-def _params(text: str) -> list[tuple[str, str]]:
-    """The parameters of a content line as (NAME, value) pairs, quotes removed (RFC 5545 §3.2)."""
-    semi = text.find(";")
-    colon = text.find(":")
-    if semi == -1 or (colon != -1 and colon < semi):
-        return []
-    out: list[tuple[str, str]] = []
-    quoted = False
-    start = semi + 1
-    for i in range(start, len(text) + 1):
-        ch = text[i] if i < len(text) else ":"
-        if ch == '"':
-            quoted = not quoted
-        elif not quoted and ch in ";:":
-            name, _, value = text[start:i].partition("=")
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            out.append((name.strip().upper(), value))
-            start = i + 1
-            if ch == ":":
-                break
-    return out
-
-
-def _value(text: str) -> str:
-    return text[_value_start(text) :]
-
-
-def _unescape(value: str) -> str:
-    """TEXT value unescaping (RFC 5545 §3.3.11)."""
-    out: list[str] = []
-    it = iter(value)
-    for ch in it:
-        if ch == "\\":
-            nxt = next(it, "")
-            out.append("\n" if nxt in ("n", "N") else nxt)
-        else:
-            out.append(ch)
-    return "".join(out).strip()
-
-
-# --- structure --------------------------------------------------------------------------------
-
-
 def _components(
-    lines: list[_Line], warnings: list[FeedWarning]
-) -> tuple[list[_Comp], list[_Line], bool]:
+    lines: list[Line], warnings: list[FeedWarning]
+) -> tuple[list[_Comp], list[Line], bool]:
     """Delimit top-level components; returns them, the calendar-level lines and completeness."""
     comps: list[_Comp] = []
-    cal_lines: list[_Line] = []
+    cal_lines: list[Line] = []
     cur: _Comp | None = None
     stack: list[str] = []  # open components inside ``cur``, outermost first
     calendars = 0
@@ -368,8 +196,8 @@ def _components(
     return comps, cal_lines, calendars > 0 and not open_cal
 
 
-def _meta(cal_lines: list[_Line], warnings: list[FeedWarning]) -> FeedMeta:
-    first: dict[str, _Line] = {}
+def _meta(cal_lines: list[Line], warnings: list[FeedWarning]) -> FeedMeta:
+    first: dict[str, Line] = {}
     header: list[str] = []
     props: list[str] = []
     for line in cal_lines:
@@ -389,7 +217,7 @@ def _meta(cal_lines: list[_Line], warnings: list[FeedWarning]) -> FeedMeta:
     def text(*names: str) -> str | None:
         for n in names:
             if n in first:
-                value = _unescape(_value(first[n].text))
+                value = unescape(value_of(first[n].text))
                 if value:
                     return value
         return None
@@ -397,7 +225,7 @@ def _meta(cal_lines: list[_Line], warnings: list[FeedWarning]) -> FeedMeta:
     refresh: int | None = None
     for n in ("REFRESH-INTERVAL", "X-PUBLISHED-TTL"):
         if n in first:
-            secs = parse_duration_seconds(_value(first[n].text))
+            secs = parse_duration_seconds(value_of(first[n].text))
             if secs is not None and secs > 0:
                 refresh = secs
                 break
@@ -417,7 +245,7 @@ def _meta(cal_lines: list[_Line], warnings: list[FeedWarning]) -> FeedMeta:
 # --- normalisation ----------------------------------------------------------------------------
 
 
-def _canonical(lines: Iterable[_Line]) -> str:
+def _canonical(lines: Iterable[Line]) -> str:
     """Order-free normal form: properties and sub-components sorted, volatile fields dropped.
 
     Property and component order carry no meaning (RFC 5545 §3.6), so reordering by the origin
@@ -449,7 +277,7 @@ def fingerprint(resource_text: str) -> str:
 
     Equal fingerprints mean "keep the stored bytes and ETag" (subscriptions spec §4, B).
     """
-    return _digest(_canonical(_lex(resource_text.encode("utf-8", "surrogatepass"), [])))
+    return _digest(_canonical(lex(resource_text.encode("utf-8", "surrogatepass"), [])))
 
 
 def href_for(uid: str) -> str:
@@ -474,7 +302,7 @@ def parse_duration_seconds(value: str) -> int | None:
 # --- splitting --------------------------------------------------------------------------------
 
 
-def _first(comp: _Comp, name: str) -> _Line | None:
+def _first(comp: _Comp, name: str) -> Line | None:
     # only the component's own properties, not those of a nested VALARM
     depth = 0
     for line in comp.lines[1:]:
@@ -493,7 +321,7 @@ def _tzid_refs(comps: Iterable[_Comp]) -> list[str]:
         for line in comp.lines:
             if _HAS_TZID.search(line.text) is None:
                 continue
-            for pname, pvalue in _params(line.text):
+            for pname, pvalue in params(line.text):
                 if pname == "TZID" and pvalue:
                     seen.setdefault(pvalue, None)
     return list(seen)
@@ -514,7 +342,7 @@ def split_feed(raw: bytes) -> FeedSplit:
     kept. ``FeedSplit.complete`` tells a truncated or non-iCalendar body from an empty calendar.
     """
     warnings: list[FeedWarning] = []
-    lines = _lex(raw, warnings)
+    lines = lex(raw, warnings)
     comps, cal_lines, complete = _components(lines, warnings)
     meta = _meta(cal_lines, warnings)
 
@@ -526,7 +354,7 @@ def split_feed(raw: bytes) -> FeedSplit:
             if tzline is None:
                 warnings.append(FeedWarning("no-tzid", comp.lineno, "VTIMEZONE without TZID"))
                 continue
-            tzid = _value(tzline.text).strip()
+            tzid = value_of(tzline.text).strip()
             if tzid in zones:
                 warnings.append(FeedWarning("duplicate-timezone", comp.lineno, tzid))
             zones[tzid] = comp
@@ -535,12 +363,12 @@ def split_feed(raw: bytes) -> FeedSplit:
             warnings.append(FeedWarning("unsupported-component", comp.lineno, comp.kind))
             continue
         uid_line = _first(comp, "UID")
-        uid = _value(uid_line.text).strip() if uid_line is not None else ""
+        uid = value_of(uid_line.text).strip() if uid_line is not None else ""
         synthetic = not uid
         if synthetic:
             # same content -> same UID on every fetch, so no delete/add churn (spec §4)
             uid = f"{_digest(_canonical(comp.lines))[:32]}@synthetic.davproxy"
-            comp.lines.insert(1, _Line("UID", f"UID:{uid}", f"UID:{uid}", comp.lineno))
+            comp.lines.insert(1, Line("UID", f"UID:{uid}", f"UID:{uid}", comp.lineno))
             warnings.append(FeedWarning("synthetic-uid", comp.lineno, uid))
         group = groups.get(uid)
         if group is None:
@@ -566,8 +394,8 @@ def split_feed(raw: bytes) -> FeedSplit:
 
     # the fingerprint reads unfolded lines, as fingerprint() of the served text does
     unfolded = [re.sub(r"\r\n[ \t]", "", h) for h in ("BEGIN:VCALENDAR", *meta.header)]
-    head = [_Line(_prop_name(h), h, h, 0) for h in unfolded]
-    tail = _Line("END", "END:VCALENDAR", "END:VCALENDAR", 0)
+    head = [Line(prop_name(h), h, h, 0) for h in unfolded]
+    tail = Line("END", "END:VCALENDAR", "END:VCALENDAR", 0)
     resources: dict[str, Resource] = {}
     missing_seen: set[str] = set()
     for uid, group in groups.items():
@@ -593,7 +421,7 @@ def split_feed(raw: bytes) -> FeedSplit:
             fingerprint=_digest(_canonical(canon_lines)),
             href=href_for(uid),
             master=group.master is not None,
-            recurrence_ids=tuple(_value("X" + k).strip() for k in group.overrides),
+            recurrence_ids=tuple(value_of("X" + k).strip() for k in group.overrides),
             tzids=tuple(refs),
             missing_tzids=missing,
             synthetic_uid=group.synthetic,

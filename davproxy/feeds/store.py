@@ -9,17 +9,21 @@ a URL appears at most once (RFC 6578 §3.2).  Pruning old tombstones raises the 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from davproxy.feeds.split import Resource
 from davproxy.store.sqlite import Store
+
+T = TypeVar("T")
 
 CALENDAR_END = "END:VCALENDAR\r\n"
 
@@ -120,6 +124,32 @@ class FeedStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._worker: FeedStore | None = None
+        self._worker_lock = threading.Lock()
+
+    async def in_worker(self, work: Callable[[FeedStore], T]) -> T:
+        """Run ``work`` in a worker thread, on a connection of its own to the same file.
+
+        A whole-feed import writes thousands of rows: on the event loop's connection it
+        would stall every request for as long (measured: ~1 s for 50,000 events).  In
+        WAL mode readers on the loop's connection never wait for this writer; they see
+        the import when it commits, all at once.  One worker at a time (the lock), so
+        the worker connection is never shared between threads."""
+
+        def run() -> T:
+            with self._worker_lock:
+                if self._worker is None:
+                    self._worker = FeedStore(Store.open(self.store.path))
+                return work(self._worker)
+
+        return await asyncio.to_thread(run)
+
+    def close(self) -> None:
+        """Close the worker's connection (the loop's store is closed by its owner)."""
+        with self._worker_lock:
+            if self._worker is not None:
+                self._worker.store.close()
+                self._worker = None
 
     def transaction(self) -> AbstractContextManager[None]:
         return self.store.transaction()

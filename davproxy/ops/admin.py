@@ -147,6 +147,7 @@ async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store
                 return await _refresh(args, parts)
             finally:
                 await parts.fetcher.close()
+                parts.feeds.close()
         if verb == "shares":
             return _shares(args, store, sites)
         if verb == "notifications":

@@ -100,10 +100,27 @@ def _m003_pending_deletions(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m005_ended_copies(db: sqlite_utils.Database) -> None:
+    # Where a sharee's copy was, once its share ended (revoked, declined, removed): the
+    # path then answers 404 from davproxy itself, not the upstream's view of a path it
+    # never had, until the sharee creates something of their own there.
+    db.execute(
+        """CREATE TABLE ended_copies (
+            upstream TEXT NOT NULL,
+            sharee TEXT NOT NULL,
+            mount TEXT NOT NULL,
+            ended REAL NOT NULL,
+            PRIMARY KEY (upstream, mount)
+        )"""
+    )
+    db.execute("CREATE INDEX ended_copies_by_sharee ON ended_copies (upstream, sharee)")
+
+
 # Append only: a released migration is never edited, only followed by a new one.
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "meta", _m001_meta),
     (2, "sharing", _m002_sharing),
     (3, "pending_deletions", _m003_pending_deletions),
     (4, "feeds", feed_tables),
+    (5, "ended_copies", _m005_ended_copies),
 )

@@ -1,10 +1,19 @@
 """davproxy's own state: one SQLite file through sqlite-utils, in WAL mode.
 
-All SQL lives in this module (and, for subscriptions, in feed_store), behind verbs that
-return plain values, so handlers never see a cursor and a server-grade backend can
-replace this one without touching them.  The schema evolves by numbered migrations
+All SQL lives in this module (and, for subscriptions, in feeds/store.py), behind verbs
+that return plain values, so handlers never see a cursor and a server-grade backend can
+replace this one without touching them; errors leave as ``StoreError``/``StoreConflict``,
+never as sqlite3's.  The schema evolves by numbered migrations (store/migrations.py)
 applied in order, each in its own transaction, recorded in ``schema_migrations``; a store
 written by a newer davproxy is refused rather than damaged.
+
+Blocking on the event loop is bounded by design: the verbs the request path calls are
+indexed lookups and small writes (a user's shares, one notification), and a transaction
+never spans an ``await``, so within one process no request waits for another's lock.
+The one bulk writer, a whole-feed import, runs in a worker thread on its own connection
+(``FeedStore.in_worker``; ``bench/loop_stall.py`` measures what remains).  Another
+process holding the write lock (``davproxy admin``) can make a write wait up to the
+5 s ``busy_timeout``.
 """
 
 from __future__ import annotations
@@ -333,8 +342,13 @@ class Store:
         if expect is not None:
             query += " AND status = ?"
             params += (expect,)
+        before = self.share(share.id)
         if self.db.conn.execute(query, params).rowcount != 1:
             return None
+        if before is not None and before.mount and before.mount != mount:
+            self._copy_ended(before)
+        if mount:
+            self.ended_copy_clear(share.upstream, mount)
         return self.share(share.id)
 
     def share_is_current(self, share: Share) -> bool:
@@ -343,7 +357,38 @@ class Store:
         return current is not None and current.invite_uid == share.invite_uid
 
     def share_delete(self, share_id: int) -> None:
+        share = self.share(share_id)
+        if share is not None and share.mount:
+            self._copy_ended(share)
         self.db.conn.execute("DELETE FROM shares WHERE id = ?", (share_id,))
+
+    # -- where copies were --------------------------------------------------------------
+
+    def _copy_ended(self, share: Share) -> None:
+        assert share.mount is not None
+        self.db.conn.execute(
+            "INSERT INTO ended_copies (upstream, sharee, mount, ended) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (upstream, mount) DO UPDATE SET sharee = excluded.sharee,"
+            " ended = excluded.ended",
+            (share.upstream, share.sharee, share.mount, time.time()),
+        )
+
+    def ended_copy(self, upstream: str, sharee: str, path: str) -> str | None:
+        """The path of an ended copy of ``sharee``'s that ``path`` lies in (or is)."""
+        rows = self.db.conn.execute(
+            "SELECT mount FROM ended_copies WHERE upstream = ? AND sharee = ?",
+            (upstream, sharee),
+        ).fetchall()
+        for (mount,) in rows:
+            if path.startswith(mount) or path + "/" == mount:
+                return str(mount)
+        return None
+
+    def ended_copy_clear(self, upstream: str, mount: str) -> None:
+        """Something new stands at ``mount`` (a new copy, or the sharee's own collection)."""
+        self.db.conn.execute(
+            "DELETE FROM ended_copies WHERE upstream = ? AND mount = ?", (upstream, mount)
+        )
 
     # -- per-sharee properties ------------------------------------------------------------
 

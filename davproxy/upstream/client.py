@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import aiohttp
 from multidict import CIMultiDict
@@ -68,6 +70,16 @@ class Upstream:
         # Observers (metrics): seconds until an answer's head; answer body bytes.
         self.on_answer: Callable[[float], None] | None = None
         self.on_bytes: Callable[[int], None] | None = None
+        # Each user's space by the layout: "{user}/calendars/" matches "bob/calendars/x/".
+        layout = config.layout
+        templates = {layout.principal, layout.calendar_home, layout.addressbook_home}
+        self._home_patterns = [
+            re.compile(
+                re.escape(t.rstrip("/")).replace(re.escape("{user}"), "(?P<user>[^/]+)") + "(?:/|$)"
+            )
+            for t in sorted(templates, key=len, reverse=True)
+            if "{user}" in t
+        ]
 
     def url_for(self, upstream_raw_path: str) -> URL:
         """An upstream URL from an already percent-encoded path (and query)."""
@@ -89,6 +101,16 @@ class Upstream:
 
     def rest_of(self, public_path: str) -> str | None:
         return self.paths.rest(public_path)
+
+    def home_owner(self, rest: str) -> str | None:
+        """The user whose principal or home ``rest`` (below the public prefix) lies in, by
+        the mapping file's layout; None outside every user's space.  User ids never
+        start with a dot, so ``.well-known`` and the like belong to no one."""
+        for pattern in self._home_patterns:
+            match = pattern.match(rest)
+            if match is not None and not match.group("user").startswith("."):
+                return unquote(match.group("user"))
+        return None
 
     def user_paths(self, user: str) -> UserPaths:
         segment = quote_segment(user)

@@ -10,18 +10,26 @@ back into the router, so a request walks one way, edge -> route -> handler -> up
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
 from davproxy.dav import davxml
+from davproxy.dav.errors import DavError
 from davproxy.dav.http import read_body
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.identity import Authenticator, parse_basic
 from davproxy.upstream.proxy import Forward, forward, public_origin
 
+log = logging.getLogger("davproxy.routes")
+
 # The user davproxy took the caller to be, for the access log.
 USER = web.RequestKey("user", str)
+# Methods whose request body the upstreams davproxy fronts parse as DAV XML whatever its
+# declared type (RFC 4918, 4791, 6578): such a body must pass davproxy's hardened parser
+# before it is forwarded.  Any other method's body is gated when declared as XML.
+XML_BODY_METHODS = frozenset({"PROPFIND", "PROPPATCH", "REPORT", "MKCOL", "MKCALENDAR"})
 # Requests a client may make before it has credentials (service discovery, RFC 6764).
 ANONYMOUS_METHODS = frozenset({"OPTIONS"})
 WELL_KNOWN = ("/.well-known/caldav", "/.well-known/carddav")
@@ -124,13 +132,40 @@ class Context:
         return spec
 
     async def forward(self, spec: Forward | None = None) -> web.StreamResponse:
-        """Send the request on (as ``spec`` says, default: unchanged) and relay the answer."""
+        """Send the request on (as ``spec`` says, default: unchanged) and relay the answer.
+
+        An XML body passes the gate first: only a document davproxy's hardened parser
+        accepts reaches the upstream, byte for byte as the client sent it."""
+        spec = spec if spec is not None else self.spec()
+        if self._xml_body_expected():
+            body = spec.body if spec.body is not None else await self.body()
+            self.check_xml(body)
+            spec = replace(spec, body=body)
         return await forward(
-            self.request,
-            spec if spec is not None else self.spec(),
-            self.limits.max_body,
-            self.limits.forwarded_allow_ips,
+            self.request, spec, self.limits.max_body, self.limits.forwarded_allow_ips
         )
+
+    def _xml_body_expected(self) -> bool:
+        request = self.request
+        if not request.body_exists and self._body is None:
+            return False
+        if request.method in XML_BODY_METHODS:
+            return True
+        return davxml.is_xml_content_type(request.headers.get("Content-Type", ""))
+
+    def check_xml(self, body: bytes) -> None:
+        """400 with a DAV error for a body the upstream must not see: a DTD or entity,
+        excessive nesting, an unknown or lying encoding, invalid UTF-8, not XML."""
+        if not body.strip():
+            return  # an empty body (PROPFIND allprop) is the upstream's to read
+        try:
+            davxml.parse(body)
+        except davxml.XmlError as exc:
+            log.warning(
+                "refused %s %s from %s: %s",
+                self.method, self.path, self.request.get(USER) or "-", exc,
+            )  # fmt: skip
+            raise DavError(400, None, f"Unusable XML body: {exc}") from None
 
     async def exists_upstream(self) -> bool:
         """Whether the client already has something at its request path upstream."""

@@ -1,6 +1,6 @@
 """Generated requests against davproxy in front of a real Radicale: whatever the method,
-path, headers and body, davproxy never fails itself (no 500 of its own, no 502/504
-while the upstream is healthy) and keeps serving.
+path, headers and body, no answer is a 5xx: davproxy never fails itself, and what it
+forwards never makes the (healthy) upstream fail either; davproxy keeps serving.
 
 Requests also target what davproxy serves itself for subscriptions: the feeds root, an
 operator feed's collection, its members and ``.ics``, and a user's subscription, with
@@ -265,9 +265,9 @@ def test_generated_requests_never_break_davproxy(
         headers["Destination"] = f"http://{proxy.host}:{proxy.port}/alice/fz/moved.ics"
     status, answer = send(proxy, method, path, headers, body)
     assert b"Internal error in davproxy" not in answer, (method, path, status)
-    assert status not in (502, 504), (method, path, status, answer[:200])
-    if path.startswith(FEEDS) or "/sub-fz" in path:  # answered by davproxy itself
-        assert status < 500, (method, path, headers, body[:300], status, answer[:200])
+    # no 5xx at all: davproxy's own, or the upstream's (davproxy shields it from hostile
+    # bodies and foreign paths, issue 13)
+    assert status < 500, (method, path, headers, body[:300], status, answer[:200])
     assert proxy.process.poll() is None
 
 

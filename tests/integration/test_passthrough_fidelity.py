@@ -389,9 +389,19 @@ async def test_gzip_answer_passes_undecoded(radicale_pair: Pair) -> None:
 
 @pytest.mark.parametrize("user", ["bob", "carol"])
 async def test_other_users_are_refused_alike(radicale_pair: Pair, user: str) -> None:
-    """Owner-only rights of the upstream apply through davproxy unchanged."""
+    """Where the upstream's owner-only rights refuse another user, davproxy refuses the
+    same request itself ([access] foreign_homes = "refuse", issue 13): the same status,
+    with a DAV error body naming the condition, and the upstream is not asked."""
+    pair = radicale_pair
+    headers = {"Depth": "0", **XML}
     async with raw_session() as session:
-        d, p = await read_both(
-            radicale_pair, session, "PROPFIND", "/alice/", {"Depth": "0", **XML}, PROPFIND, user
-        )
-    assert d.status == p.status == 403
+        direct = await fetch(
+            session, "PROPFIND", pair.direct.url("/alice/"), pair.direct.headers(user, headers),
+            PROPFIND,
+        )  # fmt: skip
+        proxied = await fetch(
+            session, "PROPFIND", pair.proxy.url("/alice/"), pair.proxy.headers(user, headers),
+            PROPFIND,
+        )  # fmt: skip
+    assert direct.status == proxied.status == 403
+    assert b"need-privileges" in proxied.body

@@ -502,6 +502,61 @@ async def test_notification_collection_sync_delete_and_refusals(sharing_pair: Pa
         assert garbage.status == 403 and b"valid-sync-token" in garbage.body
 
 
+async def test_notification_collection_syncs_like_feeds(sharing_pair: Pair) -> None:
+    """The notification collection uses the same RFC 6578 engine as feeds, end to end:
+    D:limit pages with 507 and a token for that page, an empty D:prop still gives each
+    changed member a propstat, sync-level 2 is refused."""
+    pair = sharing_pair
+    tag = uuid.uuid4().hex[:6]
+    async with raw_session() as session:
+        alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+        await bob.hello()
+        url, _ = await notifications_of(bob)
+        start = xml(await bob("REPORT", url, _sync(""), **XML)).findtext(
+            "D:sync-token", namespaces=NS
+        )
+        for n in (1, 2):
+            calendar = f"{pair.calendar_home}sync-{tag}-{n}/"
+            assert (await alice("MKCALENDAR", calendar)).status == 201
+            shared = await alice("POST", calendar, share_body(("bob", "read")), **SHARING)
+            assert shared.status == 204
+
+        seen: list[str] = []
+        cuts = 0
+        token = start or ""
+        for _ in range(4):
+            page = xml(await bob("REPORT", url, _sync(token, limit=1), **XML))
+            statuses = {
+                r.findtext("D:href", namespaces=NS): r.findtext("D:status", namespaces=NS)
+                for r in page.findall("D:response", NS)
+            }
+            cut = statuses.pop(url, None)
+            seen += list(statuses)
+            token = page.findtext("D:sync-token", namespaces=NS) or ""
+            if cut is None:
+                break
+            cuts += 1
+            assert cut == "HTTP/1.1 507 Insufficient Storage"
+            assert page.find("D:response/D:error/D:number-of-matches-within-limits", NS) is not None
+        assert cuts == 1 and len(seen) == 2 and len(set(seen)) == 2, (cuts, seen)
+
+        empty = xml(await bob("REPORT", url, _sync(start or "", prop=""), **XML))
+        members = empty.findall("D:response", NS)
+        assert len(members) == 2
+        assert all(m.find("D:propstat/D:status", NS) is not None for m in members)
+
+        level = await bob("REPORT", url, _sync("").replace(">1<", ">2<"), **XML)
+        assert level.status == 400
+
+
+def _sync(token: str, limit: int | None = None, prop: str = "<D:getetag/>") -> str:
+    cap = f"<D:limit><D:nresults>{limit}</D:nresults></D:limit>" if limit else ""
+    return (
+        f'<D:sync-collection xmlns:D="DAV:"><D:sync-token>{token}</D:sync-token>'
+        f"<D:sync-level>1</D:sync-level>{cap}<D:prop>{prop}</D:prop></D:sync-collection>"
+    )
+
+
 async def test_encoded_names_at_sign_users_and_missing_slashes(sharing_pair: Pair) -> None:
     """A collection name with a space, a sharee whose id holds '@', paths without the
     trailing slash: all map the same way in both directions."""

@@ -234,6 +234,18 @@ async def test_redirect_to_another_scheme_is_refused(
     assert result.error == "redirect to file"
 
 
+@pytest.mark.parametrize("location", ["http://[]@/x", "http://[", "http://h:99999/"])
+async def test_unreadable_redirect_is_a_failed_fetch(
+    origin: Origin, make_fetcher: Callable[..., Fetcher], location: str
+) -> None:
+    """yarl raises IndexError for the first (not only ValueError): any exception of
+    the URL parser on an origin's Location is a failed fetch, never an escape."""
+    redirect(origin, "/odd", 302, location)
+    result = await make_fetcher().fetch(origin.url("/odd"))
+    assert result.outcome == "failed" and result.status == 302
+    assert result.error == f"unreadable redirect to {location!r}"
+
+
 # --- Retry-After --------------------------------------------------------------------------
 
 

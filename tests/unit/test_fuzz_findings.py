@@ -4,6 +4,7 @@ stall; now each must give davproxy's documented answer."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 from lxml import etree
@@ -147,3 +148,114 @@ def test_a_fold_onto_a_line_of_controls_is_refolded_cleanly() -> None:
     split = split_feed(b"BEGIN:VEVENT\r\x00\n END:VEVENT")
     for resource in split.resources.values():
         assert fingerprint(resource.text) == resource.fingerprint
+
+
+#: issue 21: icalendar 7.3.2 raises AttributeError ("'list' object has no attribute
+#: 'upper'") for a VALUE parameter of empty list items; davproxy caught only ValueError
+EMPTY_VALUE_PARAMETER = b"BEGIN:VTODO\rE;VALUE=,\nEND:VTODO"
+
+
+def _filter(inner: str, kind: str = "VTODO") -> caldav_query.Query:
+    return caldav_query.parse_filter(
+        etree.fromstring(
+            '<C:calendar-query xmlns:C="urn:ietf:params:xml:ns:caldav"><C:filter>'
+            f'<C:comp-filter name="VCALENDAR"><C:comp-filter name="{kind}">{inner}'
+            "</C:comp-filter></C:comp-filter></C:filter></C:calendar-query>"
+        )
+    )
+
+
+HOSTILE_QUERIES = [
+    '<C:time-range start="20240101T000000Z" end="20250101T000000Z"/>',
+    '<C:prop-filter name="E"/>',
+    '<C:prop-filter name="E"><C:is-not-defined/></C:prop-filter>',
+    '<C:prop-filter name="SUMMARY"><C:text-match negate-condition="yes">x</C:text-match></C:prop-filter>',
+    '<C:comp-filter name="VALARM"><C:is-not-defined/></C:comp-filter>',
+]
+
+
+@pytest.mark.parametrize("inner", HOSTILE_QUERIES)
+def test_an_empty_value_parameter_matches_no_filter(inner: str) -> None:
+    (resource,) = split_feed(EMPTY_VALUE_PARAMETER).resources.values()
+    assert caldav_query.matches(_filter(inner), resource.kind, resource.text) is False
+    # the trivial filter needs no parsing: the object is still listed
+    assert caldav_query.matches(_filter(""), resource.kind, resource.text) is True
+
+
+@pytest.mark.parametrize(
+    "line", ["SUMMARY;VALUE=,:x", "DTSTART;VALUE=,,:20240105T100000Z", "X-Y;VALUE=,:z"]
+)
+def test_empty_value_parameters_on_any_property(line: str) -> None:
+    text = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:e\r\n"
+        f"DTSTART:20240105T100000Z\r\n{line}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    for inner in HOSTILE_QUERIES:
+        assert caldav_query.matches(_filter(inner, "VEVENT"), "VEVENT", text) is False
+
+
+GOOD_EVENT = (
+    "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:e\r\nSUMMARY:x\r\n"
+    "DTSTART:20240105T100000Z\r\nRRULE:FREQ=WEEKLY;COUNT=3\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+)
+IN_2024 = '<C:time-range start="20240101T000000Z" end="20250101T000000Z"/>'
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        ("icalendar.Calendar.from_ical", AttributeError("'list' object has no attribute 'upper'")),
+        ("icalendar.Calendar.from_ical", RuntimeError("a future release")),
+        ("icalendar.cal.Component.walk", KeyError("VEVENT")),
+        ("recurring_ical_events.of", IndexError("a future release")),
+    ],
+)
+def test_whatever_the_libraries_raise_matches_no_filter(
+    monkeypatch: pytest.MonkeyPatch, target: str, error: Exception
+) -> None:
+    """Not only today's exception types: any a release of the libraries may raise."""
+    query = _filter(IN_2024, "VEVENT")
+    assert caldav_query.matches(query, "VEVENT", GOOD_EVENT) is True
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(target, broken)
+    assert caldav_query.matches(query, "VEVENT", GOOD_EVENT) is False
+
+
+def test_a_library_failing_mid_expansion_matches_no_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    import recurring_ical_events
+
+    def broken_after(self: object, start: object) -> Iterator[object]:
+        raise AttributeError("raised while expanding")
+        yield  # a generator, like the library's own
+
+    monkeypatch.setattr(recurring_ical_events.CalendarQuery, "after", broken_after)
+    assert caldav_query.matches(_filter(IN_2024, "VEVENT"), "VEVENT", GOOD_EVENT) is False
+
+
+@pytest.mark.parametrize("inner", [IN_2024, '<C:prop-filter name="SUMMARY"/>'])
+def test_davproxys_own_bugs_are_not_hidden(monkeypatch: pytest.MonkeyPatch, inner: str) -> None:
+    """Only the library calls are guarded: a bug in davproxy's own matching code still
+    raises (and so is a 500 with a traceback in the log), it is no silent "no match"."""
+
+    def buggy(*args: object) -> bool:
+        raise AttributeError("davproxy's own bug")
+
+    monkeypatch.setattr(caldav_query, "_instances", buggy)
+    monkeypatch.setattr(caldav_query, "_prop_matches", buggy)
+    with pytest.raises(AttributeError, match="davproxy's own bug"):
+        caldav_query.matches(_filter(inner, "VEVENT"), "VEVENT", GOOD_EVENT)
+
+
+@pytest.mark.parametrize("error", [TypeError("x"), AttributeError("y"), RecursionError()])
+def test_whatever_lxml_raises_is_an_xml_error(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(davxml.etree, "fromstring", broken)
+    with pytest.raises(davxml.XmlError, match=type(error).__name__):
+        davxml.parse(b"<a/>")
