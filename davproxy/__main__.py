@@ -1,4 +1,4 @@
-"""Command line: ``davproxy serve | check-config | demo``.
+"""Command line: ``davproxy serve | check-config | demo | admin``, ``davproxy --version``.
 
 Errors an operator can fix (bad configuration, a port in use, a store that cannot be
 opened) end in one line on stderr and a non-zero exit, never a traceback.
@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 
+from davproxy import __version__
 from davproxy import config as config_mod
 from davproxy.edge import logs
 from davproxy.edge.server import StartupError, run_until_signal
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="davproxy",
         description="Sharing, notifications and subscriptions in front of a CalDAV/CardDAV server.",
     )
+    parser.add_argument("--version", action="version", version=f"davproxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy")

@@ -20,7 +20,15 @@ from typing import Any, Literal
 
 from yarl import URL
 
-from davproxy.config.tables import REQUIRED, ConfigError, Secret, Table, read_toml, resolve
+from davproxy.config.tables import (
+    REQUIRED,
+    ConfigError,
+    MissingHtpasswd,
+    Secret,
+    Table,
+    read_toml,
+    resolve,
+)
 from davproxy.dav import untrusted
 from davproxy.dav.paths import slash
 
@@ -407,7 +415,8 @@ def _load_upstream(source: Path, table: Table) -> UpstreamConfig:
         raise ident_t.error("htpasswd", "is required when mode = 'proxy-auth'")
     htpasswd_path = resolve(mapping_path, htpasswd) if htpasswd else None
     if htpasswd_path is not None and not htpasswd_path.is_file():
-        raise ident_t.error("htpasswd", f"file not found: {htpasswd_path}")
+        missing = ident_t.error("htpasswd", f"file not found: {htpasswd_path}")
+        raise MissingHtpasswd(str(missing), htpasswd_path)
     trusted_header = ident_t.text("trusted_header", "X-Remote-User")
     if not trusted_header or not all(c.isalnum() or c in "-_" for c in trusted_header):
         raise ident_t.error("trusted_header", f"is not a valid header name: {trusted_header!r}")

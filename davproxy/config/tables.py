@@ -7,6 +7,7 @@ type or a missing required key is a ``ConfigError`` worded for the operator.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,14 @@ from typing import Any
 
 class ConfigError(Exception):
     """A configuration problem, worded for the operator: file, table, key, what is wrong."""
+
+
+class MissingHtpasswd(ConfigError):
+    """The htpasswd file a mapping names does not exist (``admin user add`` makes it)."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class Secret:
@@ -49,7 +58,9 @@ class Table:
         self._used: set[str] = set()
 
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.file}: [{self.name}] {key}: {message}")
+        # A key at the top of the file has no table to name: ``file: kind: ...``.
+        where = f"[{self.name}] {key}" if self.name else key
+        return ConfigError(f"{self.file}: {where}: {message}")
 
     def _get(self, key: str, types: tuple[type, ...], default: Any, what: str) -> Any:
         self._used.add(key)
@@ -154,4 +165,26 @@ def read_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        raise ConfigError(toml_error(path, exc)) from None
+
+
+_TOML_WHERE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+
+
+def toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """``file, line N, column M: invalid TOML: what`` — the position once, up front.
+
+    tomllib puts it at the end of its message (``... (at line 1, column 55)``), and
+    newer Pythons also carry it as attributes; either way it is said once here."""
+    message = str(exc.args[0]) if exc.args else str(exc)
+    line, column = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+    found = _TOML_WHERE.search(message)
+    if found:
+        message = message[: found.start()]
+        line, column = line or int(found.group(1)), column or int(found.group(2))
+    if message.rstrip().endswith("(at end of document)"):
+        message = message.rstrip()[: -len("(at end of document)")] + "at the end of the file"
+    message = message.strip() or "cannot parse"
+    message = message[0].lower() + message[1:]
+    where = f"{path}, line {line}, column {column}" if line else str(path)
+    return f"{where}: invalid TOML: {message}"

@@ -19,10 +19,13 @@ from typing import Any
 import aiohttp
 
 from davproxy import config as config_mod
-from davproxy.dav.errors import PlainError
+from davproxy.config.tables import MissingHtpasswd
+from davproxy.dav.errors import DavError, PlainError
 from davproxy.dav.paths import canonical
 from davproxy.edge.server import StartupError
 from davproxy.edge.sites import FeedParts, Site, build_site, feed_parts
+from davproxy.ops import users
+from davproxy.sharing.requests import ShareeRequest
 from davproxy.store.sqlite import Store, StoreError
 from davproxy.upstream.client import Upstream
 
@@ -34,13 +37,35 @@ def add_parser(sub: Any) -> None:
     verbs = admin.add_subparsers(dest="verb", required=True)
 
     shares = verbs.add_parser("shares", help="list shares")
-    for name in ("upstream", "owner", "sharee", "collection", "status"):
+    for name in ("upstream", "owner", "sharee", "collection"):
         shares.add_argument(f"--{name}")
+    shares.add_argument(
+        "--status", type=_status, help=f"one of {', '.join(STATUSES)} (or invite-<status>)"
+    )
 
     revoke = verbs.add_parser("revoke", help="end one share (the sharee is told)")
     revoke.add_argument("--upstream", help="upstream name (default: the first)")
     revoke.add_argument("--collection", required=True, help="the owner's collection path")
     revoke.add_argument("--sharee", required=True, help="sharee user id (or href if invalid)")
+
+    share = verbs.add_parser(
+        "share", help="share a collection on its owner's behalf (the sharee is invited)"
+    )
+    share.add_argument("--upstream", help="upstream name (default: the first)")
+    share.add_argument("--collection", required=True, help="the owner's collection path")
+    share.add_argument("--sharee", required=True, help="user id, mailto: address or principal")
+    share.add_argument("--access", choices=("read", "read-write"), default="read")
+    share.add_argument("--owner", help="the collection's owner (default: from the path)")
+    share.add_argument("--comment", default="", help="shown to the sharee with the invitation")
+    accept = verbs.add_parser(
+        "accept", help="accept an invitation on the sharee's behalf (their copy is made)"
+    )
+    accept.add_argument("--upstream", help="upstream name (default: the first)")
+    accept.add_argument("--collection", required=True, help="the owner's collection path")
+    accept.add_argument("--sharee", required=True, help="sharee user id")
+    accept.add_argument("--name", default="", help="display name of the copy")
+    accept.add_argument("--slug", help="path segment of the copy in the sharee's home")
+    users.add_parser(verbs, _json_flag)
 
     notes = verbs.add_parser("notifications", help="list a user's notifications")
     notes.add_argument("--user", required=True)
@@ -56,14 +81,45 @@ def add_parser(sub: Any) -> None:
         "reconcile", help="bring upstream-native access rights in line with the store"
     )
     reconcile.add_argument("--upstream")
+    for verb in verbs.choices.values():
+        _json_flag(verb)
     admin.set_defaults(func=run)
+
+
+# Share states as the store keeps them (the D:invite-<status> of the drafts).
+STATUSES = ("noresponse", "accepted", "declined", "invalid")
+
+
+def _status(value: str) -> str:
+    status = value.removeprefix("invite-")
+    if status not in STATUSES:
+        raise argparse.ArgumentTypeError(
+            f"unknown status {value!r} (choose from {', '.join(STATUSES)})"
+        )
+    return status
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    """``--json`` after the verb too (``admin shares --json``); before it still works."""
+    if "--json" not in parser._option_string_actions:
+        parser.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_mod.load(args.config)
+    except MissingHtpasswd as exc:
+        if not (args.verb == "user" and args.action == "add"):
+            raise StartupError(f"configuration error: {exc}") from None
+        users.update(exc.path, lambda lines: lines)  # the first user makes the file
+        print(f"davproxy: created {exc.path}", file=sys.stderr)
+        return run(args)
     except config_mod.ConfigError as exc:
         raise StartupError(f"configuration error: {exc}") from None
+    if args.verb == "user":
+        return users.run(args, config)
     try:
         store = Store.open(config.store.path)
     except StoreError as exc:
@@ -93,13 +149,15 @@ async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store
                 await parts.fetcher.close()
                 parts.feeds.close()
         if verb == "shares":
-            return _shares(args, store)
+            return _shares(args, store, sites)
         if verb == "notifications":
             return _notifications(args, store, _pick(sites, args.upstream))
         if verb == "check":
             return _check(args, store)
         if verb == "revoke":
             return await _revoke(args, store, _pick(sites, args.upstream))
+        if verb in ("share", "accept"):
+            return await _share_or_accept(args, store, _pick(sites, args.upstream))
         if verb == "reconcile":
             chosen = [_pick(sites, args.upstream)] if args.upstream else list(sites.values())
             for site in chosen:
@@ -144,7 +202,16 @@ def _when(stamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
 
 
-def _shares(args: argparse.Namespace, store: Store) -> int:
+def _shares(args: argparse.Namespace, store: Store, sites: dict[str, Site]) -> int:
+    if args.upstream is not None:
+        _pick(sites, args.upstream)  # an unknown upstream is an error, not an empty list
+    everyone = {name for s in store.all_shares() for name in (s.owner, s.sharee)}
+    for key in ("owner", "sharee"):
+        wanted = getattr(args, key)
+        known = wanted in everyone or any(s.sharing.directory.known(wanted) for s in sites.values())
+        if wanted is not None and not known:
+            print(f"davproxy: no user {wanted!r} is known (--{key})", file=sys.stderr)
+            return 2
     rows = []
     for share in store.all_shares():
         values = {
@@ -170,6 +237,13 @@ def _shares(args: argparse.Namespace, store: Store) -> int:
         rows,
         ("upstream", "owner", "collection", "sharee", "access", "status", "copy", "updated"),
     )
+    invalid = sum(row["status"] == "invalid" for row in rows)
+    if invalid and not args.json:
+        print(
+            f"{invalid} share(s) invalid: the sharee names no known user, so nobody was "
+            "invited; add the user (admin user add) and share again, or revoke",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -278,4 +352,56 @@ async def _revoke(args: argparse.Namespace, store: Store, site: Site) -> int:
         print(f"davproxy: share ended in the store, but: {exc.message}", file=sys.stderr)
         return 1
     print(f"revoked: {collection} no longer shared with {args.sharee}")
+    return 0
+
+
+def _collection(site: Site, given: str) -> str:
+    """The collection below the upstream root, from a public path or a bare one."""
+    rest = site.upstream.rest_of(given) if given.startswith("/") else None
+    return canonical((rest if rest is not None else given).rstrip("/") + "/")
+
+
+async def _share_or_accept(args: argparse.Namespace, store: Store, site: Site) -> int:
+    """``admin share`` / ``admin accept``: what the owner's share request and the
+    sharee's reply do over HTTP, through the same model (invitations, replies, access
+    backend), for operators setting shares up on users' behalf."""
+    collection = _collection(site, args.collection)
+    sharing = site.sharing
+    try:
+        if args.verb == "share":
+            sharee = site.sharing.directory.resolve(args.sharee)
+            if sharee is None:
+                print(f"davproxy: {args.sharee!r} names no known user", file=sys.stderr)
+                return 1
+            owner = args.owner or collection.split("/", 1)[0]
+            if not sharing.owns_collection(owner, collection):
+                print(
+                    f"davproxy: {collection} is not a collection of {owner!r} (give --owner)",
+                    file=sys.stderr,
+                )
+                return 1
+            info = await sharing.collection_info(collection, sharing.auth.headers_for(owner))
+            request = ShareeRequest(args.sharee, args.access, args.comment[:4096], "")
+            await sharing.change_sharees(owner, collection, info, [request])
+            share = store.share_for(site.upstream.name, collection, sharee)
+            status = share.status if share else "?"
+            public = site.upstream.paths.public + collection
+            result = {"collection": public, "owner": owner, "sharee": sharee,
+                      "access": args.access, "status": status}  # fmt: skip
+            done = "access changed" if status == "accepted" else "invited"
+            message = f"{owner} shares {public} with {sharee} ({args.access}): {done}"
+        else:
+            open_share = store.share_for(site.upstream.name, collection, args.sharee)
+            if open_share is None:
+                print(f"davproxy: no share of {collection} with {args.sharee}", file=sys.stderr)
+                return 1
+            mount = await sharing.accept(open_share, args.name[:512], args.slug)
+            public = site.upstream.paths.public + mount
+            owned = site.upstream.paths.public + collection
+            result = {"collection": owned, "sharee": args.sharee, "copy": public}
+            message = f"{args.sharee} accepted {owned}: their copy is {public}"
+    except (DavError, PlainError) as exc:
+        print(f"davproxy: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(result) if args.json else message)
     return 0

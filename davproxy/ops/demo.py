@@ -16,6 +16,10 @@ import datetime as dt
 import functools
 import json
 import os
+import re
+import shlex
+import shutil
+import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,9 +31,9 @@ from davproxy.ops.embedded import EmbeddedError, start_radicale
 from davproxy.upstream.identity import hash_password, random_password
 
 DEMO_USERS = (
-    ("alice", "Alice Example", "alice@example.org"),
-    ("bob", "Bob Example", "bob@example.org"),
-    ("carol", "Carol Example", "carol@example.org"),
+    ("alice", "Alice", "alice@example.org"),
+    ("bob", "Bob", "bob@example.org"),
+    ("carol", "Carol", "carol@example.org"),
 )
 # Each demo user starts with a calendar and an address book (Radicale creates them
 # on the user's first request).
@@ -59,11 +63,12 @@ def _logins(folder: Path) -> dict[str, str]:
 def sample_feed(today: dt.date) -> str:
     """A small team calendar: a weekly stand-up, a few events around today."""
 
-    def day(offset: int, hour: int) -> str:
-        return (today + dt.timedelta(days=offset)).strftime("%Y%m%d") + f"T{hour:02d}0000Z"
+    def day(offset: int, hour: int, minute: int = 0) -> str:
+        date = (today + dt.timedelta(days=offset)).strftime("%Y%m%d")
+        return f"{date}T{hour:02d}{minute:02d}00Z"
 
     events = [
-        ("standup@demo.davproxy", "Stand-up", day(-7, 9), day(-7, 9)[:-3] + "1500Z",
+        ("standup@demo.davproxy", "Stand-up", day(-7, 9), day(-7, 9, 15),
          "RRULE:FREQ=WEEKLY;BYDAY=MO,WE,FR"),
         ("review@demo.davproxy", "Quarterly review", day(3, 13), day(3, 15), ""),
         ("offsite@demo.davproxy", "Team offsite", day(10, 8), day(11, 17), ""),
@@ -79,19 +84,35 @@ def sample_feed(today: dt.date) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+def _repair_old_sample(sample: Path) -> None:
+    """Earlier demos wrote the stand-up's end as ``DTEND:20261127T09001500Z`` (eight
+    digits of time), which time-range queries cannot read: mend it in a kept folder."""
+    data = sample.read_bytes()
+    mended = re.sub(rb"^(DTEND:\d{8}T\d{2})00(\d{4}Z)(\r?)$", rb"\1\2\3", data, flags=re.M)
+    if mended != data:
+        sample.write_bytes(mended)
+
+
 class _QuietFiles(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
         pass
 
 
-def start_feed_origin(folder: Path) -> ThreadingHTTPServer:
-    """Serve ``folder`` on a free loopback port (Last-Modified and 304s from the stdlib)."""
+def start_feed_origin(folder: Path, port: int = 0) -> ThreadingHTTPServer:
+    """Serve ``folder`` on loopback (Last-Modified and 304s from the stdlib): on ``port``
+    when it is free (so subscriptions made in one run still work in the next), else on
+    any free port."""
     folder.mkdir(parents=True, exist_ok=True)
     sample = folder / "team.ics"
     if not sample.exists():
         sample.write_text(sample_feed(dt.date.today()), encoding="utf-8")
+    else:
+        _repair_old_sample(sample)
     handler = functools.partial(_QuietFiles, directory=str(folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True, name="demo-feed").start()
     return server
 
@@ -101,8 +122,16 @@ def write_demo_config(
 ) -> Path:
     logins = _logins(folder)
     htpasswd = folder / "users.htpasswd"
+    demo_ids = {user for user, _, _ in DEMO_USERS}
+    # Users added with `davproxy admin user add` stay; the demo users get their logins.
+    kept = [
+        line + "\n"
+        for line in (htpasswd.read_text(encoding="utf-8") if htpasswd.exists() else "").splitlines()
+        if line.strip() and line.partition(":")[0] not in demo_ids
+    ]
     htpasswd.write_text(
-        "".join(f"{user}:{hash_password(logins[user])}\n" for user, _, _ in DEMO_USERS),
+        "".join(f"{user}:{hash_password(logins[user])}\n" for user, _, _ in DEMO_USERS)
+        + "".join(kept),
         encoding="utf-8",
     )
     os.chmod(htpasswd, 0o600)
@@ -133,6 +162,19 @@ def write_demo_config(
     return main
 
 
+def davproxy_command() -> str:
+    """This davproxy as a shell command that works as printed, from any folder: plain
+    ``davproxy`` when that is the one on the PATH, else the script's full path (after
+    ``make demo`` it is ``.venv/bin/davproxy``), else ``python -m davproxy``."""
+    script = Path(sys.executable).parent / "davproxy"
+    found = shutil.which("davproxy")
+    if script.exists():
+        if found and Path(found).resolve() == script.resolve():
+            return "davproxy"
+        return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(sys.executable)} -m davproxy"
+
+
 def run_demo(data: str, port: int, host: str) -> int:
     folder = Path(data).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -142,7 +184,7 @@ def run_demo(data: str, port: int, host: str) -> int:
         )
     except EmbeddedError as exc:
         raise StartupError(f"the bundled Radicale did not start: {exc}") from None
-    origin = start_feed_origin(folder / "feeds")
+    origin = start_feed_origin(folder / "feeds", port + 1 if 0 < port < 65535 else 0)
     try:
         feed_origin = f"http://127.0.0.1:{origin.server_address[1]}"
         main = write_demo_config(folder, host, port, radicale.url, feed_origin)
@@ -162,8 +204,20 @@ def run_demo(data: str, port: int, host: str) -> int:
                 f"  try: curl -u alice:{logins['alice']} -X PROPFIND -H 'Depth: 1' {url}alice/",
                 f"  subscription (CalDAV, read-only): {url}.davproxy/feeds/team/",
                 f"  the same as one feed (.ics)     : {url}.davproxy/feeds/team.ics",
-                f"  its origin: {folder / 'feeds' / 'team.ics'} — edit it, then run",
-                f"    davproxy admin -c {main} refresh team",
+                f"  its origin: {feed_origin}/team.ics, the file {folder / 'feeds' / 'team.ics'}",
+                "    — edit it (or add .ics files beside it), then run",
+                f"    {davproxy_command()} admin -c {shlex.quote(str(main))} refresh team",
+                "  for the README's examples, paste into another shell:",
+                "    export "
+                + " ".join(
+                    f"{name}={shlex.quote(value)}"
+                    for name, value in (
+                        ("DAV", url.rstrip("/")),
+                        *((user.upper(), f"{user}:{logins[user]}") for user, _, _ in DEMO_USERS),
+                        ("FEEDS", feed_origin),
+                        ("DEMO", str(folder)),
+                    )
+                ),
                 "  Ctrl-C stops davproxy and Radicale.",
                 "",
             ]

@@ -26,7 +26,12 @@ from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element, href
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError, PlainError
 from davproxy.dav.paths import canonical, slash
 from davproxy.sharing.notifications import Renderer, invite_name, now_stamp, reply_name
-from davproxy.sharing.properties import INSTANCE_PROPS, SharingProperties, inner_xml
+from davproxy.sharing.properties import (
+    INSTANCE_PROPS,
+    SharingProperties,
+    copy_name,
+    inner_xml,
+)
 from davproxy.sharing.requests import (
     CS_SHARE,
     INVALID_SHARE,
@@ -182,12 +187,19 @@ class Sharing:
             }
             if unknown:  # CS: all or nothing, each bad href 403, every other one 424
                 return self._partial_failure(sharees, unknown)
+        await self.change_sharees(user, collection, info, sharees)
+        return web.Response(status=200 if apple else 204)
+
+    async def change_sharees(
+        self, user: str, collection: str, info: CollectionInfo, sharees: list[ShareeRequest]
+    ) -> None:
+        """Apply share requests of the collection's owner (checked by the caller): both
+        flavours over HTTP and ``davproxy admin share`` come through here."""
         with self.store.transaction():
             for sharee in sharees:
                 self._apply(user, collection, info, sharee)
         await self.access.apply(user)
         log.info("%s changed %d sharee(s) of %s (%s)", user, len(sharees), collection, info.kind)
-        return web.Response(status=200 if apple else 204)
 
     @staticmethod
     def _partial_failure(sharees: list[ShareeRequest], unknown: set[str]) -> web.Response:
@@ -223,6 +235,12 @@ class Sharing:
         )  # fmt: skip
         if share.status != "invalid":  # an unknown sharee is never notified
             self._invite(share, info, share.access)
+        else:  # the protocol answer stays a success (204); the operator learns of it here
+            log.warning(
+                "%s shared %s with %r, which names no known user: recorded as "
+                "invite-invalid, nobody notified (see `davproxy admin shares --status invalid`)",
+                owner, collection, wanted.href,
+            )  # fmt: skip
 
     def _invite(self, share: Share, info: CollectionInfo, access: str) -> None:
         """Write (or overwrite: coalesced per collection and sharee) the invitation."""
@@ -276,7 +294,8 @@ class Sharing:
         if accepted == declined:
             raise DavError(400, None, "DAV:invite-reply needs invite-accepted or invite-declined")
         mount = await self._decide(
-            request, share, accepted, (root.findtext(f"{{{DAV}}}comment") or "")[:4096],
+            request.headers.get("Authorization"), share, accepted,
+            (root.findtext(f"{{{DAV}}}comment") or "")[:4096],
             root.findtext(f"{{{DAV}}}create-in/{{{DAV}}}href"), root.findtext(f"{{{DAV}}}slug"),
         )  # fmt: skip
         if mount is None:
@@ -301,7 +320,9 @@ class Sharing:
         if share is None:
             raise DavError(403, INVALID_SHARE, "no open invitation with that CS:in-reply-to")
         summary = (root.findtext(f"{{{CS}}}summary") or "")[:512]
-        mount = await self._decide(request, share, accepted, summary, None, None, summary)
+        mount = await self._decide(
+            request.headers.get("Authorization"), share, accepted, summary, None, None, summary
+        )
         if mount is None:
             return web.Response(status=204)
         shared_as = element(f"{{{CS}}}shared-as", href(self.upstream.paths.public + mount))
@@ -316,9 +337,18 @@ class Sharing:
             return None
         return share
 
+    async def accept(self, share: Share, displayname: str = "", slug: str | None = None) -> str:
+        """Accept an open invitation on the sharee's behalf (``davproxy admin accept``),
+        exactly as their own reply would; the copy's path."""
+        if share.status != "noresponse":
+            raise DavError(403, INVALID_SHARE, f"the share is {share.status}, not an invitation")
+        mount = await self._decide(None, share, True, "", None, slug, displayname)
+        assert mount is not None
+        return mount
+
     async def _decide(
         self,
-        request: web.Request,
+        authorization: str | None,
         share: Share,
         accept: bool,
         comment: str,
@@ -334,12 +364,18 @@ class Sharing:
             return None
         invitation = self.store.notification(self.name, share.sharee, invite_name(share.invite_uid))
         offered = json.loads(invitation.body).get("displayname", "") if invitation else ""
+        offered = offered or self._info_of(share).displayname
+        # A name the sharee chose stands; otherwise (IETF replies carry none, Apple
+        # clients echo the offered name) the copy is told apart from the sharee's own
+        # collection of the same name: "Calendar (Alice)".
+        if not displayname or displayname == offered:
+            displayname = copy_name(offered, self.directory.display_name(share.owner))
         for _attempt in range(3):
-            mount = await self._choose_mount(request, share, create_in, slug)
+            mount = await self._choose_mount(authorization, share, create_in, slug)
             await self.access.grant(share, mount)  # first: nothing recorded if it refuses
             try:
                 with self.store.transaction():
-                    self._record_acceptance(share, mount, comment, displayname or offered)
+                    self._record_acceptance(share, mount, comment, displayname)
             except StoreConflict:
                 continue  # a racing reply took this name meanwhile: choose another
             except DavError:
@@ -385,7 +421,7 @@ class Sharing:
         )
 
     async def _choose_mount(
-        self, request: web.Request, share: Share, create_in: str | None, slug: str | None
+        self, authorization: str | None, share: Share, create_in: str | None, slug: str | None
     ) -> str:
         """Where the sharee's copy goes: inside their own home, under a free name."""
         allowed = self._homes_for_kind(share.sharee, share.kind)
@@ -400,7 +436,7 @@ class Sharing:
         base = _segment(slug or "") or _segment(
             f"{unquote(share.collection.rstrip('/').split('/')[-1])}-{share.owner}"
         )
-        headers = self.auth.headers_for(share.sharee, request.headers.get("Authorization"))
+        headers = self.auth.headers_for(share.sharee, authorization)
         for attempt in range(1, 50):
             candidate = f"{parent}{base if attempt == 1 else f'{base}-{attempt}'}/"
             if self.store.mount_taken(self.name, candidate):

@@ -171,6 +171,12 @@ class SharingProperties:
         return node
 
 
+def copy_name(collection_name: str, owner_name: str) -> str:
+    """The display name an accepted copy starts with when the sharee chose none: the
+    owner's name added, so Bob's own "Calendar" and his copy of Alice's stay apart."""
+    return f"{collection_name} ({owner_name})"
+
+
 def inner_xml(prop: etree._Element) -> str:
     """A property value kept as XML text, so structured values survive."""
     return etree.tostring(prop, encoding="unicode")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -89,7 +88,13 @@ def valid_user_id(user: str) -> bool:
 
 
 class Htpasswd:
-    """An htpasswd file, re-read when it changes so users can be added live."""
+    """An htpasswd file, re-read when it changes so users can be added live.
+
+    A change is noticed by the file's (mtime, size, inode): ``davproxy admin user``
+    and editors that rename a new file into place change the inode, in-place writers
+    the size or mtime.  ``refresh`` does the file I/O and is called from worker threads
+    (``verify``) or through ``asyncio.to_thread``; ``users`` only reads what was loaded,
+    so the event loop never waits for the disk or for a hash."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -97,16 +102,19 @@ class Htpasswd:
         self._stamp: tuple[int, int, int] | None = None
         self._hashes: dict[str, str] = {}
         self._dummy = _DUMMY_HASH
+        self._dummy_stamp: tuple[int, int, int] | None = None
+        self._last_error = ""
+        self.generation = 0  # counts loads: a cache of verdicts is stale when it moves
         self._load()
 
-    def _load(self) -> None:
-        """Re-read on change; a file that cannot be read or decoded keeps the last good
-        copy (OSError/ValueError are raised for the caller to log)."""
+    def _load(self) -> bool:
+        """Re-read on change (True when something was loaded); a file that cannot be
+        read or decoded keeps the last good copy (OSError/ValueError are raised)."""
         with self._lock:
             stat = self.path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
             if stamp == self._stamp:
-                return
+                return False
             text = self.path.read_bytes().decode("utf-8")
             hashes: dict[str, str] = {}
             for number, line in enumerate(text.splitlines(), 1):
@@ -124,29 +132,50 @@ class Htpasswd:
                     continue
                 hashes[user] = hashed
             self._hashes, self._stamp = hashes, stamp
-            # Unknown users are checked against a hash of the same scheme and cost as
-            # the real entries, so timing does not tell which user names exist.
-            if hashes:
-                self._dummy = _dummy_like(next(iter(hashes.values())))
+            self.generation += 1
             log.info("loaded %d users from %s", len(hashes), self.path)
+            return True
+
+    def refresh(self) -> bool:
+        """Blocking: notice a change of the file; errors are logged once each and the
+        last good copy is kept.  True when a new version was loaded."""
+        try:
+            loaded = self._load()
+        except (OSError, ValueError) as exc:
+            message = str(exc)
+            if message != self._last_error:
+                log.error(
+                    "cannot read htpasswd file %s (keeping the last good copy): %s",
+                    self.path,
+                    message,
+                )
+            self._last_error = message
+            return False
+        if self._last_error:
+            self._last_error = ""
+        return loaded
 
     def users(self) -> set[str]:
-        with contextlib.suppress(OSError, ValueError):  # keep the last good list
-            self._load()
+        """The users loaded last (no I/O: safe on the event loop)."""
         return set(self._hashes)
 
     def verify(self, user: str, password: str) -> bool:
         """Blocking (hashes are slow on purpose): call from a worker thread."""
-        try:
-            self._load()
-        except (OSError, ValueError) as exc:
-            log.error(
-                "cannot read htpasswd file %s (keeping the last good copy): %s", self.path, exc
-            )
+        self.refresh()
         hashed = self._hashes.get(user)
-        return _verify(password, hashed if hashed is not None else self._dummy) and (
+        return _verify(password, hashed if hashed is not None else self._dummy_hash()) and (
             hashed is not None
         )
+
+    def _dummy_hash(self) -> str:
+        """Unknown users are checked against a hash of the same scheme and cost as the
+        real entries, so timing does not tell which user names exist (made here, in a
+        worker thread, not while loading)."""
+        with self._lock:
+            if self._dummy_stamp != self._stamp and self._hashes:
+                self._dummy = _dummy_like(next(iter(self._hashes.values())))
+                self._dummy_stamp = self._stamp
+            return self._dummy
 
 
 def _verify(password: str, hashed: str) -> bool:
@@ -195,6 +224,9 @@ class VerdictCache:
             return None
         return verdict
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def put(self, credentials: Credentials, verdict: bool) -> None:
         ttl = self.ttl if verdict else min(self.ttl, _NEGATIVE_TTL)
         if ttl <= 0:
@@ -218,6 +250,11 @@ class Authenticator:
         # One verification in flight per credential digest: a burst of parallel
         # requests from one client costs one hash (or one upstream probe), not N.
         self._inflight: dict[bytes, asyncio.Task[bool]] = {}
+        # The htpasswd file is looked at (in a worker thread) at most once a second
+        # while requests arrive, so a changed or removed password stops working within
+        # about a second rather than after cache_seconds.
+        self._generation = self.htpasswd.generation if self.htpasswd is not None else 0
+        self._next_look = 0.0
 
     @property
     def proxy_auth(self) -> bool:
@@ -243,7 +280,22 @@ class Authenticator:
             "upstream-basic mode",
         )
 
+    async def notice_changes(self) -> None:
+        """Pick up a changed htpasswd file (``davproxy admin user …``, an editor): the
+        directory sees new users, and verdicts made under the old file are forgotten."""
+        if self.htpasswd is None or not self.proxy_auth:
+            return
+        now = time.monotonic()
+        if now < self._next_look:
+            return
+        self._next_look = now + 1.0
+        await asyncio.to_thread(self.htpasswd.refresh)
+        if self.htpasswd.generation != self._generation:
+            self._generation = self.htpasswd.generation
+            self.cache.clear()
+
     async def verify(self, credentials: Credentials) -> bool:
+        await self.notice_changes()
         cached = self.cache.get(credentials)
         if cached is not None:
             return cached

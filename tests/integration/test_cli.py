@@ -262,3 +262,11 @@ def test_unusable_store_is_one_clear_line(tmp_path: Path) -> None:
     line = one_line_error(result.__class__(result.args, 1, "", _errors_only(result.stderr)))
     assert line.startswith("davproxy: ") and "store.sqlite3" in line
     assert (tmp_path / "store.sqlite3").read_bytes().startswith(b"definitely")  # left as it was
+
+
+def test_version_is_the_package_version() -> None:
+    from importlib.metadata import version
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"davproxy {version('davproxy')}"

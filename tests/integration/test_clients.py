@@ -126,3 +126,37 @@ def test_caldav_server_tester_same_verdicts_xandikos(tmp_path: Path) -> None:
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_caldav_library_shares_with_a_raw_post(radicale_pair: Pair) -> None:
+    """docs/clients.md: the caldav library has no sharing calls, but its post() carries
+    the README's share and reply documents; bob's principal().calendars() then lists
+    the accepted copy under its distinguishable name."""
+    import re
+
+    from .test_sharing import share_body
+
+    url = radicale_pair.proxy.url("/")
+    name = f"libshare-{uuid.uuid4().hex[:6]}"
+    sharing = {"Content-Type": "application/davsharing+xml; charset=utf-8"}
+    with (
+        caldav.DAVClient(url=url, username="bob", password=USERS["bob"]) as bob,
+        caldav.DAVClient(url=url, username="alice", password=USERS["alice"]) as alice,
+    ):
+        bob.principal()
+        calendar = alice.principal().make_calendar(name="Library", cal_id=name)
+        shared = alice.post(str(calendar.url), share_body(("bob", "read")), sharing)
+        assert shared.status == 204
+        listing = bob.request(
+            radicale_pair.proxy.url("/.davproxy/notifications/bob/"), "PROPFIND", "",
+            {"Depth": "1"},
+        )  # fmt: skip
+        notes = re.findall(r"/\.davproxy/notifications/bob/[^<]*\.xml", listing.raw)
+        invite = next(
+            n for n in notes if f"/alice/{name}/" in bob.request(radicale_pair.proxy.url(n)).raw
+        )
+        reply = '<D:invite-reply xmlns:D="DAV:"><D:invite-accepted/></D:invite-reply>'
+        accepted = bob.post(radicale_pair.proxy.url(invite), reply, sharing)
+        assert accepted.status == 201
+        names = {c.get_display_name() for c in bob.principal().calendars()}
+        assert "Library (Alice)" in names

@@ -115,3 +115,31 @@ def test_two_upstreams_need_distinct_prefixes(tmp_path: Path) -> None:
     )
     with pytest.raises(config.ConfigError, match=r"prefix: '/' is used twice"):
         config.load(main)
+
+
+def test_top_level_key_errors_name_no_empty_table(tmp_path: Path) -> None:
+    """A key at the top of a file is named alone, not as ``[] kind``."""
+    with pytest.raises(config.ConfigError) as error:
+        config.load(write(tmp_path, 'url = "http://h/"', 'kind = "radicalex"\n'))
+    text = str(error.value)
+    assert text.startswith(f"{tmp_path / 'm.toml'}: kind: must be one of radicale")
+    assert "[]" not in text
+
+
+@pytest.mark.parametrize(
+    ("content", "position", "what"),
+    [
+        ("[server]\nport = 8080 8081\n", ", line 2, column 13: ", "expected newline"),
+        ('x = "unterminated', ": ", "unterminated string at the end of the file"),
+    ],
+)
+def test_invalid_toml_says_the_position_once(
+    tmp_path: Path, content: str, position: str, what: str
+) -> None:
+    main = tmp_path / "main.toml"
+    main.write_text(content)
+    with pytest.raises(config.ConfigError) as error:
+        config.load(main)
+    text = str(error.value)
+    assert text.startswith(f"{main}{position}invalid TOML: {what}"), text
+    assert text.count(", line ") <= 1 and "(at" not in text

@@ -85,3 +85,21 @@ def test_undecodable_htpasswd_keeps_last_good_copy(tmp_path: Path) -> None:
     store = Htpasswd(path)
     path.write_bytes(b"# caf\xe9\n" + path.read_bytes() + b"bob:x\n")
     assert store.verify("alice", "pw")  # last good copy, no exception
+
+
+def test_htpasswd_users_reads_no_disk_and_refresh_sees_a_replaced_file(tmp_path: Path) -> None:
+    """users() runs on the event loop: it only reads what was loaded; refresh() (a worker
+    thread) notices a file renamed into place, as `davproxy admin user` writes it."""
+    path = tmp_path / "users"
+    path.write_text(f"alice:{hash_password('pw')}\n")
+    store = Htpasswd(path)
+    generation = store.generation
+    replacement = tmp_path / "users.new"
+    replacement.write_text(f"alice:{hash_password('pw')}\nbob:{hash_password('b')}\n")
+    replacement.replace(path)
+    assert store.users() == {"alice"}  # not looked at yet
+    assert store.refresh() and store.generation == generation + 1
+    assert store.users() == {"alice", "bob"}
+    assert not store.refresh()  # unchanged: nothing re-read
+    path.unlink()
+    assert not store.refresh() and store.users() == {"alice", "bob"}  # last good copy
