@@ -24,7 +24,7 @@ from davproxy.access.backend import AccessBackend
 from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element, href
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError, PlainError
-from davproxy.dav.paths import canonical, slash
+from davproxy.dav.paths import PathRejected, canonical, resolve_path, slash, within
 from davproxy.sharing.notifications import Renderer, invite_name, now_stamp, reply_name
 from davproxy.sharing.properties import (
     INSTANCE_PROPS,
@@ -427,7 +427,10 @@ class Sharing:
         allowed = self._homes_for_kind(share.sharee, share.kind)
         parent = allowed[0]
         if create_in:
-            wanted = self.upstream.rest_of(davxml.href_path(create_in))
+            try:
+                wanted = self.upstream.rest_of(resolve_path(davxml.href_path(create_in)))
+            except PathRejected:
+                wanted = None
             if wanted is not None:
                 wanted = canonical(slash(wanted))
             if wanted not in allowed:
@@ -483,10 +486,9 @@ class Sharing:
             assert share.mount is not None
             if any(share.collection.startswith(path) for path in doubtful):
                 continue  # its collection may be gone: not served until that is settled
-            if rest.startswith(share.mount):
-                return share, rest[len(share.mount) :]
-            if rest + "/" == share.mount:
-                return share, ""
+            below = within(rest, share.mount)
+            if below is not None:
+                return share, below
         return None
 
     async def revoke(self, share: Share) -> None:

@@ -440,7 +440,7 @@ async def test_saturated_upstream_gives_504_not_a_hang(upstream_server, proxy) -
         "/alice/cal/%2E%2e/private/e.ics",
         "/alice/cal/..%2fprivate/e.ics",
         "/alice/cal/..%5Cprivate/e.ics",
-        "/alice/cal//private/e.ics",
+        "/alice/.//cal/",
         "/alice/./cal/",
         "/x/../.davproxy/whoami",
         "/alice/cal/%00.ics",
@@ -458,6 +458,30 @@ async def test_paths_the_upstream_could_reinterpret_are_refused(
             **basic("alice"), "Destination": base + path})  # fmt: skip
     assert answer.status == 400 and b"Path not accepted" in answer.body
     assert moved.status == 400 and b"Path not accepted" in moved.body
+
+
+@pytest.mark.parametrize(
+    "path, forwarded",
+    [
+        ("/alice/cal//e.ics", "/alice/cal/e.ics"),
+        ("/alice/cal//", "/alice/cal/"),
+        ("//alice///cal/e.ics?x=1", "/alice/cal/e.ics?x=1"),
+        ("/alice/cal/e.ics//", "/alice/cal/e.ics/"),
+        ("/alice%40x//caf%C3%A9/", "/alice%40x/caf%C3%A9/"),
+    ],
+)
+async def test_empty_segments_are_forwarded_collapsed(
+    upstream_server, proxy, path: str, forwarded: str
+) -> None:
+    """'//' is tolerated as Radicale and Xandikos tolerate it: the upstream receives the
+    path (and Destination) in the one form both resolve it to, encoding kept."""
+    base = await proxy(await upstream_server())
+    async with raw_session() as session:
+        answer = await fetch(session, "GET", base + path, basic("alice"))
+        moved = await fetch(session, "MOVE", base + "/alice/cal/a.ics", {
+            **basic("alice"), "Destination": base + path})  # fmt: skip
+    assert answer.status == 200 and seen(answer.body)["raw_path"] == forwarded
+    assert header(seen(moved.body), "Destination") == [base + forwarded]
 
 
 async def test_odd_passwords_are_wrong_passwords_not_errors(upstream_server, proxy) -> None:
