@@ -54,6 +54,8 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "REPORT"})
 # What a read-write sharee may do besides: the methods whose effect davproxy knows.
 # (No POST: it could carry a share request, or anything else, executed as the owner.)
 WRITE_METHODS = frozenset({"PUT", "DELETE", "MOVE", "COPY", "PROPPATCH", "MKCOL", "MKCALENDAR"})
+# A share in these states can be answered (again): its sharee may change their mind.
+_ANSWERABLE = ("noresponse", "accepted", "declined")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,17 +280,24 @@ class Sharing:
     # -- replies ----------------------------------------------------------------------------
 
     async def reply(
-        self, request: web.Request, user: str, note: Notification, body: bytes
+        self, request: web.Request, user: str, name: str, note: Notification | None, body: bytes
     ) -> web.StreamResponse:
-        """``D:invite-reply`` POSTed to the invitation (resource-sharing-04 §4.5)."""
+        """``D:invite-reply`` POSTed to the invitation's reply-url (resource-sharing-04
+        §4.7.1).  The invitation is removed once answered (the draft's SHOULD), but its
+        reply-url keeps taking answers while the share stands, so a sharee can change
+        their mind as Apple's do (``reply_cs``): decline after accepting, accept after
+        declining, and an identical answer again gets the same answer."""
         root = davxml.parse(body)
         if root.tag != INVITE_REPLY:
             raise DavError(400, None, "expected DAV:invite-reply")
-        if note.type != "share-invite":
+        if note is not None and note.type != "share-invite":
             raise DavError(403, NEED_PRIVILEGES, "only invitations can be answered")
-        share = self._open_invitation(json.loads(note.body)["uid"], user)
+        uid = json.loads(note.body)["uid"] if note is not None else name.removesuffix(".xml")
+        share = self._answerable(uid, user)
         if share is None:
-            raise DavError(403, NEED_PRIVILEGES, "this invitation was withdrawn or answered")
+            if note is None:
+                raise DavError(404, None, "no such notification")
+            raise DavError(403, NEED_PRIVILEGES, "this invitation was withdrawn")
         accepted = root.find(f"{{{DAV}}}invite-accepted") is not None
         declined = root.find(f"{{{DAV}}}invite-declined") is not None
         if accepted == declined:
@@ -300,6 +309,7 @@ class Sharing:
         )  # fmt: skip
         if mount is None:
             return web.Response(status=204)
+        # the same answer to the same reply: a repeated accept names the same copy
         origin = f"{request.scheme}://{request.host}"
         return web.Response(
             status=201, headers={"Location": origin + self.upstream.paths.public + mount}
@@ -308,7 +318,13 @@ class Sharing:
     async def reply_cs(
         self, request: web.Request, user: str, root: etree._Element
     ) -> web.StreamResponse:
-        """``CS:invite-reply`` POSTed to the sharee's home (caldav-sharing §5.3.3)."""
+        """``CS:invite-reply`` POSTed to the sharee's home (caldav-sharing §5.3.3).
+
+        As CalendarServer answers it: a sharee may decline after accepting (the copy
+        goes, the sharer is told) and accept after declining (the copy comes back, at
+        the same path unless that name was taken meanwhile); a repeated answer changes
+        nothing and gets the same answer (the same ``CS:shared-as``).  A withdrawn
+        invitation is ``CS:invalid-share``."""
         uid = (root.findtext(f"{{{CS}}}in-reply-to") or "").strip()
         accepted = root.find(f"{{{CS}}}invite-accepted") is not None
         declined = root.find(f"{{{CS}}}invite-declined") is not None
@@ -316,24 +332,29 @@ class Sharing:
             raise DavError(
                 403, VALID_REQUEST, "CS:invite-reply needs a status, CS:hosturl and CS:in-reply-to"
             )
-        share = self._open_invitation(uid, user)
+        share = self._answerable(uid, user)
         if share is None:
-            raise DavError(403, INVALID_SHARE, "no open invitation with that CS:in-reply-to")
+            raise DavError(403, INVALID_SHARE, "no invitation of yours with that CS:in-reply-to")
         summary = (root.findtext(f"{{{CS}}}summary") or "")[:512]
         mount = await self._decide(
             request.headers.get("Authorization"), share, accepted, summary, None, None, summary
         )
         if mount is None:
             return web.Response(status=204)
-        shared_as = element(f"{{{CS}}}shared-as", href(self.upstream.paths.public + mount))
+        # CalendarServer writes the copy's URL without its trailing slash (joinURL of the
+        # home and the name); Apple clients append "/" and member names to it.
+        shared_as = element(
+            f"{{{CS}}}shared-as", href((self.upstream.paths.public + mount).rstrip("/"))
+        )
         return web.Response(
             status=200, body=davxml.serialize(shared_as), content_type="text/xml", charset="utf-8"
         )
 
-    def _open_invitation(self, uid: str, user: str) -> Share | None:
-        """The share an invitation stands for, if it is this user's and still open."""
+    def _answerable(self, uid: str, user: str) -> Share | None:
+        """The share an invitation stands for, if it is this user's and still stands
+        (open, accepted or declined; not withdrawn)."""
         share = self.store.share_by_uid(uid)
-        if share is None or share.sharee != user or share.status != "noresponse":
+        if share is None or share.sharee != user or share.status not in _ANSWERABLE:
             return None
         return share
 
@@ -356,52 +377,77 @@ class Sharing:
         slug: str | None,
         displayname: str = "",
     ) -> str | None:
-        """Record the sharee's answer (both flavours); the copy's path when accepted."""
-        if not accept:
-            with self.store.transaction():
-                self._answer(share, "declined", None, comment)
-            await self.access.apply(share.owner)
-            return None
-        invitation = self.store.notification(self.name, share.sharee, invite_name(share.invite_uid))
-        offered = json.loads(invitation.body).get("displayname", "") if invitation else ""
-        offered = offered or self._info_of(share).displayname
-        # A name the sharee chose stands; otherwise (IETF replies carry none, Apple
-        # clients echo the offered name) the copy is told apart from the sharee's own
-        # collection of the same name: "Calendar (Alice)".
-        if not displayname or displayname == offered:
-            displayname = copy_name(offered, self.directory.display_name(share.owner))
+        """Record the sharee's answer (both flavours); the copy's path when accepted.
+
+        Every status a standing share can be in may be answered either way; an answer
+        equal to the current status changes nothing (the same copy, no notification).
+        A reply racing another one is decided again on what that one left."""
         for _attempt in range(3):
+            current = self.store.share(share.id)
+            if current is None or current.invite_uid != share.invite_uid:
+                raise DavError(403, INVALID_SHARE, "this invitation was withdrawn")
+            share = current
+            if not accept:
+                if share.status == "declined":
+                    return None
+                with self.store.transaction():
+                    done = self._answer(share, "declined", None, comment)
+                if done is None:
+                    continue
+                await self.access.apply(share.owner)  # a copy that was there goes
+                return None
+            if share.status == "accepted" and share.mount:
+                return share.mount
             mount = await self._choose_mount(authorization, share, create_in, slug)
             await self.access.grant(share, mount)  # first: nothing recorded if it refuses
             try:
                 with self.store.transaction():
-                    self._record_acceptance(share, mount, comment, displayname)
+                    done = self._record_acceptance(share, mount, comment, displayname)
             except StoreConflict:
-                continue  # a racing reply took this name meanwhile: choose another
+                done = None  # a racing reply took this name meanwhile: choose another
             except DavError:
                 await self.access.apply(share.owner)  # take back what was granted above
                 raise
-            await self.access.apply(share.owner)
-            return mount
-        raise DavError(409, None, "no free name for the shared copy; try again")
+            await self.access.apply(share.owner)  # on a lost race: takes the grant back
+            if done is not None:
+                return mount
+        raise DavError(409, None, "the share changed while answering; try again")
 
-    def _record_acceptance(self, share: Share, mount: str, comment: str, name: str) -> None:
+    def _record_acceptance(
+        self, share: Share, mount: str, comment: str, displayname: str
+    ) -> Share | None:
+        """The acceptance, with the copy's starting properties; None when the share
+        changed meanwhile.  A copy that comes back keeps what its sharee set on it."""
+        invitation = self.store.notification(self.name, share.sharee, invite_name(share.invite_uid))
+        offered = json.loads(invitation.body).get("displayname", "") if invitation else ""
+        offered = offered or self._info_of(share).displayname
         accepted = self._answer(share, "accepted", mount, comment)
-        if share.kind == "calendar":
+        if accepted is None:
+            return None
+        stored = self.store.instance_props(accepted.id)
+        transp = f"{{{CALDAV}}}schedule-calendar-transp"
+        if share.kind == "calendar" and transp not in stored:
             # caldav-sharing-01 §4: a shared calendar starts out transparent.
-            transp = f"{{{CALDAV}}}schedule-calendar-transp"
             self.store.set_instance_prop(
                 accepted.id,
                 transp,
                 inner_xml(element(transp, element(f"{{{CALDAV}}}transparent"))),
             )
-        if name:
-            self.store.set_instance_prop(accepted.id, f"{{{DAV}}}displayname", name)
+        if f"{{{DAV}}}displayname" not in stored:
+            # A name the sharee chose stands; otherwise (IETF replies carry none, Apple
+            # clients echo the offered name) the copy is told apart from the sharee's
+            # own collection of the same name: "Calendar (Alice)".
+            if not displayname or displayname == offered:
+                displayname = copy_name(offered, self.directory.display_name(share.owner))
+            self.store.set_instance_prop(accepted.id, f"{{{DAV}}}displayname", displayname)
+        return accepted
 
-    def _answer(self, share: Share, status: str, mount: str | None, comment: str) -> Share:
-        updated = self.store.share_set_status(share, status, mount, expect="noresponse")
-        if updated is None:  # answered or revoked while this reply was on its way
-            raise DavError(403, INVALID_SHARE, "this invitation was withdrawn or answered")
+    def _answer(self, share: Share, status: str, mount: str | None, comment: str) -> Share | None:
+        """The sharee's answer recorded and the owner told; None when the share is no
+        longer in the status it was read in (a racing reply or revocation)."""
+        updated = self.store.share_set_status(share, status, mount, expect=share.status)
+        if updated is None:
+            return None
         self.store.notification_delete(self.name, share.sharee, invite_name(share.invite_uid))
         self._tell_owner(updated, status, comment)
         return updated
