@@ -56,6 +56,31 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "REPORT"})
 WRITE_METHODS = frozenset({"PUT", "DELETE", "MOVE", "COPY", "PROPPATCH", "MKCOL", "MKCALENDAR"})
 # A share in these states can be answered (again): its sharee may change their mind.
 _ANSWERABLE = ("noresponse", "accepted", "declined")
+# Resource types that mark a collection as no one's to share, whatever its path: a
+# principal, the scheduling inbox and outbox (RFC 6638; Xandikos advertises and accepts
+# shares of them otherwise, exposing the owner's incoming scheduling messages), a
+# notification collection, a subscription, a copy of someone else's collection.
+NOT_SHAREABLE = frozenset(
+    {
+        f"{{{DAV}}}principal",
+        f"{{{CALDAV}}}schedule-inbox",
+        f"{{{CALDAV}}}schedule-outbox",
+        f"{{{DAV}}}notifications",
+        f"{{{CS}}}notification",
+        f"{{{CS}}}subscribed",
+        f"{{{CS}}}shared",
+    }
+)
+
+
+class NotShareable(DavError):
+    """The collection exists but is not one that can be shared (403)."""
+
+
+def shareable_type(types: set[str]) -> bool:
+    """Whether a resourcetype (its child element names) is one of a collection that
+    can be shared: a calendar, an address book or a plain collection."""
+    return f"{{{DAV}}}collection" in types and not types & NOT_SHAREABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +147,9 @@ class Sharing:
             raise DavError(404, None, "no such collection")
         types = {str(node.tag) for node in root.iterfind(f".//{{{DAV}}}resourcetype/*")}
         if f"{{{DAV}}}collection" not in types:
-            raise DavError(403, NEED_PRIVILEGES, "only collections can be shared")
+            raise NotShareable(403, NEED_PRIVILEGES, "only collections can be shared")
+        if not shareable_type(types):
+            raise NotShareable(403, NEED_PRIVILEGES, "this kind of collection cannot be shared")
         kind = (
             "calendar"
             if f"{{{CALDAV}}}calendar" in types
@@ -148,18 +175,31 @@ class Sharing:
         }
         return sorted(rests, key=len, reverse=True)
 
+    def collection_homes(self, user: str) -> list[str]:
+        """The user's calendar and address-book homes below the upstream root: where
+        their collections live (RFC 4791 §6.2.1, RFC 6352 §7.1.1)."""
+        paths = self.upstream.user_paths(user)
+        rests = {
+            canonical(self.upstream.rest_of(p) or "")
+            for p in (paths.calendar_home, paths.addressbook_home)
+        }
+        return sorted(rests, key=len, reverse=True)
+
     def role(self, user: str, rest: str) -> tuple[str | None, Share | None]:
         """What a path of this user is to sharing, from one look at their copies:
         ``("copy", share)`` their copy of someone else's collection, ``("in-copy",
-        share)`` something inside one, ``("owned", None)`` a collection strictly inside
-        one of their homes (a home, even one nested in another as on Xandikos, is not
-        shareable), or ``(None, None)``."""
+        share)`` something inside one, ``("owned", None)`` a collection of theirs that
+        can be shared: strictly inside their calendar or address-book home (a home,
+        even one nested in another as on Xandikos, and what lives beside the homes in
+        the principal, such as Xandikos's schedule inbox and outbox, are not), or
+        ``(None, None)``.  Resource types are checked where they are known
+        (``shareable_type``)."""
         rest = canonical(rest)
         found = self.mount_for(user, rest)
         if found is not None:
             return ("copy" if found[1] == "" else "in-copy"), found[0]
         homes = self.homes(user)
-        if rest in homes or not any(rest.startswith(home) for home in homes):
+        if rest in homes or not any(rest.startswith(h) for h in self.collection_homes(user)):
             return None, None
         return "owned", None
 
@@ -176,11 +216,26 @@ class Sharing:
         apple = root.tag == CS_SHARE
         collection = canonical(slash(rest))
         if not self.owns_collection(user, collection):
+            if apple and any(collection.startswith(home) for home in self.homes(user)):
+                # a home, principal, inbox ...: CalendarServer's "Sharing not supported"
+                raise DavError(403, VALID_REQUEST, "this collection cannot be shared")
             raise DavError(403, NEED_PRIVILEGES, "only the owner of a collection can share it")
         sharees = parse_cs_share(root) if apple else parse_share_resource(root)
-        info = await self.collection_info(
-            collection, self.auth.headers_for(user, request.headers.get("Authorization"))
-        )
+        try:
+            info = await self.collection_info(
+                collection, self.auth.headers_for(user, request.headers.get("Authorization"))
+            )
+        except NotShareable as exc:
+            if apple:  # CalendarServer: 403 CS:valid-request, "Sharing not supported"
+                raise DavError(403, VALID_REQUEST, exc.message) from None
+            raise
+        # The owner named as a sharee: a CS:set of theirs is refused for that href and a
+        # CS:remove ignored, as CalendarServer does; an IETF request has no per-sharee
+        # answer, so there it is ignored.  The rest of the batch applies either way.
+        own = {s.href for s in sharees if self.directory.resolve(s.href) == user}
+        refused = {s.href for s in sharees if s.href in own and s.access != "no-access"}
+        if own:
+            log.info("%s named themselves as a sharee of %s: ignored", user, collection)
         if apple:
             unknown = {
                 s.href
@@ -188,8 +243,12 @@ class Sharing:
                 if s.access != "no-access" and self.directory.resolve(s.href) is None
             }
             if unknown:  # CS: all or nothing, each bad href 403, every other one 424
-                return self._partial_failure(sharees, unknown)
-        await self.change_sharees(user, collection, info, sharees)
+                return self._per_href(sharees, unknown | refused, 424)
+        others = [s for s in sharees if s.href not in own]
+        if others:
+            await self.change_sharees(user, collection, info, others)
+        if apple and refused:
+            return self._per_href(sharees, refused, 200)
         return web.Response(status=200 if apple else 204)
 
     async def change_sharees(
@@ -204,10 +263,11 @@ class Sharing:
         log.info("%s changed %d sharee(s) of %s (%s)", user, len(sharees), collection, info.kind)
 
     @staticmethod
-    def _partial_failure(sharees: list[ShareeRequest], unknown: set[str]) -> web.Response:
-        responses = [
-            davxml.status_response(s.href, 403 if s.href in unknown else 424) for s in sharees
-        ]
+    def _per_href(sharees: list[ShareeRequest], refused: set[str], others: int) -> web.Response:
+        """CalendarServer's 207: 403 for each refused href, ``others`` (424 when nothing
+        was applied, 200 when the rest was) for every other one, each href once."""
+        hrefs = list(dict.fromkeys(s.href for s in sharees))
+        responses = [davxml.status_response(h, 403 if h in refused else others) for h in hrefs]
         return web.Response(
             status=207,
             body=davxml.serialize(davxml.multistatus(*responses)),
