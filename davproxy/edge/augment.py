@@ -26,6 +26,7 @@ from davproxy.sharing import copies
 from davproxy.sharing.copies import SHARING_TOKENS
 from davproxy.sharing.model import shareable_type
 from davproxy.sharing.notifications import collection_path
+from davproxy.sharing.properties import SUPPORTED_PRIVILEGES, supported_share
 from davproxy.store.records import Share
 from davproxy.upstream.site import Context
 
@@ -52,6 +53,7 @@ OWNED_PROPS = frozenset(
         f"{{{CS}}}invite",
         f"{{{CS}}}allowed-sharing-modes",
         f"{{{CS}}}shared-url",
+        SUPPORTED_PRIVILEGES,
     }
 )
 
@@ -87,6 +89,7 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
             bool(extra)
             or wanted.wants_any(OWNED_PROPS)
             or (wanted.wants(PRIVILEGES) and (is_home or owned))
+            or (wanted.wants(SUPPORTED_PRIVILEGES) and owned)
             or (wanted.wants(RESOURCETYPE) and (is_home or shared))
         )
         if not edits:
@@ -95,6 +98,7 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
         principal = canonical(upstream.user_paths(user).principal)
         notification_url = collection_path(upstream, user)
         roles: dict[str, tuple[str | None, Share | None]] = {}
+        listed_privileges: set[str] = set()  # paths the upstream lists privileges of
 
         def role_of(path: str) -> tuple[str, str | None, Share | None]:
             """Each listed path is classified once, whichever hook asks first."""
@@ -114,7 +118,10 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
                 }
             rest, role, share = role_of(path)
             if role == "owned":
-                return sharing.properties.owner_props(rest)
+                props = sharing.properties.owner_props(rest)
+                if props is not None and rest in listed_privileges:
+                    del props[SUPPORTED_PRIVILEGES]  # the upstream's, with D:share added
+                return props
             if role == "copy" and share is not None:  # a copy the upstream lists itself
                 return sharing.properties.copy_props(share)
             return None
@@ -135,6 +142,12 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
                 changed = davxml.add_resourcetype(node, marker)
             if role == "owned":
                 changed = davxml.add_privilege(node, f"{{{DAV}}}share") or changed
+                listed = davxml.found_prop(node, SUPPORTED_PRIVILEGES)
+                if listed is not None:  # an upstream that lists privileges: D:share joins
+                    listed_privileges.add(rest)
+                    if listed.find(f".//{{{DAV}}}privilege/{{{DAV}}}share") is None:
+                        listed.append(supported_share())
+                        changed = True
             return changed
 
         def edit(answer: bytes) -> bytes:
