@@ -17,8 +17,9 @@ from davproxy.dav.errors import DavError, PlainError
 from davproxy.edge.logs import log_access
 from davproxy.edge.monitoring import Metrics, Monitor
 from davproxy.edge.routes import ROUTE, Router
-from davproxy.edge.sites import Site, build_site, feed_parts
+from davproxy.edge.sites import build_site, feed_parts
 from davproxy.feeds.refresh import Refresher
+from davproxy.sharing import upstream_rights
 from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.proxy import UPSTREAM_SECONDS, keep_upstream_headers
@@ -40,6 +41,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 ROUTER = web.AppKey("router", Router)
 METRICS = web.AppKey("metrics", Metrics)
 REFRESHER = web.AppKey("refresher", Refresher)
+LISTENING = web.AppKey("listening", asyncio.Event)
 
 
 @web.middleware
@@ -85,19 +87,17 @@ class SetupError(Exception):
     """A resource named in the configuration cannot be used (one line for the operator)."""
 
 
-async def _reconcile_until_done(site: Site, pause: float = 5.0) -> None:
-    """Settle what start-up could not (an upstream that was not up yet): until then a
-    deletion stays pending and upstream rights may differ from the store."""
-    while True:
-        await asyncio.sleep(pause)
-        try:
-            await site.sharing.settle_deletions()
-            await site.sharing.access.reconcile_all()
-        except PlainError as exc:
-            log.warning("reconciliation with %s still failing: %s", site.upstream.name, exc)
-            continue
-        log.info("reconciliation with %s done", site.upstream.name)
-        return
+async def _once_listening(app: web.Application, work: Awaitable[None]) -> None:
+    """Background work starts only once the server listens: a port in use ends start-up
+    before anything (a feed refresh, a retry) has begun, so nothing is cut off."""
+    await app[LISTENING].wait()
+    await work
+
+
+def listening(app: web.Application) -> None:
+    """Called by whoever serves the application once its socket listens (``server.py``);
+    until then the feed refresher and the upstream retries wait."""
+    app[LISTENING].set()
 
 
 def create_app(config: Config) -> web.Application:
@@ -130,14 +130,18 @@ def create_app(config: Config) -> web.Application:
             raise SetupError(f"cannot read an htpasswd file: {exc}") from None
         for site in sites:
             site.subscriptions.sync_configured()
-        retries: list[asyncio.Task[None]] = []
         for site in sites:
             try:
-                await site.sharing.settle_deletions()
-                await site.sharing.access.reconcile_all()
-            except PlainError as exc:  # the upstream may still be starting: retry until done
+                await upstream_rights.reconcile(site.sharing)
+            except PlainError as exc:  # the upstream may still be starting: retried
                 log.error("start-up reconciliation with %s failed: %s", site.upstream.name, exc)
-                retries.append(asyncio.create_task(_reconcile_until_done(site)))
+        app[LISTENING] = asyncio.Event()
+        # Whatever fails later (the upstream down, a revocation by `davproxy admin`
+        # meanwhile) is retried until the upstream confirms.
+        retries = [
+            asyncio.create_task(_once_listening(app, upstream_rights.keep_in_line(site.sharing)))
+            for site in sites
+        ]
         app[STORE] = store
         app[SESSION] = session
         metrics = Metrics(store)
@@ -151,7 +155,9 @@ def create_app(config: Config) -> web.Application:
         app[ROUTER].monitor = Monitor(store, metrics, config.monitoring)
         parts.refresher.on_report = metrics.observe_refresh
         app[REFRESHER] = parts.refresher
-        scheduler = asyncio.create_task(parts.refresher.run(), name="feed-refresh")
+        scheduler = asyncio.create_task(
+            _once_listening(app, parts.refresher.run()), name="feed-refresh"
+        )
         try:
             yield
         finally:
