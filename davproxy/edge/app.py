@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -14,6 +15,7 @@ from aiohttp import http_parser, web, web_protocol
 from davproxy.config import Config
 from davproxy.dav import davxml
 from davproxy.dav.errors import DavError, PlainError
+from davproxy.edge.guard import LoginGuard
 from davproxy.edge.logs import log_access
 from davproxy.edge.monitoring import Metrics, Monitor
 from davproxy.edge.routes import ROUTE, Router
@@ -22,7 +24,8 @@ from davproxy.feeds.refresh import Refresher
 from davproxy.sharing import upstream_rights
 from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
-from davproxy.upstream.proxy import UPSTREAM_SECONDS, keep_upstream_headers
+from davproxy.upstream.identity import parse_basic
+from davproxy.upstream.proxy import UPSTREAM_SECONDS, client_address, keep_upstream_headers
 from davproxy.upstream.site import USER, Limits
 
 log = logging.getLogger("davproxy.app")
@@ -42,13 +45,31 @@ ROUTER = web.AppKey("router", Router)
 METRICS = web.AppKey("metrics", Metrics)
 REFRESHER = web.AppKey("refresher", Refresher)
 LISTENING = web.AppKey("listening", asyncio.Event)
+GUARD = web.AppKey("guard", LoginGuard)
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
+    client = client_address(request, request.app[CONFIG].server.forwarded_allow_ips)
+    guard = request.app[GUARD]
+    # Basic credentials make any request a login attempt, whoever checks them: after
+    # failures from this address or for this name it waits its turn (never the loop).
+    credentials = parse_basic(request.headers.get("Authorization")) if guard.enabled else None
+    login: str | None = None
     try:
+        if credentials is not None:
+            wait = guard.admit(client, credentials.user, credentials.password)
+            if wait is None:
+                login = "refused"
+                raise PlainError(
+                    429,
+                    "Too many failed logins from this address; try again later",
+                    {"Retry-After": str(math.ceil(guard.ceiling))},
+                )
+            if wait > 0:
+                await asyncio.sleep(wait)
         response = await handler(request)
         status = response.status
         return response
@@ -67,20 +88,30 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error on %s %s", request.method, request.path)
         return PlainError(500, "Internal error in davproxy (see its log)").to_response()
     finally:
+        if credentials is not None and login is None:
+            if status == 401:  # davproxy's verdict or the upstream's: a failed login
+                guard.failed(client, credentials.user)
+                login = "failed"
+            elif status < 500 and status not in (400, 429):
+                guard.succeeded(credentials.user, credentials.password)
         seconds = time.perf_counter() - started
         route = request.get(ROUTE, "-")
         log_access(
             request.method,
             request.raw_path,
             route,
-            request.get(USER),
+            request.get(USER) or (credentials.user if login and credentials else None),
             status,
             seconds,
             request.get(UPSTREAM_SECONDS),
+            client,
+            login,
         )
         metrics = request.app.get(METRICS)
         if metrics is not None:
             metrics.observe_request(route, request.method, status, seconds)
+            if login is not None:
+                metrics.observe_login(login)
 
 
 class SetupError(Exception):
@@ -107,6 +138,7 @@ def create_app(config: Config) -> web.Application:
         handler_args={"max_field_size": 16 * 1024},
     )
     app[CONFIG] = config
+    app[GUARD] = LoginGuard(config.server.login_delay_max)
     app.on_response_prepare.append(keep_upstream_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -144,7 +176,7 @@ def create_app(config: Config) -> web.Application:
         ]
         app[STORE] = store
         app[SESSION] = session
-        metrics = Metrics(store)
+        metrics = Metrics(store, app[GUARD])
         for site in sites:
             site.upstream.on_answer = metrics.upstream.labels(site.upstream.name).observe
             site.upstream.on_bytes = metrics.relayed.labels(site.upstream.name).inc

@@ -49,6 +49,11 @@ def setup(config: LoggingConfig) -> None:
     access_log.disabled = not config.access_log
 
 
+def _escaped(text: str) -> str:
+    """Unprintable characters escaped: no forged log lines."""
+    return text.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
 def log_access(
     method: str,
     path: str,
@@ -57,16 +62,23 @@ def log_access(
     status: int,
     seconds: float,
     upstream_seconds: float | None = None,
+    client: str = "-",
+    login: str | None = None,
 ) -> None:
+    """One line per request.  ``client`` comes first, so nothing a client sends (path,
+    user name) can stand before it; ``login`` is ``failed`` (credentials answered 401)
+    or ``refused`` (too many failures: 429 without checking them)."""
     if access_log.disabled or not access_log.isEnabledFor(logging.INFO):
         return
     # the raw path, with anything unprintable escaped: no forged log lines
-    path = path.encode("unicode_escape", "backslashreplace").decode("ascii")
-    fields = {
+    path = _escaped(path)
+    name = _escaped(user) if user else "-"
+    fields: dict[str, Any] = {
+        "client": client,
         "method": method,
         "path": path,
         "route": route,
-        "user": user or "-",
+        "user": name,
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
     }
@@ -74,14 +86,20 @@ def log_access(
     if upstream_seconds is not None:
         fields["upstream_ms"] = round(upstream_seconds * 1000, 2)
         upstream = f"{upstream_seconds * 1000:.1f}ms"
+    tail = ""
+    if login is not None:
+        fields["login"] = login
+        tail = f" login={login}"
     access_log.info(
-        "%s %s route=%s user=%s status=%d %.1fms upstream=%s",
+        "client=%s %s %s route=%s user=%s status=%d %.1fms upstream=%s%s",
+        client,
         method,
-        path,
+        path.replace(" ", "\\x20"),  # one token per field in the text form
         route,
-        user or "-",
+        name.replace(" ", "\\x20"),
         status,
         seconds * 1000,
         upstream,
+        tail,
         extra={"fields": fields},
     )
