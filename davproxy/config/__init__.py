@@ -458,6 +458,15 @@ def _load_upstream(source: Path, table: Table) -> UpstreamConfig:
         if user.id in seen:
             raise ConfigError(f"{mapping_path}: [users[{i}]] id: {user.id!r} is listed twice")
         seen.add(user.id)
+    addresses: dict[str, str] = {}
+    for i, user in enumerate(users):
+        for email in user.emails:
+            other = addresses.setdefault(email, user.id)
+            if other != user.id:  # mailto: must name one user, not the last one listed
+                raise ConfigError(
+                    f"{mapping_path}: [users[{i}]] emails: {email!r} is already "
+                    f"{other!r}'s address; an address may belong to one user only"
+                )
 
     feeds = tuple(_load_feed(t) for t in mapping.tables("feeds"))
     names = [feed.name for feed in feeds]

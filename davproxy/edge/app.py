@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -118,11 +119,11 @@ class SetupError(Exception):
     """A resource named in the configuration cannot be used (one line for the operator)."""
 
 
-async def _once_listening(app: web.Application, work: Awaitable[None]) -> None:
+async def _once_listening(app: web.Application, work: Callable[[], Awaitable[None]]) -> None:
     """Background work starts only once the server listens: a port in use ends start-up
     before anything (a feed refresh, a retry) has begun, so nothing is cut off."""
     await app[LISTENING].wait()
-    await work
+    await work()
 
 
 def listening(app: web.Application) -> None:
@@ -171,7 +172,9 @@ def create_app(config: Config) -> web.Application:
         # Whatever fails later (the upstream down, a revocation by `davproxy admin`
         # meanwhile) is retried until the upstream confirms.
         retries = [
-            asyncio.create_task(_once_listening(app, upstream_rights.keep_in_line(site.sharing)))
+            asyncio.create_task(
+                _once_listening(app, functools.partial(upstream_rights.keep_in_line, site.sharing))
+            )
             for site in sites
         ]
         app[STORE] = store
@@ -188,7 +191,7 @@ def create_app(config: Config) -> web.Application:
         parts.refresher.on_report = metrics.observe_refresh
         app[REFRESHER] = parts.refresher
         scheduler = asyncio.create_task(
-            _once_listening(app, parts.refresher.run()), name="feed-refresh"
+            _once_listening(app, parts.refresher.run), name="feed-refresh"
         )
         try:
             yield

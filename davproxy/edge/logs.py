@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from davproxy.config import LoggingConfig
 
 access_log = logging.getLogger("davproxy.access")
@@ -35,6 +37,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class UnparsableRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a target that does not start with ``/``,
+    a broken header line) as an error with a full traceback, once per request.  It is
+    the client's mistake, answered 400: one escaped line at info instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        client = str(args[0]) if args else "-"
+        detail = " ".join(str(error.message or error).split())
+        record.msg = "refused an unparsable request from %s (400): %s"
+        record.args = (client, _escaped(detail)[:200])
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger("davproxy").isEnabledFor(logging.INFO)
+
+
 def setup(config: LoggingConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if config.format == "json":
@@ -46,6 +67,9 @@ def setup(config: LoggingConfig) -> None:
     root.setLevel(config.level.upper())
     # aiohttp's own access log would duplicate ours (and its format can include headers).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, UnparsableRequests) for f in server_log.filters):
+        server_log.addFilter(UnparsableRequests())
     access_log.disabled = not config.access_log
 
 

@@ -60,3 +60,26 @@ def test_json_line_has_client_and_login(capsys) -> None:
     assert entry["client"] == "2001:db8::1" and entry["login"] == "refused"
     logs.log_access("GET", "/x", "passthrough", "alice", 200, 0.0, None, "127.0.0.1")
     assert "login" not in json.loads(capsys.readouterr().err.strip())
+
+
+def test_unparsable_requests_are_one_line_not_a_traceback(capsys) -> None:
+    from aiohttp.http_exceptions import InvalidURLError
+
+    logs.setup(LoggingConfig(level="info", format="text"))
+    server_log = logging.getLogger("aiohttp.server")
+    try:
+        raise InvalidURLError("not/a/path\x1b[31m")
+    except InvalidURLError as exc:
+        server_log.exception("Error handling request from %s", "203.0.113.9", exc_info=exc)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "INFO aiohttp.server: refused an unparsable request from 203.0.113.9 (400)" in err
+    assert "\x1b" not in err  # escaped
+    server_log.error("something else")  # other aiohttp errors are left as they are
+    assert "ERROR aiohttp.server: something else" in capsys.readouterr().err
+    logs.setup(LoggingConfig(level="warning", format="text"))
+    try:
+        raise InvalidURLError("x")
+    except InvalidURLError as exc:
+        server_log.exception("Error handling request from %s", "203.0.113.9", exc_info=exc)
+    assert capsys.readouterr().err == ""
