@@ -137,7 +137,7 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
                 roles[rest] = (None, None)
                 role = None
             changed = False
-            marker = sharing.shared_marker(role, rest)
+            marker = sharing.properties.shared_marker(role, rest)
             if marker is not None:
                 changed = davxml.add_resourcetype(node, marker)
             if role == "owned":

@@ -21,13 +21,13 @@ from aiohttp import web
 from lxml import etree
 
 from davproxy.access.backend import AccessBackend
+from davproxy.access.foreign import ForeignShare
 from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element, href
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError, PlainError
 from davproxy.dav.paths import PathRejected, canonical, resolve_path, slash, within
 from davproxy.sharing.notifications import Renderer, invite_name, now_stamp, reply_name
 from davproxy.sharing.properties import (
-    INSTANCE_PROPS,
     SharingProperties,
     copy_name,
     inner_xml,
@@ -329,6 +329,7 @@ class Sharing:
         if share.status == "accepted":
             # Tell an accepted sharee their copy is gone (share-access no-access).
             self._invite(share, info or self._info_of(share), "no-access")
+            self.access.ended(share)
         else:
             self.store.notification_delete(self.name, share.sharee, invite_name(share.invite_uid))
         self.store.share_delete(share.id)
@@ -508,6 +509,8 @@ class Sharing:
         updated = self.store.share_set_status(share, status, mount, expect=share.status)
         if updated is None:
             return None
+        if share.status == "accepted" and updated.mount != share.mount:
+            self.access.ended(share)  # declined after accepting: the copy must go upstream
         self.store.notification_delete(self.name, share.sharee, invite_name(share.invite_uid))
         self._tell_owner(updated, status, comment)
         return updated
@@ -603,12 +606,43 @@ class Sharing:
             self._revoke(share, None)
         await self.access.apply(share.owner)
 
+    async def adopt(self, found: ForeignShare) -> Share | None:
+        """A share the upstream held before davproxy took over, recorded as it stands
+        there: accepted at its own path when the sharee had enabled it (they are not
+        asked again), else as an invitation.  None when it cannot be recorded."""
+        if found.sharee == found.owner:
+            return None
+        headers = self.auth.headers_for(found.owner)
+        try:
+            info = await self.collection_info(found.collection, headers)
+        except DavError as exc:  # the collection is gone or not the owner's
+            log.warning("not adopting %s: %s", found, exc)
+            return None
+        new = NewShare(
+            upstream=self.name, owner=found.owner, collection=found.collection, kind=info.kind,
+            sharee=found.sharee, sharee_href=self.upstream.user_paths(found.sharee).principal,
+            access=found.access, status="noresponse",
+        )  # fmt: skip
+        try:
+            with self.store.transaction():
+                if self.store.share_for(self.name, found.collection, found.sharee) is not None:
+                    return None  # recorded meanwhile
+                share, _ = self.store.share_upsert(new)
+                if found.accepted:
+                    return self.store.share_set_status(share, "accepted", found.mount)
+                self._invite(share, info, share.access)
+                return share
+        except StoreConflict:  # its path is another share's copy
+            log.warning("not adopting %s: the path is taken", found)
+            return None
+
     async def unbind(self, share: Share) -> None:
         """The sharee removed their copy: only the binding goes; the owner is told."""
         with self.store.transaction():
             updated = self.store.share_set_status(share, "declined", None, expect="accepted")
             if updated is None:
                 return  # revoked or left meanwhile: nothing more to undo
+            self.access.ended(share)
             self._tell_owner(updated, "declined")
         await self.access.apply(share.owner)
         log.info("%s removed their copy of %s", share.sharee, share.collection)
@@ -652,47 +686,6 @@ class Sharing:
                 if share.owner == owner:
                     self._revoke(share, None)
         log.info("%s deleted %s: %d share(s) ended", owner, collection, len(shares))
-
-    def set_instance_props(self, share: Share, body: bytes) -> etree._Element:
-        """PROPPATCH on a copy: per-sharee properties only, for every access level."""
-        root = davxml.parse(body)
-        if root.tag != f"{{{DAV}}}propertyupdate":
-            raise DavError(400, None, "expected DAV:propertyupdate")
-        changes: list[tuple[str, str | None]] = []
-        refused: list[str] = []
-        for action in root:
-            if action.tag not in (f"{{{DAV}}}set", f"{{{DAV}}}remove"):
-                continue
-            for prop in action.iterfind(f"{{{DAV}}}prop/*"):
-                name = str(prop.tag)
-                if name not in INSTANCE_PROPS:
-                    refused.append(name)
-                elif action.tag == f"{{{DAV}}}set":
-                    changes.append((name, inner_xml(prop)))
-                else:
-                    changes.append((name, None))
-        path = self.upstream.paths.public + (share.mount or "")
-        if refused:  # all or nothing (RFC 4918 §9.2): the rest fail with 424
-            node = element(davxml.RESPONSE, href(path))
-            node.append(davxml.propstat(403, [etree.Element(n) for n in refused]))
-            if changes:
-                node.append(davxml.propstat(424, [etree.Element(n) for n, _ in changes]))
-            return davxml.multistatus(node)
-        with self.store.transaction():
-            if not self.store.share_is_current(share):  # revoked while this was on its way
-                raise DavError(404, None, "this shared copy no longer exists")
-            for name, value in changes:
-                self.store.set_instance_prop(share.id, name, value)
-        return davxml.multistatus(davxml.response(path, [etree.Element(n) for n, _ in changes]))
-
-    def shared_marker(self, role: str | None, rest: str) -> str | None:
-        """The CS resourcetype marker for a path in the given ``role``: ``CS:shared-owner``
-        on a collection its owner shares, ``CS:shared`` on a sharee's copy."""
-        if role == "copy":
-            return f"{{{CS}}}shared"
-        if role == "owned" and self.store.shares_of_collection(self.name, canonical(rest)):
-            return f"{{{CS}}}shared-owner"
-        return None
 
 
 def _segment(text: str) -> str:
