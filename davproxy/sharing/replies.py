@@ -228,7 +228,12 @@ class Replies:
     async def _choose_mount(
         self, authorization: str | None, share: Share, create_in: str | None, slug: str | None
     ) -> str:
-        """Where the sharee's copy goes: inside their own home, under a free name."""
+        """Where the sharee's copy goes: inside their own home, under a free name; where
+        it was, when it comes back after a decline and the reply names no other place."""
+        headers = self.auth.headers_for(share.sharee, authorization)
+        before = self.store.ended_copy_of(share) if not (create_in or slug) else None
+        if before is not None and not await self.sharing.exists(before, headers):
+            return before
         allowed = self._homes_for_kind(share.sharee, share.kind)
         parent = allowed[0]
         if create_in:
@@ -244,7 +249,6 @@ class Replies:
         base = _segment(slug or "") or _segment(
             f"{unquote(share.collection.rstrip('/').split('/')[-1])}-{share.owner}"
         )
-        headers = self.auth.headers_for(share.sharee, authorization)
         for attempt in range(1, 50):
             candidate = f"{parent}{base if attempt == 1 else f'{base}-{attempt}'}/"
             if self.store.mount_taken(self.name, candidate):

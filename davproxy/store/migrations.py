@@ -135,6 +135,14 @@ def _m006_upstream_removals(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX upstream_removals_by_owner ON upstream_removals (upstream, owner)")
 
 
+def _m007_ended_copies_of_invitations(db: sqlite_utils.Database) -> None:
+    # Which invitation an ended copy was made for: a sharee who declines after accepting
+    # and then accepts again gets the copy back where it was (CalendarServer keeps the
+    # binding's name), whatever name it had.  NULL for copies that ended before.
+    db.execute("ALTER TABLE ended_copies ADD COLUMN invite_uid TEXT")
+    db.execute("CREATE INDEX ended_copies_by_invitation ON ended_copies (upstream, invite_uid)")
+
+
 # Append only: a released migration is never edited, only followed by a new one.
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "meta", _m001_meta),
@@ -143,4 +151,5 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (4, "feeds", feed_tables),
     (5, "ended_copies", _m005_ended_copies),
     (6, "upstream_removals", _m006_upstream_removals),
+    (7, "ended_copies_of_invitations", _m007_ended_copies_of_invitations),
 )

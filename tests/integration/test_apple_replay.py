@@ -19,7 +19,7 @@ import uuid
 from lxml import etree
 
 from davproxy.dav.paths import canonical
-from tests.helpers import Answer, raw_session
+from tests.helpers import Answer, fetch, raw_session
 
 from .conftest import Pair
 from .test_sharing import NS, SHARING, Client, event, propfind, reply_body, share_body, xml
@@ -150,6 +150,15 @@ def cs_user_status(owner_view: Answer, sharee: str) -> str | None:
     return None
 
 
+async def radicale_grants(pair: Pair, session: object, path: str) -> bool | None:
+    """radicale-native: whether Radicale itself serves bob ``path`` (asked directly, as
+    bob); None for the other set-ups, where the upstream knows nothing of copies."""
+    if pair.flavour != "radicale-native":
+        return None
+    answer = await fetch(session, "GET", pair.direct.url(path), pair.direct.headers("bob"))  # type: ignore[arg-type]
+    return answer.status == 200
+
+
 def ended(answer: Answer) -> bool:
     """What a sharee gets where their copy was: 404 (Xandikos: inside a 207)."""
     if answer.status == 207:
@@ -257,6 +266,7 @@ async def test_apple_calendar_sharing_replayed(sharing_pair: Pair) -> None:
         assert declined.status == 204, declined.body
         assert ended(await bob("GET", copy + "/a.ics"))
         assert ended(await bob("PROPFIND", copy + "//", propfind("D:getetag"), Depth="0"))
+        assert await radicale_grants(pair, session, copy + "/a.ics") in (None, False)
         owner_view = await alice("PROPFIND", owner_cal, propfind("CS:invite"), Depth="0")
         assert cs_user_status(owner_view, "bob") == "invite-declined"
         _, reply = await alice_notes.newest("invite-reply")
@@ -272,6 +282,7 @@ async def test_apple_calendar_sharing_replayed(sharing_pair: Pair) -> None:
         assert shared_as(back) == copy
         got = await bob("GET", copy + "/a.ics")
         assert got.status == 200 and b"Alice's" in got.body
+        assert await radicale_grants(pair, session, copy + "/a.ics") in (None, True)
         owner_view = await alice("PROPFIND", owner_cal, propfind("CS:invite"), Depth="0")
         assert cs_user_status(owner_view, "bob") == "invite-accepted"
         _, reply = await alice_notes.newest("invite-reply", with_props=False)
