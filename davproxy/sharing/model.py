@@ -230,7 +230,7 @@ class Sharing:
         own = {s.href for s in sharees if self.directory.resolve(s.href) == user}
         refused = {s.href for s in sharees if s.href in own and s.access != "no-access"}
         if own:
-            log.info("%s named themselves as a sharee of %s: ignored", user, collection)
+            log.info("%s named themselves as a sharee of %s: not applied", user, collection)
         if apple:
             unknown = {
                 s.href

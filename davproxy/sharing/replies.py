@@ -9,8 +9,10 @@ answer.  A withdrawn invitation cannot be answered.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import weakref
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
@@ -45,6 +47,8 @@ class Replies:
         self.auth = sharing.auth
         self.directory = sharing.directory
         self.name = sharing.name
+        # one lock per invitation being answered, gone when no answer holds or awaits it
+        self._turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @property
     def access(self) -> AccessBackend:
@@ -152,7 +156,30 @@ class Replies:
 
         Every status a standing share can be in may be answered either way; an answer
         equal to the current status changes nothing (the same copy, no notification).
-        A reply racing another one is decided again on what that one left."""
+        Answers to one invitation are decided one after the other (a sharee's devices
+        may send accept and decline at once); one that races another change of the
+        share (the owner's, another process's) is decided again on what it left."""
+        async with self._in_turn(share):
+            return await self._decide_now(
+                authorization, share, accept, comment, create_in, slug, displayname
+            )
+
+    def _in_turn(self, share: Share) -> asyncio.Lock:
+        lock = self._turns.get(share.invite_uid)
+        if lock is None:
+            lock = self._turns[share.invite_uid] = asyncio.Lock()
+        return lock
+
+    async def _decide_now(
+        self,
+        authorization: str | None,
+        share: Share,
+        accept: bool,
+        comment: str,
+        create_in: str | None,
+        slug: str | None,
+        displayname: str,
+    ) -> str | None:
         for _attempt in range(3):
             current = self.store.share(share.id)
             if current is None or current.invite_uid != share.invite_uid:

@@ -520,3 +520,40 @@ async def test_only_real_collections_can_be_shared(sharing_pair: Pair) -> None:
             assert b"valid-schedule-default-calendar-URL" in refused.body
         allowed = await bob("PROPPATCH", inbox, default_calendar(own), **TEXT_XML)
         assert b"valid-schedule-default-calendar-URL" not in allowed.body, allowed.body
+
+
+async def test_answers_from_several_devices_at_once(sharing_pair: Pair) -> None:
+    """A sharee's devices answering one invitation at the same moment, accepting and
+    declining: each answer is decided in turn (no 409, no 500), and what the owner sees,
+    the copy and the answer decided last agree."""
+    import asyncio
+
+    pair = sharing_pair
+    owner_cal = f"{pair.calendar_home}race-{uuid.uuid4().hex[:6]}/"
+    bob_home = pair.calendar_home.replace("alice", "bob")
+    async with raw_session() as session:
+        alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+        await bob.hello()
+        assert (await alice("MKCALENDAR", owner_cal)).status == 201
+        assert (await alice("PUT", owner_cal + "a.ics", event("a"), Content_Type="text/calendar")
+                ).status == 201  # fmt: skip
+        notes = Notifications(bob)
+        await notes.start()
+        assert (await alice("POST", owner_cal, cs_share(("mailto:bob@example.org", "read")),
+                            **TEXT_XML)).status == 200  # fmt: skip
+        _, invite = await notes.newest("invite-notification")
+        uid = invite.findtext("CS:uid", namespaces=NS) or ""
+        hosturl = invite.findtext("CS:hosturl/D:href", namespaces=NS) or ""
+        for _round in range(2):
+            answers = await asyncio.gather(*(
+                bob("POST", bob_home, cs_reply("bob", uid, hosturl, accept, "Team"), **TEXT_XML)
+                for accept in (True, False, True, False, True)
+            ))  # fmt: skip
+            assert sorted({a.status for a in answers}) <= [200, 204], [a.body for a in answers]
+            copies = {shared_as(a) for a in answers if a.status == 200}
+            assert len(copies) == 1, copies  # one copy, whichever answers made it
+            owner_view = await alice("PROPFIND", owner_cal, propfind("CS:invite"), Depth="0")
+            status = cs_user_status(owner_view, "bob")
+            got = await bob("GET", copies.pop() + "/a.ics")
+            assert (status == "invite-accepted") == (got.status == 200), (status, got.status)
+            assert status == "invite-accepted" or ended(got)
