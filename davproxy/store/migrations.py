@@ -116,6 +116,27 @@ def _m005_ended_copies(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX ended_copies_by_sharee ON ended_copies (upstream, sharee)")
 
 
+def _m008_web_sessions(db: sqlite_utils.Database) -> None:
+    # Sessions of the sharing web page (davproxy/web/sessions.py).  The key is a hash
+    # of the random id the browser holds in its cookie, so a copy of the store hands out
+    # no session; no password is ever written here.  ``binding`` ties a proxy-auth
+    # session to the password hash it was opened under (a changed or removed password
+    # ends it); ``flash`` is the one message the next page shows.
+    db.execute(
+        """CREATE TABLE web_sessions (
+            key TEXT PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            user TEXT NOT NULL,
+            csrf TEXT NOT NULL,
+            binding TEXT NOT NULL DEFAULT '',
+            flash TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            last_seen REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX web_sessions_by_user ON web_sessions (upstream, user)")
+
+
 # Append only: a released migration is never edited, only followed by a new one.
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "meta", _m001_meta),
@@ -123,4 +144,5 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (3, "pending_deletions", _m003_pending_deletions),
     (4, "feeds", feed_tables),
     (5, "ended_copies", _m005_ended_copies),
+    (8, "web_sessions", _m008_web_sessions),  # 6 and 7 are claimed by other work
 )
