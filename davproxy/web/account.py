@@ -67,6 +67,7 @@ class Sharee:
     href: str
     access: str
     status: str
+    detail: str = ""  # the e-mail address (or the href as the sharer wrote it)
 
     @property
     def status_text(self) -> str:
@@ -188,8 +189,10 @@ class Account:
         for share in self.store.shares_of_collection(self.upstream.name, rest):
             known = share.status != "invalid"
             name = self.directory.display_name(share.sharee) if known else share.sharee_href
+            email = self.directory.email(share.sharee) if known else None
+            detail = email or share.sharee_href.removeprefix("mailto:")
             sharees.append(
-                Sharee(share.sharee, name, share.sharee_href, share.access, share.status)
+                Sharee(share.sharee, name, share.sharee_href, share.access, share.status, detail)
             )
         return sharees
 

@@ -254,7 +254,7 @@ async def test_page_and_protocol_see_one_state(client_for, web_site: WebSite) ->
     )  # fmt: skip
     assert reply.status == 201, reply.body
     _, page, _ = await carol.get("collection?c=carol/calendar/")
-    assert "accepted" in page and "read and write" in page
+    assert "Read and write · accepted" in page
     # carol's reply notification exists for Apple clients too
     owner_notes = await web_site.dav(
         "carol", "PROPFIND", "/.davproxy/notifications/carol/", Depth="1"
