@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from davproxy.access.foreign import ForeignShare
 from davproxy.access.proxy_enforced import ProxyEnforced
 from davproxy.access.radicale_api import RadicaleSharingApi
 from davproxy.access.radicale_native import RadicaleNative
@@ -56,13 +57,44 @@ class AccessBackend(Protocol):
         (PlainError 502 if it refuses: then nothing is recorded)."""
         ...
 
-    async def apply(self, owner: str, without: str | None = None) -> None:
+    async def apply(self, owner: str, without: str | None = None) -> object:
         """After a change is committed: make the upstream's rights for ``owner`` equal
         the store's accepted shares (``without`` leaves one collection's shares out)."""
         ...
 
-    async def reconcile_all(self) -> None:
-        """At start-up and on ``davproxy admin reconcile``: every owner brought in line."""
+    def ended(self, share: Share) -> None:
+        """Inside the transaction that ends an accepted ``share``: remember that its copy
+        must still be removed upstream (kept until the upstream confirms)."""
+        ...
+
+    @property
+    def needs_full(self) -> bool:
+        """No whole reconciliation has succeeded in this process yet."""
+        ...
+
+    @property
+    def adopting(self) -> bool:
+        """The upstream's own shares have not been taken into the store yet."""
+        ...
+
+    def mark_adopted(self) -> None: ...
+
+    async def foreign_shares(self) -> list[ForeignShare]:
+        """Shares the upstream holds that the store does not know (to adopt once)."""
+        ...
+
+    async def reconcile_all(self, dry_run: bool = False) -> list[str]:
+        """At start-up and on ``davproxy admin reconcile``: every owner with rights in
+        the upstream or shares in the store brought in line; the changes, one a line
+        (with ``dry_run``: what would change, nothing changed)."""
+        ...
+
+    def unsettled(self) -> bool:
+        """Whether the server owes the upstream a retry (it failed or was down)."""
+        ...
+
+    async def settle(self) -> None:
+        """Retry what is owed short of a whole reconciliation (PlainError if it fails)."""
         ...
 
 
@@ -75,5 +107,11 @@ def backend_for(store: Store, upstream: Upstream, auth: Authenticator) -> Access
             auth.headers_for,
             timeout=upstream.read_timeout,  # [server] upstream_timeout bounds these calls too
         )
-        return RadicaleNative(store, upstream, api)
+        config_users = {user.id for user in upstream.config.users}
+        htpasswd = auth.htpasswd
+
+        def known_users() -> set[str]:
+            return config_users | (htpasswd.users() if htpasswd is not None else set())
+
+        return RadicaleNative(store, upstream, api, known_users)
     return ProxyEnforced()

@@ -8,6 +8,7 @@ grant, apply or reconcile, and a revocation takes effect at the commit.
 
 from __future__ import annotations
 
+from davproxy.access.foreign import ForeignShare
 from davproxy.store.records import Share
 
 
@@ -28,5 +29,23 @@ class ProxyEnforced:
     async def apply(self, owner: str, without: str | None = None) -> None:
         return None
 
-    async def reconcile_all(self) -> None:
+    def ended(self, share: Share) -> None:
+        return None
+
+    adopting = False
+    needs_full = False
+
+    def mark_adopted(self) -> None:
+        return None
+
+    async def foreign_shares(self) -> list[ForeignShare]:
+        return []
+
+    async def reconcile_all(self, dry_run: bool = False) -> list[str]:
+        return []
+
+    def unsettled(self) -> bool:
+        return False
+
+    async def settle(self) -> None:
         return None

@@ -69,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -78,6 +79,33 @@ PERMISSIONS: dict[str, str] = {"read": "r", "read-write": "rw"}
 
 # (owner, collection, sharee, mount, access)
 Wanted = tuple[str, str, str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class MapChange:
+    """One change made (or, in a dry run, that would be made) to Radicale's maps."""
+
+    action: str  # create | update | accept (enabled for the sharee) | remove
+    owner: str
+    mount: str
+    collection: str
+    sharee: str
+    permissions: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.action} map {self.mount} ({self.owner}'s {self.collection}"
+            f" for {self.sharee}, {self.permissions or '-'})"
+        )
+
+
+@dataclass(slots=True)
+class Reconciled:
+    """What a reconciliation did: counts, and every change in order."""
+
+    changed: int = 0  # maps created or brought up to date
+    removed: int = 0  # maps deleted and not re-created at the same mount
+    changes: list[MapChange] = field(default_factory=list)
 
 
 class NativeSharingError(RuntimeError):
@@ -97,7 +125,7 @@ def _collection_path(path: str) -> str:
     return f"/{stripped}/"
 
 
-def _flag(value: Any) -> bool:
+def flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes", "on")
     return bool(value)
@@ -165,12 +193,42 @@ class RadicaleSharingApi:
         """
         return [self._normalise(row) for row in await self._owned_rows(owner)]
 
-    async def reconcile(self, wanted: Iterable[Wanted], owners: set[str]) -> tuple[int, int]:
-        """Make the maps of ``owners`` equal to ``wanted``; return (changed, removed).
+    async def visible_rows(self, user: str) -> list[dict[str, Any]]:
+        """Raw map rows ``user`` owns or receives.
+
+        Radicale's API has no listing across users: ``list`` answers with the maps whose
+        Owner or User is the caller (group and realm maps resolved for them), so finding
+        every owner means asking as every user one knows of.
+        """
+        answer = await self._call(user, "list", {}, allow={"success", "not-found"})
+        content = answer.get("Content") or []
+        if not isinstance(content, list):
+            raise NativeSharingError(f"Radicale map/list as {user}: unexpected Content")
+        return [
+            row
+            for row in content
+            if isinstance(row, dict)
+            and row.get("ShareType", "map") == "map"
+            and isinstance(row.get("Owner"), str)
+            and isinstance(row.get("PathOrToken"), str)
+        ]
+
+    async def reconcile(
+        self,
+        wanted: Iterable[Wanted],
+        owners: set[str],
+        *,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+        dry_run: bool = False,
+    ) -> Reconciled:
+        """Make the maps of ``owners`` equal to ``wanted``.
 
         ``changed`` counts maps created or brought up to date (permissions, enabled or
         hidden on either side); ``removed`` counts maps deleted and not re-created at
-        the same mount.  Owners named in ``wanted`` are reconciled as well.
+        the same mount.  Owners named in ``wanted`` are reconciled as well.  A map that
+        is not wanted stays when ``keep(row)`` says so (maps davproxy does not manage),
+        unless a wanted map needs its mount.  ``dry_run`` changes nothing and reports
+        what would change.
         """
         desired: dict[str, dict[str, tuple[str, str, str]]] = {}
         pairs: set[tuple[str, str, str]] = set()
@@ -186,7 +244,7 @@ class RadicaleSharingApi:
             pairs.add((owner, entry[0], sharee))
             desired.setdefault(owner, {})[path] = entry
 
-        changed = removed = 0
+        report = Reconciled()
         # Best effort per map: one map Radicale refuses must not keep the others (a
         # revocation above all) from being applied.  Failures are raised together.
         failures: list[str] = []
@@ -196,31 +254,34 @@ class RadicaleSharingApi:
                 current[owner] = await self._owned_rows(owner)
             # Deletions first, across all owners: a mount may move between owners.
             for owner, rows in current.items():
-                keep = desired.get(owner, {})
+                mine = desired.get(owner, {})
                 for row in list(rows):
-                    target = keep.get(row["PathOrToken"])
+                    target = mine.get(row["PathOrToken"])
                     if target is not None and (row["PathMapped"], row["User"]) == target[:2]:
                         continue
+                    if target is None and keep is not None and keep(row):
+                        continue
                     try:
-                        await self._delete(owner, row["PathOrToken"])
+                        await self._delete(owner, row["PathOrToken"], report, dry_run, row)
                     except NativeSharingError as error:
                         failures.append(str(error))
                         continue
                     rows.remove(row)
                     if target is None:
-                        removed += 1
+                        report.removed += 1
             for owner, maps in desired.items():
                 for mount, (collection, sharee, permissions) in maps.items():
                     try:
                         if await self._ensure(
-                            current[owner], owner, collection, sharee, mount, permissions
-                        ):
-                            changed += 1
+                            current[owner], owner, collection, sharee, mount, permissions,
+                            report, dry_run,
+                        ):  # fmt: skip
+                            report.changed += 1
                     except NativeSharingError as error:
                         failures.append(str(error))
         if failures:
             raise NativeSharingError(f"{len(failures)} map(s) not applied: " + "; ".join(failures))
-        return changed, removed
+        return report
 
     # -- internals -----------------------------------------------------------------
 
@@ -232,8 +293,17 @@ class RadicaleSharingApi:
         sharee: str,
         mount: str,
         permissions: str,
+        report: Reconciled | None = None,
+        dry_run: bool = False,
     ) -> bool:
         """Bring one map to the wanted state given ``owner``'s rows; True if it changed."""
+
+        def note(action: str) -> None:
+            if report is not None:
+                report.changes.append(
+                    MapChange(action, owner, mount, collection, sharee, permissions)
+                )
+
         changed = False
         existing = None
         for row in list(rows):
@@ -246,15 +316,17 @@ class RadicaleSharingApi:
                 continue
             # A map at this mount for something else, or this collection already mapped
             # for this sharee elsewhere (Radicale allows one per pair): replace it.
-            await self._delete(owner, row["PathOrToken"])
+            await self._delete(owner, row["PathOrToken"], report, dry_run, row)
             rows.remove(row)
             changed = True
 
         if existing is None:
-            await self._call(owner, "create", {
-                "PathOrToken": mount, "PathMapped": collection, "User": sharee,
-                "Permissions": permissions, "Enabled": True, "Hidden": False,
-            })  # fmt: skip
+            note("create")
+            if not dry_run:
+                await self._call(owner, "create", {
+                    "PathOrToken": mount, "PathMapped": collection, "User": sharee,
+                    "Permissions": permissions, "Enabled": True, "Hidden": False,
+                })  # fmt: skip
             existing = {
                 "PathOrToken": mount, "PathMapped": collection, "Owner": owner,
                 "User": sharee, "Permissions": permissions, "EnabledByOwner": True,
@@ -265,40 +337,51 @@ class RadicaleSharingApi:
             changed = True
         elif (
             existing["Permissions"] != permissions
-            or not _flag(existing["EnabledByOwner"])
-            or _flag(existing["HiddenByOwner"])
+            or not flag(existing["EnabledByOwner"])
+            or flag(existing["HiddenByOwner"])
         ):
-            await self._call(owner, "update", {
-                "PathOrToken": mount, "Permissions": permissions,
-                "Enabled": True, "Hidden": False,
-            })  # fmt: skip
+            note("update")
+            if not dry_run:
+                await self._call(owner, "update", {
+                    "PathOrToken": mount, "Permissions": permissions,
+                    "Enabled": True, "Hidden": False,
+                })  # fmt: skip
             existing.update(Permissions=permissions, EnabledByOwner=True, HiddenByOwner=False)
             changed = True
 
-        if not _flag(existing["EnabledByUser"]) or _flag(existing["HiddenByUser"]):
+        if not flag(existing["EnabledByUser"]) or flag(existing["HiddenByUser"]):
             # The sharee's acceptance: Radicale never enables a map for the user itself.
-            await self._call(
-                sharee, "update", {"PathOrToken": mount, "Enabled": True, "Hidden": False}
-            )
+            note("accept")
+            if not dry_run:
+                await self._call(
+                    sharee, "update", {"PathOrToken": mount, "Enabled": True, "Hidden": False}
+                )
             existing.update(EnabledByUser=True, HiddenByUser=False)
             changed = True
         return changed
 
     async def _owned_rows(self, owner: str) -> list[dict[str, Any]]:
         """Raw map rows whose Owner is ``owner`` (list also returns maps *to* them)."""
-        answer = await self._call(owner, "list", {}, allow={"success", "not-found"})
-        content = answer.get("Content") or []
-        if not isinstance(content, list):
-            raise NativeSharingError(f"Radicale map/list as {owner}: unexpected Content")
-        return [
-            row
-            for row in content
-            if isinstance(row, dict)
-            and row.get("ShareType", "map") == "map"
-            and row.get("Owner") == owner
-        ]
+        return [row for row in await self.visible_rows(owner) if row.get("Owner") == owner]
 
-    async def _delete(self, owner: str, mount: str) -> None:
+    async def _delete(
+        self,
+        owner: str,
+        mount: str,
+        report: Reconciled | None = None,
+        dry_run: bool = False,
+        row: dict[str, Any] | None = None,
+    ) -> None:
+        if report is not None:
+            row = row or {}
+            report.changes.append(
+                MapChange(
+                    "remove", owner, mount, str(row.get("PathMapped", "")),
+                    str(row.get("User", "")), str(row.get("Permissions", "")),
+                )
+            )  # fmt: skip
+        if dry_run:
+            return
         try:
             await self._call(owner, "delete", {"PathOrToken": mount})
         except NativeSharingError as error:
@@ -313,8 +396,8 @@ class RadicaleSharingApi:
             "collection": row.get("PathMapped"),
             "sharee": row.get("User"),
             "permissions": row.get("Permissions"),
-            "enabled": _flag(row.get("EnabledByOwner")) and _flag(row.get("EnabledByUser")),
-            "hidden": _flag(row.get("HiddenByOwner")) or _flag(row.get("HiddenByUser")),
+            "enabled": flag(row.get("EnabledByOwner")) and flag(row.get("EnabledByUser")),
+            "hidden": flag(row.get("HiddenByOwner")) or flag(row.get("HiddenByUser")),
         }
 
     async def _call(

@@ -78,6 +78,7 @@ class ServerConfig:
     upstream_timeout: float = 60.0
     shutdown_timeout: float = 10.0
     forwarded_allow_ips: tuple[str, ...] = ()
+    login_delay_max: float = 8.0  # longest wait after failed logins; 0: no delays
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +236,12 @@ def load(path: str | Path) -> Config:
         upstream_timeout=server_t.number("upstream_timeout", 60.0),
         shutdown_timeout=server_t.number("shutdown_timeout", 10.0),
         forwarded_allow_ips=server_t.strings("forwarded_allow_ips"),
+        login_delay_max=server_t.number("login_delay_max", 8.0, minimum=-1e-9),
     )
+    if server.login_delay_max > 60:
+        raise server_t.error(
+            "login_delay_max", f"must be at most 60 seconds; got {server.login_delay_max}"
+        )
     server_t.finish()
 
     store_t = root.table("store")
@@ -452,6 +458,15 @@ def _load_upstream(source: Path, table: Table) -> UpstreamConfig:
         if user.id in seen:
             raise ConfigError(f"{mapping_path}: [users[{i}]] id: {user.id!r} is listed twice")
         seen.add(user.id)
+    addresses: dict[str, str] = {}
+    for i, user in enumerate(users):
+        for email in user.emails:
+            other = addresses.setdefault(email, user.id)
+            if other != user.id:  # mailto: must name one user, not the last one listed
+                raise ConfigError(
+                    f"{mapping_path}: [users[{i}]] emails: {email!r} is already "
+                    f"{other!r}'s address; an address may belong to one user only"
+                )
 
     feeds = tuple(_load_feed(t) for t in mapping.tables("feeds"))
     names = [feed.name for feed in feeds]

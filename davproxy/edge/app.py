@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -14,14 +16,17 @@ from aiohttp import http_parser, web, web_protocol
 from davproxy.config import Config
 from davproxy.dav import davxml
 from davproxy.dav.errors import DavError, PlainError
+from davproxy.edge.guard import FORM_LOGIN, GUARD, LoginGuard
 from davproxy.edge.logs import log_access
 from davproxy.edge.monitoring import Metrics, Monitor
 from davproxy.edge.routes import ROUTE, Router
-from davproxy.edge.sites import Site, build_site, feed_parts
+from davproxy.edge.sites import build_site, feed_parts
 from davproxy.feeds.refresh import Refresher
+from davproxy.sharing import upstream_rights
 from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
-from davproxy.upstream.proxy import UPSTREAM_SECONDS, keep_upstream_headers
+from davproxy.upstream.identity import parse_basic
+from davproxy.upstream.proxy import UPSTREAM_SECONDS, client_address, keep_upstream_headers
 from davproxy.upstream.site import USER, Limits
 
 log = logging.getLogger("davproxy.app")
@@ -40,13 +45,31 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 ROUTER = web.AppKey("router", Router)
 METRICS = web.AppKey("metrics", Metrics)
 REFRESHER = web.AppKey("refresher", Refresher)
+LISTENING = web.AppKey("listening", asyncio.Event)
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
+    client = client_address(request, request.app[CONFIG].server.forwarded_allow_ips)
+    guard = request.app[GUARD]
+    # Basic credentials make any request a login attempt, whoever checks them: after
+    # failures from this address or for this name it waits its turn (never the loop).
+    credentials = parse_basic(request.headers.get("Authorization")) if guard.enabled else None
+    login: str | None = None
     try:
+        if credentials is not None:
+            wait = guard.admit(client, credentials.user, credentials.password)
+            if wait is None:
+                login = "refused"
+                raise PlainError(
+                    429,
+                    "Too many failed logins from this address; try again later",
+                    {"Retry-After": str(math.ceil(guard.ceiling))},
+                )
+            if wait > 0:
+                await asyncio.sleep(wait)
         response = await handler(request)
         status = response.status
         return response
@@ -65,39 +88,48 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error on %s %s", request.method, request.path)
         return PlainError(500, "Internal error in davproxy (see its log)").to_response()
     finally:
+        if credentials is not None and login is None:
+            if status == 401:  # davproxy's verdict or the upstream's: a failed login
+                guard.failed(client, credentials.user)
+                login = "failed"
+            elif status < 500 and status not in (400, 429):
+                guard.succeeded(credentials.user, credentials.password)
+        login = login or request.get(FORM_LOGIN)
         seconds = time.perf_counter() - started
         route = request.get(ROUTE, "-")
         log_access(
             request.method,
             request.raw_path,
             route,
-            request.get(USER),
+            request.get(USER) or (credentials.user if login and credentials else None),
             status,
             seconds,
             request.get(UPSTREAM_SECONDS),
+            client,
+            login,
         )
         metrics = request.app.get(METRICS)
         if metrics is not None:
             metrics.observe_request(route, request.method, status, seconds)
+            if login is not None:
+                metrics.observe_login(login)
 
 
 class SetupError(Exception):
     """A resource named in the configuration cannot be used (one line for the operator)."""
 
 
-async def _reconcile_until_done(site: Site, pause: float = 5.0) -> None:
-    """Settle what start-up could not (an upstream that was not up yet): until then a
-    deletion stays pending and upstream rights may differ from the store."""
-    while True:
-        await asyncio.sleep(pause)
-        try:
-            await site.sharing.settle_deletions()
-            await site.sharing.access.reconcile_all()
-        except PlainError as exc:
-            log.warning("reconciliation with %s still failing: %s", site.upstream.name, exc)
-            continue
-        log.info("reconciliation with %s done", site.upstream.name)
-        return
+async def _once_listening(app: web.Application, work: Callable[[], Awaitable[None]]) -> None:
+    """Background work starts only once the server listens: a port in use ends start-up
+    before anything (a feed refresh, a retry) has begun, so nothing is cut off."""
+    await app[LISTENING].wait()
+    await work()
+
+
+def listening(app: web.Application) -> None:
+    """Called by whoever serves the application once its socket listens (``server.py``);
+    until then the feed refresher and the upstream retries wait."""
+    app[LISTENING].set()
 
 
 def create_app(config: Config) -> web.Application:
@@ -107,6 +139,7 @@ def create_app(config: Config) -> web.Application:
         handler_args={"max_field_size": 16 * 1024},
     )
     app[CONFIG] = config
+    app[GUARD] = LoginGuard(config.server.login_delay_max)
     app.on_response_prepare.append(keep_upstream_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -130,17 +163,23 @@ def create_app(config: Config) -> web.Application:
             raise SetupError(f"cannot read an htpasswd file: {exc}") from None
         for site in sites:
             site.subscriptions.sync_configured()
-        retries: list[asyncio.Task[None]] = []
         for site in sites:
             try:
-                await site.sharing.settle_deletions()
-                await site.sharing.access.reconcile_all()
-            except PlainError as exc:  # the upstream may still be starting: retry until done
+                await upstream_rights.reconcile(site.sharing)
+            except PlainError as exc:  # the upstream may still be starting: retried
                 log.error("start-up reconciliation with %s failed: %s", site.upstream.name, exc)
-                retries.append(asyncio.create_task(_reconcile_until_done(site)))
+        app[LISTENING] = asyncio.Event()
+        # Whatever fails later (the upstream down, a revocation by `davproxy admin`
+        # meanwhile) is retried until the upstream confirms.
+        retries = [
+            asyncio.create_task(
+                _once_listening(app, functools.partial(upstream_rights.keep_in_line, site.sharing))
+            )
+            for site in sites
+        ]
         app[STORE] = store
         app[SESSION] = session
-        metrics = Metrics(store)
+        metrics = Metrics(store, app[GUARD])
         for site in sites:
             site.upstream.on_answer = metrics.upstream.labels(site.upstream.name).observe
             site.upstream.on_bytes = metrics.relayed.labels(site.upstream.name).inc
@@ -151,7 +190,9 @@ def create_app(config: Config) -> web.Application:
         app[ROUTER].monitor = Monitor(store, metrics, config.monitoring)
         parts.refresher.on_report = metrics.observe_refresh
         app[REFRESHER] = parts.refresher
-        scheduler = asyncio.create_task(parts.refresher.run(), name="feed-refresh")
+        scheduler = asyncio.create_task(
+            _once_listening(app, parts.refresher.run), name="feed-refresh"
+        )
         try:
             yield
         finally:

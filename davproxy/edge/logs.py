@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from davproxy.config import LoggingConfig
 
 access_log = logging.getLogger("davproxy.access")
@@ -35,6 +37,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class UnparsableRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a target that does not start with ``/``,
+    a broken header line) as an error with a full traceback, once per request.  It is
+    the client's mistake, answered 400: one escaped line at info instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        client = str(args[0]) if args else "-"
+        detail = " ".join(str(error.message or error).split())
+        record.msg = "refused an unparsable request from %s (400): %s"
+        record.args = (client, _escaped(detail)[:200])
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger("davproxy").isEnabledFor(logging.INFO)
+
+
 def setup(config: LoggingConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if config.format == "json":
@@ -46,7 +67,15 @@ def setup(config: LoggingConfig) -> None:
     root.setLevel(config.level.upper())
     # aiohttp's own access log would duplicate ours (and its format can include headers).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, UnparsableRequests) for f in server_log.filters):
+        server_log.addFilter(UnparsableRequests())
     access_log.disabled = not config.access_log
+
+
+def _escaped(text: str) -> str:
+    """Unprintable characters escaped: no forged log lines."""
+    return text.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 def log_access(
@@ -57,16 +86,23 @@ def log_access(
     status: int,
     seconds: float,
     upstream_seconds: float | None = None,
+    client: str = "-",
+    login: str | None = None,
 ) -> None:
+    """One line per request.  ``client`` comes first, so nothing a client sends (path,
+    user name) can stand before it; ``login`` is ``failed`` (credentials answered 401)
+    or ``refused`` (too many failures: 429 without checking them)."""
     if access_log.disabled or not access_log.isEnabledFor(logging.INFO):
         return
     # the raw path, with anything unprintable escaped: no forged log lines
-    path = path.encode("unicode_escape", "backslashreplace").decode("ascii")
-    fields = {
+    path = _escaped(path)
+    name = _escaped(user) if user else "-"
+    fields: dict[str, Any] = {
+        "client": client,
         "method": method,
         "path": path,
         "route": route,
-        "user": user or "-",
+        "user": name,
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
     }
@@ -74,14 +110,20 @@ def log_access(
     if upstream_seconds is not None:
         fields["upstream_ms"] = round(upstream_seconds * 1000, 2)
         upstream = f"{upstream_seconds * 1000:.1f}ms"
+    tail = ""
+    if login is not None:
+        fields["login"] = login
+        tail = f" login={login}"
     access_log.info(
-        "%s %s route=%s user=%s status=%d %.1fms upstream=%s",
+        "client=%s %s %s route=%s user=%s status=%d %.1fms upstream=%s%s",
+        client,
         method,
-        path,
+        path.replace(" ", "\\x20"),  # one token per field in the text form
         route,
-        user or "-",
+        name.replace(" ", "\\x20"),
         status,
         seconds * 1000,
         upstream,
+        tail,
         extra={"fields": fields},
     )

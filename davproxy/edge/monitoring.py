@@ -14,11 +14,12 @@ import time
 from collections.abc import Iterable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from davproxy.config import MonitoringConfig
+from davproxy.edge.guard import LoginGuard
 from davproxy.feeds.refresh import RefreshReport
 from davproxy.store.sqlite import Store, StoreError
 from davproxy.upstream.client import Upstream, UpstreamError
@@ -76,8 +77,24 @@ class StoreCollector(Collector):
 class Metrics:
     """One registry per application (tests run several apps in one process)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, guard: LoginGuard | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.login_failures = Counter(
+            "davproxy_login_failures", "Requests whose Basic credentials were answered 401",
+            registry=self.registry,
+        )  # fmt: skip
+        self.login_refusals = Counter(
+            "davproxy_login_refusals",
+            "Login attempts refused unchecked (429): too many failures from the address",
+            registry=self.registry,
+        )
+        if guard is not None:
+            entries = Gauge(
+                "davproxy_login_guard_entries",
+                "Addresses, names and recent successes the failed-login table holds",
+                registry=self.registry,
+            )
+            entries.set_function(lambda: float(guard.size()))
         self.requests = Counter(
             "davproxy_requests", "Requests answered", ["route", "method", "status"],
             registry=self.registry,
@@ -107,6 +124,9 @@ class Metrics:
     def observe_refresh(self, report: RefreshReport) -> None:
         self.refreshes.labels(report.outcome).inc()
         self.refresh_duration.observe(report.seconds)
+
+    def observe_login(self, outcome: str) -> None:
+        (self.login_refusals if outcome == "refused" else self.login_failures).inc()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         known = method if method in _METHODS else "other"  # bounded label values

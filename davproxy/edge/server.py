@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from davproxy import config as config_mod
-from davproxy.edge.app import SetupError, create_app
+from davproxy.edge.app import SetupError, create_app, listening
 from davproxy.store.sqlite import StoreError
 
 log = logging.getLogger("davproxy")
@@ -43,6 +43,7 @@ async def run_until_signal(
         raise StartupError(
             f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}"
         ) from None
+    listening(app)
     port = config.server.port
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:

@@ -25,6 +25,7 @@ from davproxy.dav.paths import canonical
 from davproxy.edge.server import StartupError
 from davproxy.edge.sites import FeedParts, Site, build_site, feed_parts
 from davproxy.ops import users
+from davproxy.sharing import upstream_rights
 from davproxy.sharing.requests import ShareeRequest
 from davproxy.store.sqlite import Store, StoreError
 from davproxy.upstream.client import Upstream
@@ -81,6 +82,9 @@ def add_parser(sub: Any) -> None:
         "reconcile", help="bring upstream-native access rights in line with the store"
     )
     reconcile.add_argument("--upstream")
+    reconcile.add_argument(
+        "--dry-run", action="store_true", help="show what would change; change nothing"
+    )
     for verb in verbs.choices.values():
         _json_flag(verb)
     admin.set_defaults(func=run)
@@ -160,15 +164,37 @@ async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store
             return await _share_or_accept(args, store, _pick(sites, args.upstream))
         if verb == "reconcile":
             chosen = [_pick(sites, args.upstream)] if args.upstream else list(sites.values())
-            for site in chosen:
-                access = site.sharing.access
-                if not access.upstream_rights:
-                    print(f"{site.upstream.name}: backend {access.name}, nothing to reconcile")
-                    continue
-                await access.reconcile_all()
-                print(f"{site.upstream.name}: upstream rights match the store")
-            return 0
+            return await _reconcile(args, chosen)
     return 2
+
+
+async def _reconcile(args: argparse.Namespace, chosen: list[Site]) -> int:
+    """Each upstream's rights brought in line (adopting its own shares the first time);
+    one line per change, or with --dry-run per change that would be made."""
+    failed, rows = 0, []
+    for site in chosen:
+        name, access = site.upstream.name, site.sharing.access
+        if not access.upstream_rights:
+            if not args.json:
+                print(f"{name}: backend {access.name}, nothing to reconcile")
+            continue
+        try:
+            changes = await upstream_rights.reconcile(site.sharing, dry_run=args.dry_run)
+        except PlainError as exc:
+            print(f"davproxy: {name}: {exc.message}", file=sys.stderr)
+            failed += 1
+            continue
+        rows += [{"upstream": name, "change": change} for change in changes]
+        if args.json:
+            continue
+        verb = "would " if args.dry_run else ""
+        for change in changes:
+            print(f"{name}: {verb}{change}")
+        if not changes:
+            print(f"{name}: upstream rights match the store")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 1 if failed else 0
 
 
 def _pick(sites: dict[str, Site], name: str | None) -> Site:
@@ -349,7 +375,12 @@ async def _revoke(args: argparse.Namespace, store: Store, site: Site) -> int:
     try:
         await site.sharing.revoke(share)
     except PlainError as exc:
-        print(f"davproxy: share ended in the store, but: {exc.message}", file=sys.stderr)
+        print(
+            f"davproxy: share ended in the store (davproxy refuses the copy already), but "
+            f"the upstream is not updated yet: {exc.message}; a running server retries "
+            "until it is, or run `davproxy admin reconcile`",
+            file=sys.stderr,
+        )
         return 1
     print(f"revoked: {collection} no longer shared with {args.sharee}")
     return 0

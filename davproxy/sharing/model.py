@@ -21,6 +21,7 @@ from aiohttp import web
 from lxml import etree
 
 from davproxy.access.backend import AccessBackend
+from davproxy.access.foreign import ForeignShare
 from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element, href
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError, PlainError
@@ -267,6 +268,7 @@ class Sharing:
         if share.status == "accepted":
             # Tell an accepted sharee their copy is gone (share-access no-access).
             self._invite(share, info or self._info_of(share), "no-access")
+            self.access.ended(share)
         else:
             self.store.notification_delete(self.name, share.sharee, invite_name(share.invite_uid))
         self.store.share_delete(share.id)
@@ -509,12 +511,43 @@ class Sharing:
             self._revoke(share, None)
         await self.access.apply(share.owner)
 
+    async def adopt(self, found: ForeignShare) -> Share | None:
+        """A share the upstream held before davproxy took over, recorded as it stands
+        there: accepted at its own path when the sharee had enabled it (they are not
+        asked again), else as an invitation.  None when it cannot be recorded."""
+        if found.sharee == found.owner:
+            return None
+        headers = self.auth.headers_for(found.owner)
+        try:
+            info = await self.collection_info(found.collection, headers)
+        except DavError as exc:  # the collection is gone or not the owner's
+            log.warning("not adopting %s: %s", found, exc)
+            return None
+        new = NewShare(
+            upstream=self.name, owner=found.owner, collection=found.collection, kind=info.kind,
+            sharee=found.sharee, sharee_href=self.upstream.user_paths(found.sharee).principal,
+            access=found.access, status="noresponse",
+        )  # fmt: skip
+        try:
+            with self.store.transaction():
+                if self.store.share_for(self.name, found.collection, found.sharee) is not None:
+                    return None  # recorded meanwhile
+                share, _ = self.store.share_upsert(new)
+                if found.accepted:
+                    return self.store.share_set_status(share, "accepted", found.mount)
+                self._invite(share, info, share.access)
+                return share
+        except StoreConflict:  # its path is another share's copy
+            log.warning("not adopting %s: the path is taken", found)
+            return None
+
     async def unbind(self, share: Share) -> None:
         """The sharee removed their copy: only the binding goes; the owner is told."""
         with self.store.transaction():
             updated = self.store.share_set_status(share, "declined", None, expect="accepted")
             if updated is None:
                 return  # revoked or left meanwhile: nothing more to undo
+            self.access.ended(share)
             self._tell_owner(updated, "declined")
         await self.access.apply(share.owner)
         log.info("%s removed their copy of %s", share.sharee, share.collection)

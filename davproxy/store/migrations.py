@@ -116,6 +116,25 @@ def _m005_ended_copies(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX ended_copies_by_sharee ON ended_copies (upstream, sharee)")
 
 
+def _m006_upstream_removals(db: sqlite_utils.Database) -> None:
+    # radicale-native: a copy the store has ended but the upstream may still serve (its
+    # map share not yet confirmed removed).  Written in the transaction that ends the
+    # share, removed once the upstream's maps of that owner match the store, so a
+    # revocation made while the upstream is down (or by `davproxy admin` in another
+    # process) is neither forgotten nor served meanwhile.
+    db.execute(
+        """CREATE TABLE upstream_removals (
+            upstream TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            sharee TEXT NOT NULL,
+            mount TEXT NOT NULL,
+            created REAL NOT NULL,
+            PRIMARY KEY (upstream, sharee, mount)
+        )"""
+    )
+    db.execute("CREATE INDEX upstream_removals_by_owner ON upstream_removals (upstream, owner)")
+
+
 def _m008_web_sessions(db: sqlite_utils.Database) -> None:
     # Sessions of the sharing web page (davproxy/web/sessions.py).  The key is a hash
     # of the random id the browser holds in its cookie, so a copy of the store hands out
@@ -144,5 +163,6 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (3, "pending_deletions", _m003_pending_deletions),
     (4, "feeds", feed_tables),
     (5, "ended_copies", _m005_ended_copies),
-    (8, "web_sessions", _m008_web_sessions),  # 6 and 7 are claimed by other work
+    (6, "upstream_removals", _m006_upstream_removals),
+    (8, "web_sessions", _m008_web_sessions),  # 7 is claimed by other work
 )

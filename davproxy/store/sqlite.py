@@ -287,10 +287,76 @@ class Store:
         )
 
     def mount_taken(self, upstream: str, mount: str) -> bool:
+        """A share's copy is there, or was and the upstream may still serve it."""
         row = self.db.conn.execute(
-            "SELECT 1 FROM shares WHERE upstream = ? AND mount = ?", (upstream, mount)
+            "SELECT 1 FROM shares WHERE upstream = ? AND mount = ?"
+            " UNION ALL SELECT 1 FROM upstream_removals WHERE upstream = ? AND mount = ?",
+            (upstream, mount, upstream, mount),
         ).fetchone()
         return row is not None
+
+    def share_users(self, upstream: str) -> set[str]:
+        """Every owner and (valid) sharee of a share on this upstream."""
+        rows = self.db.conn.execute(
+            "SELECT owner FROM shares WHERE upstream = ?"
+            " UNION SELECT sharee FROM shares WHERE upstream = ? AND status != 'invalid'",
+            (upstream, upstream),
+        )
+        return {row[0] for row in rows}
+
+    # -- copies the upstream may still serve (radicale-native) --------------------------
+
+    def removal_add(self, upstream: str, owner: str, sharee: str, mount: str) -> None:
+        """Record, with the change that ended a share, that its copy must still go upstream."""
+        self.db.conn.execute(
+            "INSERT OR REPLACE INTO upstream_removals VALUES (?, ?, ?, ?, ?)",
+            (upstream, owner, sharee, mount, time.time()),
+        )
+
+    def removals(self, upstream: str) -> list[tuple[str, str, str]]:
+        """(owner, sharee, mount) of ended copies the upstream has not confirmed gone."""
+        rows = self.db.conn.execute(
+            "SELECT owner, sharee, mount FROM upstream_removals WHERE upstream = ?"
+            " ORDER BY owner, sharee, mount",
+            (upstream,),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def removals_of_sharee(self, upstream: str, sharee: str) -> list[str]:
+        rows = self.db.conn.execute(
+            "SELECT mount FROM upstream_removals WHERE upstream = ? AND sharee = ?",
+            (upstream, sharee),
+        )
+        return [r[0] for r in rows]
+
+    def removals_done(self, upstream: str, owner: str, before: float) -> int:
+        """The upstream now matches the store for ``owner`` as it stood at ``before``:
+        removals recorded until then are done (later ones wait for the next apply)."""
+        cursor = self.db.conn.execute(
+            "DELETE FROM upstream_removals WHERE upstream = ? AND owner = ? AND created <= ?",
+            (upstream, owner, before),
+        )
+        return int(cursor.rowcount)
+
+    def removal_cancel(self, upstream: str, sharee: str, mount: str) -> None:
+        """The copy at ``mount`` is the sharee's again (granted anew): nothing to remove."""
+        self.db.conn.execute(
+            "DELETE FROM upstream_removals WHERE upstream = ? AND sharee = ? AND mount = ?",
+            (upstream, sharee, mount),
+        )
+
+    # -- small settings ------------------------------------------------------------------
+
+    def setting(self, key: str) -> str | None:
+        row = self.db.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.db.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     def share_upsert(self, new: NewShare) -> tuple[Share, bool]:
         """Create or update the sharee's instance; returns (share, created)."""

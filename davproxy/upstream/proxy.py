@@ -119,6 +119,45 @@ def _trusted_peer(request: web.Request, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+def _in_networks(address: str, allowed: tuple[str, ...]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for entry in allowed:
+        try:
+            if parsed in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def client_address(request: web.Request, allowed: tuple[str, ...]) -> str:
+    """The address of the client, for logs and login throttling.
+
+    The TCP peer, unless it is a trusted front (``forwarded_allow_ips``): then the
+    ``X-Forwarded-For`` entries are read from the right, each written by the hop before,
+    and the first one that is not itself a trusted front is the client.  An entry that is
+    not an IP address ends the walk at the last address that was one: only trusted fronts
+    can put anything to the right of the client, so a client cannot choose what is logged.
+    """
+    peer = request.remote or "-"
+    if not _trusted_peer(request, allowed):
+        return peer
+    client = peer
+    for value in reversed(request.headers.getall("X-Forwarded-For", [])):
+        for entry in reversed(value.split(",")):
+            candidate = entry.strip().strip("[]")
+            try:
+                client = str(ipaddress.ip_address(candidate))
+            except ValueError:
+                return client
+            if not _in_networks(client, allowed):
+                return client
+    return client
+
+
 def public_origin(request: web.Request, allowed: tuple[str, ...]) -> str:
     """Scheme and host as the client sees them (a trusted TLS front may tell us)."""
     scheme, host = request.scheme, request.host

@@ -11,7 +11,9 @@ own script, style and forms; no inline script or style, no frames), ``nosniff``,
 with the upstream's ``Authenticator`` exactly as a Basic header would be checked,
 then opens a new server-side session (cookie ``HttpOnly``, ``SameSite=Lax``,
 ``Secure`` when the client's connection is HTTPS, as seen directly or through
-``X-Forwarded-Proto`` from a peer in ``forwarded_allow_ips``).  Every state change
+``X-Forwarded-Proto`` from a peer in ``forwarded_allow_ips``); failed logins are
+slowed down by the same guard as failed Basic logins (``edge/guard.py``, with the
+same access-log and metrics entries).  Every state change
 is a POST that must carry the session's CSRF token and must not come from another
 origin (``Origin``/``Sec-Fetch-Site``, when the browser sends them); the login form
 has its own token (a cookie and a field that must agree).  GET never changes
@@ -22,10 +24,12 @@ reason and a 4xx status.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -39,7 +43,9 @@ from aiohttp import web
 
 from davproxy.dav.errors import PlainError
 from davproxy.dav.paths import canonical, slash
+from davproxy.edge.guard import FORM_LOGIN, GUARD
 from davproxy.edge.sites import Site
+from davproxy.upstream.proxy import client_address
 from davproxy.upstream.site import USER, Context
 from davproxy.web import people
 from davproxy.web.account import Account, Problem, SignedOut
@@ -310,15 +316,34 @@ async def _login(page: Page) -> web.StreamResponse:
         values = _login_values(page, "The form had expired: please log in again", typed)
         return _with_login_cookie(page, page.render("login.html", 403, **values))
     site = page.site
+    password = form.get("password", "")
+    # The same guard as Basic logins: after failures from this address or for this
+    # name, an attempt waits its turn (never the event loop) or is refused.
+    guard = page.request.app.get(GUARD)
+    client = client_address(page.request, page.ctx.limits.forwarded_allow_ips)
+    wait = guard.admit(client, typed, password) if guard is not None else 0.0
+    if wait is None:
+        page.request[FORM_LOGIN] = "refused"
+        values = _login_values(page, "Too many failed logins from here: try again later", typed)
+        refused = page.render("login.html", 429, **values)
+        refused.headers["Retry-After"] = str(math.ceil(guard.ceiling if guard else 1))
+        return _with_login_cookie(page, refused)
+    if wait > 0:
+        await asyncio.sleep(wait)
     # Exactly the check a Basic header gets: the same Authenticator, the same cache.
-    header = "Basic " + base64.b64encode(f"{typed}:{form.get('password', '')}".encode()).decode()
+    header = "Basic " + base64.b64encode(f"{typed}:{password}".encode()).decode()
     try:
         user = await site.auth.require_user(header)
     except PlainError as exc:
         if exc.status != 401:
             raise
+        if guard is not None:
+            guard.failed(client, typed)
+        page.request[FORM_LOGIN] = "failed"
         values = _login_values(page, "Wrong user name or password", typed)
         return _with_login_cookie(page, page.render("login.html", 401, **values))
+    if guard is not None:
+        guard.succeeded(typed, password)
     binding = ""
     if site.auth.proxy_auth and site.auth.htpasswd is not None:
         binding = site.auth.htpasswd.fingerprint(user) or ""

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from davproxy.access.radicale_api import NativeSharingError, RadicaleSharingApi
+from davproxy.access.radicale_api import NativeSharingError, RadicaleSharingApi, Reconciled
 from davproxy.ops.embedded import ServerProcess, _spawn, free_port
 
 OWNER, SHAREE, OTHER = "alice", "bob", "carol"
@@ -236,10 +236,14 @@ async def test_revoke_is_idempotent(dav: Dav, api: RadicaleSharingApi) -> None:
     assert await dav.status(OWNER, "GET", COLLECTION + "e9.ics") == 404
 
 
+def counts(report: Reconciled) -> tuple[int, int]:
+    return report.changed, report.removed
+
+
 async def test_reconcile(dav: Dav, api: RadicaleSharingApi) -> None:
     wanted = [(OWNER, COLLECTION, SHAREE, MOUNT, "read")]
-    assert await api.reconcile(wanted, {OWNER}) == (1, 0)
-    assert await api.reconcile(wanted, {OWNER}) == (0, 0)
+    assert counts(await api.reconcile(wanted, {OWNER})) == (1, 0)
+    assert counts(await api.reconcile(wanted, {OWNER})) == (0, 0)
 
     # Drift made behind davproxy's back: an extra map for carol, bob's map deleted.
     extra = {
@@ -252,7 +256,7 @@ async def test_reconcile(dav: Dav, api: RadicaleSharingApi) -> None:
     assert await dav.share_api(OWNER, "delete", {"PathOrToken": MOUNT}) == 200
     assert await dav.status(SHAREE, "GET", MOUNT + "e1.ics") != 200
 
-    assert await api.reconcile(wanted, {OWNER}) == (1, 1)
+    assert counts(await api.reconcile(wanted, {OWNER})) == (1, 1)
     maps = await api.list_maps(OWNER)
     assert [(m["mount"], m["sharee"], m["permissions"], m["enabled"]) for m in maps] == [
         (MOUNT, SHAREE, "r", True)
@@ -261,10 +265,10 @@ async def test_reconcile(dav: Dav, api: RadicaleSharingApi) -> None:
     assert await dav.status(OTHER, "GET", "/carol/alice-work/e1.ics") != 200
 
     # a changed access is an update, not a removal
-    assert await api.reconcile([(*wanted[0][:4], "read-write")], {OWNER}) == (1, 0)
+    assert counts(await api.reconcile([(*wanted[0][:4], "read-write")], {OWNER})) == (1, 0)
     assert await dav.put_event(SHAREE, MOUNT + "e4.ics", "e4") == 201
     # nothing wanted: everything of alice goes
-    assert await api.reconcile([], {OWNER}) == (0, 1)
+    assert counts(await api.reconcile([], {OWNER})) == (0, 1)
     assert await api.list_maps(OWNER) == []
     assert await dav.status(SHAREE, "GET", MOUNT + "e1.ics") != 200
     await assert_no_direct_access(dav)

