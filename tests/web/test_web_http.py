@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from davproxy.ops.embedded import start_radicale
+from davproxy.ops.embedded import start_radicale, start_xandikos
 from tests.feed_origin import calendar, event
 from tests.helpers import USERS, basic, fetch, start_proxy, write_htpasswd
 from tests.web.conftest import (
@@ -365,3 +365,46 @@ async def test_upstream_basic_mode_logs_in_with_the_upstreams_password(tmp_path:
             assert "basic-cal" in client.last
         finally:
             await client.close()
+
+
+async def test_xandikos_homes_share_and_accept(tmp_path: Path) -> None:
+    """On Xandikos the homes are /<user>/calendars/ and /<user>/contacts/: the page lists
+    both, and a share made and accepted on it becomes a copy in the sharee's calendar home."""
+    with (
+        start_xandikos(tmp_path / "xandikos") as xandikos,
+        start_proxy(
+            tmp_path / "davproxy", upstream_url=xandikos.url, kind="xandikos", mode="proxy-auth",
+            htpasswd=write_htpasswd(tmp_path / "users.htpasswd"),
+        ) as proxy,
+    ):  # fmt: skip
+        site = WebSite(xandikos, proxy, None)  # type: ignore[arg-type]
+        for user in ("alice", "bob"):
+            hello = await site.dav(user, "PROPFIND", f"/{user}/", Depth="0")
+            assert hello.status == 207, hello.body
+        alice, bob = WebClient(site), WebClient(site)
+        try:
+            assert await alice.login("alice") == 303
+            listed = re.findall(r'collection\?c=([^"]+)"', alice.last)
+            assert "alice/calendars/" not in listed  # the homes themselves are not listed
+            assert "alice/calendars/calendar/" in listed and "alice/contacts/addressbook/" in listed
+            done = await alice.follow(
+                await alice.post(
+                    "share",
+                    {"collection": "alice/calendars/calendar/", "sharee": "bob", "access": "read"},
+                )
+            )
+            assert "Shared with Bob" in done
+            assert await bob.login("bob") == 303
+            _, page, _ = await bob.get("invitations")
+            uid = re.search(r'name="invitation" value="([0-9a-f]{32})"', page)
+            assert uid
+            done = await bob.follow(
+                await bob.post(
+                    "answer", {"invitation": uid.group(1), "answer": "accept", "name": "Alice's"}
+                )
+            )
+            assert "Accepted" in done and "/bob/calendars/calendar-alice/" in done
+            assert "Alice's" in await site.displaynames("bob", "/bob/calendars/")
+        finally:
+            await alice.close()
+            await bob.close()
