@@ -120,7 +120,7 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
             shared ones and copies carry Apple's resourcetype markers."""
             rest, role, _ = role_of(path)
             changed = False
-            marker = sharing.shared_marker(role, rest)
+            marker = sharing.properties.shared_marker(role, rest)
             if marker is not None:
                 changed = davxml.add_resourcetype(node, marker)
             if role == "owned":

@@ -43,7 +43,9 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
             await sharing.unbind(share)
             return web.Response(status=204)
         if method == "PROPPATCH":
-            return multistatus_response(sharing.set_instance_props(share, await ctx.body()))
+            return multistatus_response(
+                sharing.properties.set_instance_props(share, await ctx.body())
+            )
         if method in ("MKCOL", "MKCALENDAR", "PUT", "MOVE", "COPY"):
             raise DavError(403, NEED_PRIVILEGES, "a shared copy cannot be replaced or moved")
     if share.access == "read" and method not in READ_METHODS:

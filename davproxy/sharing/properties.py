@@ -13,6 +13,7 @@ from lxml import etree
 
 from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href, privilege_set
+from davproxy.dav.errors import DavError
 from davproxy.dav.paths import canonical
 from davproxy.store.records import Share
 from davproxy.store.sqlite import Store
@@ -169,6 +170,47 @@ class SharingProperties:
                 sharee.append(element(davxml.PROP, element(f"{{{DAV}}}displayname", text=name)))
             node.append(sharee)
         return node
+
+    def set_instance_props(self, share: Share, body: bytes) -> etree._Element:
+        """PROPPATCH on a copy: per-sharee properties only, for every access level."""
+        root = davxml.parse(body)
+        if root.tag != f"{{{DAV}}}propertyupdate":
+            raise DavError(400, None, "expected DAV:propertyupdate")
+        changes: list[tuple[str, str | None]] = []
+        refused: list[str] = []
+        for action in root:
+            if action.tag not in (f"{{{DAV}}}set", f"{{{DAV}}}remove"):
+                continue
+            for prop in action.iterfind(f"{{{DAV}}}prop/*"):
+                name = str(prop.tag)
+                if name not in INSTANCE_PROPS:
+                    refused.append(name)
+                elif action.tag == f"{{{DAV}}}set":
+                    changes.append((name, inner_xml(prop)))
+                else:
+                    changes.append((name, None))
+        path = self.upstream.paths.public + (share.mount or "")
+        if refused:  # all or nothing (RFC 4918 §9.2): the rest fail with 424
+            node = element(davxml.RESPONSE, href(path))
+            node.append(davxml.propstat(403, [etree.Element(n) for n in refused]))
+            if changes:
+                node.append(davxml.propstat(424, [etree.Element(n) for n, _ in changes]))
+            return davxml.multistatus(node)
+        with self.store.transaction():
+            if not self.store.share_is_current(share):  # revoked while this was on its way
+                raise DavError(404, None, "this shared copy no longer exists")
+            for name, value in changes:
+                self.store.set_instance_prop(share.id, name, value)
+        return davxml.multistatus(davxml.response(path, [etree.Element(n) for n, _ in changes]))
+
+    def shared_marker(self, role: str | None, rest: str) -> str | None:
+        """The CS resourcetype marker for a path in the given ``role``: ``CS:shared-owner``
+        on a collection its owner shares, ``CS:shared`` on a sharee's copy."""
+        if role == "copy":
+            return f"{{{CS}}}shared"
+        if role == "owned" and self.store.shares_of_collection(self.name, canonical(rest)):
+            return f"{{{CS}}}shared-owner"
+        return None
 
 
 def copy_name(collection_name: str, owner_name: str) -> str:
