@@ -7,8 +7,9 @@ davproxy's store.  Writing: sharing, changing access and revoking go through
 ``Sharing.change_sharees`` (what ``D:share-resource``, ``CS:share`` and ``davproxy admin
 share`` use); accepting and declining through ``Sharing.accept``/``decline`` (the reply
 path); leaving through ``Sharing.unbind`` (a DELETE of the copy); the copy's colour
-through ``Sharing.set_instance_props`` (a PROPPATCH of the copy); subscriptions through
-``Subscriptions.create``/``unsubscribe`` (the MKCOL and DELETE paths) and the refresher.
+through ``SharingProperties.set_instance_props`` (a PROPPATCH of the copy);
+subscriptions through ``Subscriptions.create``/``unsubscribe`` (the MKCOL and DELETE
+paths) and the refresher.
 So an Apple client, a curl user and the page always see the same state, and the same
 notifications are written.
 """
@@ -405,7 +406,7 @@ class Account:
                     element(davxml.PROP, element(f"{{{ICAL}}}calendar-color", text=color)),
                 ),
             )  # what a client's PROPPATCH of its copy does
-            self.sharing.set_instance_props(accepted, davxml.serialize(update))
+            self.sharing.properties.set_instance_props(accepted, davxml.serialize(update))
         for copy in self.copies():
             if copy.uid == share.invite_uid:
                 return copy
