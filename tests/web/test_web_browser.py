@@ -29,6 +29,7 @@ if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
     )
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
@@ -109,9 +110,15 @@ class Person:
         )
 
     def wait_text(self, text: str) -> None:
-        WebDriverWait(self.driver, 15).until(
-            expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "body"), text)
-        )
+        """Until the page shows ``text`` (a page being replaced meanwhile is looked at again)."""
+
+        def shown(driver: webdriver.Chrome) -> bool:
+            try:
+                return text in driver.find_element(By.TAG_NAME, "body").text
+            except WebDriverException:  # the old page went away under the lookup
+                return False
+
+        WebDriverWait(self.driver, 15).until(shown)
 
     def notice(self) -> str:
         return str(self.driver.find_element(By.CSS_SELECTOR, ".notice").text)
