@@ -50,4 +50,4 @@ def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with sqlite3.connect(tmp_path / "s.sqlite3") as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-    assert "half" not in tables and versions == list(range(1, latest + 1))
+    assert "half" not in tables and versions == [v for v, _, _ in MIGRATIONS]  # numbers may skip
