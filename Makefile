@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 PIP_INSTALL  = $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: demo test fuzz-smoke soak lint bench constraints clean
+.PHONY: demo test fuzz-smoke soak lint bench constraints clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,12 @@ else
 	@echo "fuzz-smoke skipped: atheris has Linux wheels only"
 endif
 
-test: lint fuzz-smoke
+# Debian's chromium + chromium-driver for the web page's browser tests, installed when
+# missing and this is root with apt-get (else those tests skip and say why).
+browser:
+	@bash .ci/install-chromium
+
+test: lint fuzz-smoke browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak or regression"
 
 # The long reliability suite: SIGKILL loop, 200-client load, 10,000 fuzzed requests.

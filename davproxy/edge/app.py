@@ -16,7 +16,7 @@ from aiohttp import http_parser, web, web_protocol
 from davproxy.config import Config
 from davproxy.dav import davxml
 from davproxy.dav.errors import DavError, PlainError
-from davproxy.edge.guard import LoginGuard
+from davproxy.edge.guard import FORM_LOGIN, GUARD, LoginGuard
 from davproxy.edge.logs import log_access
 from davproxy.edge.monitoring import Metrics, Monitor
 from davproxy.edge.routes import ROUTE, Router
@@ -46,7 +46,6 @@ ROUTER = web.AppKey("router", Router)
 METRICS = web.AppKey("metrics", Metrics)
 REFRESHER = web.AppKey("refresher", Refresher)
 LISTENING = web.AppKey("listening", asyncio.Event)
-GUARD = web.AppKey("guard", LoginGuard)
 
 
 @web.middleware
@@ -95,6 +94,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 login = "failed"
             elif status < 500 and status not in (400, 429):
                 guard.succeeded(credentials.user, credentials.password)
+        login = login or request.get(FORM_LOGIN)
         seconds = time.perf_counter() - started
         route = request.get(ROUTE, "-")
         log_access(

@@ -32,6 +32,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiohttp import web
+
 
 @dataclass(slots=True)
 class _Record:
@@ -139,3 +141,9 @@ class LoginGuard:
 
     def size(self) -> int:
         return len(self._records) + len(self._succeeded)
+
+
+# The application's guard; and the outcome of a login made without a Basic header (the
+# sharing web page's form checks its credentials itself), for the access log and metrics.
+GUARD = web.AppKey("guard", LoginGuard)
+FORM_LOGIN = web.RequestKey("form_login", str)

@@ -39,6 +39,8 @@ from davproxy.sharing.notifications import COLLECTION_SEGMENT
 from davproxy.sharing.requests import CS_INVITE_REPLY, CS_SHARE, SHARE_RESOURCE, VALID_REQUEST
 from davproxy.store.records import Share
 from davproxy.upstream.site import WELL_KNOWN, Context, Limits
+from davproxy.web import pages
+from davproxy.web.pages import WEB_SEGMENT
 
 log = logging.getLogger("davproxy.routes")
 
@@ -53,6 +55,7 @@ class Place(Enum):
     FEEDS = "<prefix>.davproxy/feeds/…"
     NOTIFICATIONS = "<prefix>.davproxy/notifications/<user>/…"
     WHOAMI = "<prefix>.davproxy/whoami"
+    WEB = "<prefix>.davproxy/web/… (the sharing web page)"
     OWN_OTHER = "any other <prefix>.davproxy/ path"
     ANONYMOUS = "upstream path, no user (discovery, or upstream-basic without credentials)"
     RESERVED = "upstream path the access backend reserves (Radicale's .sharing/, .token/)"
@@ -143,6 +146,11 @@ async def _whoami(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
 
 async def _whoami_method(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
     raise PlainError(405, "Method not allowed here", {"Allow": "GET, HEAD"})
+
+
+async def _web(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    """The sharing web page: its own login and sessions (web/pages.py)."""
+    return await pages.serve(ctx, site, facts.below)
 
 
 async def _own_unknown(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
@@ -263,6 +271,7 @@ ROUTES: tuple[Route, ...] = (
     Route("notifications", Place.NOTIFICATIONS, _notifications, user="verified"),
     Route("whoami", Place.WHOAMI, _whoami, _GET, user="verified"),
     Route("whoami", Place.WHOAMI, _whoami_method, user="none"),
+    Route("web", Place.WEB, _web, user="none"),  # its own login form and session cookie
     Route("own-unknown", Place.OWN_OTHER, _own_unknown, user="none"),
     # the upstream's space
     Route("passthrough", Place.ANONYMOUS, _passthrough, user="none"),
@@ -342,6 +351,8 @@ def _classify_own(subpath: str) -> Facts:
         return Facts(Place.NOTIFICATIONS, below=subpath[len(COLLECTION_SEGMENT) + 1 :])
     if subpath == "whoami":
         return Facts(Place.WHOAMI)
+    if subpath == WEB_SEGMENT or subpath.startswith(WEB_SEGMENT + "/"):
+        return Facts(Place.WEB, below=subpath[len(WEB_SEGMENT) :])  # "" or "/…"
     return Facts(Place.OWN_OTHER)
 
 

@@ -23,6 +23,7 @@ from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.directory import Directory
 from davproxy.upstream.identity import Authenticator
+from davproxy.web.sessions import WebSessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class Site:
     sharing: Sharing
     notifications: NotificationCollection
     subscriptions: Subscriptions
+    web: WebSessions  # the sharing web page's sessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,4 +72,5 @@ def build_site(store: Store, upstream: Upstream, parts: FeedParts) -> Site:
     subscriptions = Subscriptions(
         parts.feeds, parts.server, parts.refresher, parts.fetcher, upstream, parts.fetcher.settings
     )
-    return Site(upstream, auth, sharing, notifications, subscriptions)
+    web = WebSessions(store, upstream.name)
+    return Site(upstream, auth, sharing, notifications, subscriptions, web)

@@ -232,16 +232,20 @@ class Subscriptions:
             return await self.server.member(request, view, member)
         method = request.method
         if method == "DELETE":
-            with self.feeds.transaction():
-                self.feeds.subscription_delete(self.upstream.name, sub.path)
-                self.feeds.drop_unused_sources()
-            log.info("user %s unsubscribed %s", user, sub.path)
+            self.unsubscribe(user, sub)
             return web.Response(status=204)
         if method == "PROPPATCH":
             return await self._proppatch(request, user, sub, view)
         if method in _SUBSCRIPTION_CREATORS:
             raise DavError(405, None, "a subscription already exists here")
         return await self.server.collection(request, view)
+
+    def unsubscribe(self, user: str, sub: Subscription) -> None:
+        """The user ends their subscription (DELETE on it, or the web page)."""
+        with self.feeds.transaction():
+            self.feeds.subscription_delete(self.upstream.name, sub.path)
+            self.feeds.drop_unused_sources()
+        log.info("user %s unsubscribed %s", user, sub.path)
 
     def wants_subscription(self, body: bytes) -> tuple[str, dict[str, str]] | None:
         """(source URL, settable properties) when a MKCOL/MKCALENDAR body creates a

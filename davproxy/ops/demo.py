@@ -198,6 +198,7 @@ def run_demo(data: str, port: int, host: str) -> int:
                 "",
                 "davproxy demo is running",
                 f"  CalDAV/CardDAV URL : {url}",
+                f"  sharing web page   : {url}.davproxy/web/ (share, invitations, subscriptions)",
                 *(f"  login              : {user} / {logins[user]}" for user, _, _ in DEMO_USERS),
                 f"  data folder        : {folder}",
                 f"  Radicale (upstream): {radicale.url} (log {radicale.log_path})",

@@ -345,8 +345,17 @@ class Sharing:
     ) -> web.StreamResponse:
         return await self.replies.reply_cs(request, user, root)
 
-    async def accept(self, share: Share, displayname: str = "", slug: str | None = None) -> str:
-        return await self.replies.accept(share, displayname, slug)
+    async def accept(
+        self,
+        share: Share,
+        displayname: str = "",
+        slug: str | None = None,
+        authorization: str | None = None,
+    ) -> str:
+        return await self.replies.accept(share, displayname, slug, authorization)
+
+    async def decline(self, share: Share, comment: str = "") -> None:
+        await self.replies.decline(share, comment)
 
     def tell_owner(self, share: Share, status: str, comment: str = "") -> None:
         body = {

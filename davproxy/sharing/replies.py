@@ -133,14 +133,28 @@ class Replies:
             return None
         return share
 
-    async def accept(self, share: Share, displayname: str = "", slug: str | None = None) -> str:
-        """Accept an open invitation on the sharee's behalf (``davproxy admin accept``),
-        exactly as their own reply would; the copy's path."""
+    async def accept(
+        self,
+        share: Share,
+        displayname: str = "",
+        slug: str | None = None,
+        authorization: str | None = None,
+    ) -> str:
+        """Accept an open invitation outside the protocol (``davproxy admin accept``, the
+        web page), exactly as the sharee's own reply would; the copy's path.
+        ``authorization``: the sharee's own credentials, where the page has them."""
         if share.status != "noresponse":
             raise DavError(403, INVALID_SHARE, f"the share is {share.status}, not an invitation")
-        mount = await self._decide(None, share, True, "", None, slug, displayname)
+        mount = await self._decide(authorization, share, True, "", None, slug, displayname)
         assert mount is not None
         return mount
+
+    async def decline(self, share: Share, comment: str = "") -> None:
+        """Decline an open invitation outside the protocol (the web page), exactly as the
+        sharee's own reply would: the invitation goes, the owner is told."""
+        if share.status != "noresponse":
+            raise DavError(403, INVALID_SHARE, f"the share is {share.status}, not an invitation")
+        await self._decide(None, share, False, comment[:4096], None, None)
 
     async def _decide(
         self,

@@ -143,6 +143,27 @@ def _m007_ended_copies_of_invitations(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX ended_copies_by_invitation ON ended_copies (upstream, invite_uid)")
 
 
+def _m008_web_sessions(db: sqlite_utils.Database) -> None:
+    # Sessions of the sharing web page (davproxy/web/sessions.py).  The key is a hash
+    # of the random id the browser holds in its cookie, so a copy of the store hands out
+    # no session; no password is ever written here.  ``binding`` ties a proxy-auth
+    # session to the password hash it was opened under (a changed or removed password
+    # ends it); ``flash`` is the one message the next page shows.
+    db.execute(
+        """CREATE TABLE web_sessions (
+            key TEXT PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            user TEXT NOT NULL,
+            csrf TEXT NOT NULL,
+            binding TEXT NOT NULL DEFAULT '',
+            flash TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            last_seen REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX web_sessions_by_user ON web_sessions (upstream, user)")
+
+
 # Append only: a released migration is never edited, only followed by a new one.
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "meta", _m001_meta),
@@ -152,4 +173,5 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (5, "ended_copies", _m005_ended_copies),
     (6, "upstream_removals", _m006_upstream_removals),
     (7, "ended_copies_of_invitations", _m007_ended_copies_of_invitations),
+    (8, "web_sessions", _m008_web_sessions),
 )

@@ -27,6 +27,10 @@ class Directory:
         )
         self._principal = re.compile(template + "?")
 
+    def users(self) -> list[str]:
+        """Every known user id, sorted (the web page's suggestions)."""
+        return sorted(set(self._by_id) | self._extra_users())
+
     def known(self, user: str) -> bool:
         return user in self._by_id or user in self._extra_users()
 

@@ -159,6 +159,12 @@ class Htpasswd:
         """The users loaded last (no I/O: safe on the event loop)."""
         return set(self._hashes)
 
+    def fingerprint(self, user: str) -> str | None:
+        """A digest of the user's current hash (None when the user is not in the file):
+        the web page's sessions end when it changes.  No I/O."""
+        hashed = self._hashes.get(user)
+        return hashlib.sha256(hashed.encode()).hexdigest() if hashed is not None else None
+
     def verify(self, user: str, password: str) -> bool:
         """Blocking (hashes are slow on purpose): call from a worker thread."""
         self.refresh()
