@@ -180,7 +180,13 @@ SEEDS: dict[str, list[bytes]] = {
     ],
     "share_resource": [SHARE_RESOURCE, CS_SHARE],
     "cs_share": [CS_SHARE, SHARE_RESOURCE],
-    "check_path": [b"/alice/calendar/", b"/bob/a%20b/x.ics", b"/%7Ealice/caf%C3%A9/", b"/a/../b"],
+    "check_path": [
+        b"/alice/calendar/",
+        b"/bob/a%20b/x.ics",
+        b"/%7Ealice/caf%C3%A9/",
+        b"/a/../b",
+        b"//bob//c//",
+    ],  # fmt: skip
     "parse_basic": [b"Basic YWxpY2U6YWxpY2UtcHc=\x00", b"alice:secret\x01", b"b\xc3\xb6b:pw\x01"],
     "split_feed": [ICS, ICS_SMALL, b"\xef\xbb\xbf" + ICS_SMALL],
     "fingerprint": [ICS_SMALL, b"BEGIN:VEVENT\nUID:x\nEND:VEVENT\n"],
@@ -375,7 +381,7 @@ def load_targets(atheris: Any, name: str) -> dict[str, Target]:  # noqa: C901 - 
         from davproxy.dav import http as dav_http
         from davproxy.dav import sync as dav_sync
         from davproxy.dav.errors import DavError, PlainError
-        from davproxy.dav.paths import PathMap, PathRejected, canonical, check_path
+        from davproxy.dav.paths import PathMap, PathRejected, canonical, check_path, resolve_path
         from davproxy.feeds import caldav_query
         from davproxy.feeds import fetch as feed_fetch
         from davproxy.feeds import split as feeds
@@ -466,13 +472,15 @@ def load_targets(atheris: Any, name: str) -> dict[str, Target]:  # noqa: C901 - 
         candidate = path if path.startswith("/") else "/" + path
         try:
             check_path(candidate)
+            resolved = resolve_path(candidate)
         except PathRejected:
             return
-        key = canonical(candidate)
+        key = canonical(resolved)
         segments = key.split("/")
         check(".." not in segments and "." not in segments, f"dot segment in {key!r}")
         check("" not in segments[1:-1], f"empty segment in {key!r}")
         check(canonical(key) == key, f"canonical is not idempotent: {key!r}")
+        check(resolve_path(resolved) == resolved, f"resolve_path is not idempotent: {resolved!r}")
 
     def basic_decode(fdp: Any) -> tuple[Any, ...]:
         encoded = fdp.ConsumeIntInRange(0, 1)

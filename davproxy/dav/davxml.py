@@ -297,6 +297,28 @@ def add_privilege(node: etree._Element, privilege: str) -> bool:
     return True
 
 
+def found_prop(node: etree._Element, name: str) -> etree._Element | None:
+    """A property a multistatus response answers with 200, or None (absent, or in a
+    propstat with another status)."""
+    for stat in node.findall(PROPSTAT):
+        prop = stat.find(f"{PROP}/{name}")
+        if prop is None:
+            continue
+        words = (stat.findtext(STATUS) or "").split()
+        if len(words) > 1 and words[1] == "200":
+            return prop
+    return None
+
+
+def resourcetypes(node: etree._Element) -> set[str] | None:
+    """The resource types a multistatus response shows (Clark names), or None when its
+    resourcetype is not in the answer."""
+    found = found_prop(node, f"{{{DAV}}}resourcetype")
+    if found is None:
+        return None
+    return {str(child.tag) for child in found if isinstance(child.tag, str)}
+
+
 def add_resourcetype(node: etree._Element, marker: str) -> bool:
     """Add a marker (``CS:shared-owner``, ``CS:shared``) to a response's resourcetype."""
     kinds = node.find(f"{PROPSTAT}/{PROP}/{{{DAV}}}resourcetype")

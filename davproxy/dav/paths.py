@@ -109,24 +109,30 @@ class PathRejected(ValueError):
     """A request path davproxy refuses to route (it could mean another resource upstream)."""
 
 
-def check_path(raw_path: str) -> None:
-    """Refuse paths whose meaning the upstream could change after davproxy routed them.
+def resolve_path(raw_path: str) -> str:
+    """The one form of a client's raw path that davproxy routes, checks and forwards.
 
-    Upstreams resolve dot-segments and encoded separators themselves, so a path like
-    ``/bob/copy/../other/`` or ``/bob/copy/..%2fother/`` would be routed by its prefix
-    here and land elsewhere there.  Such paths, empty segments, control characters and
-    bytes that are not percent-encoded UTF-8 are refused outright (400), never repaired.
+    Empty segments are collapsed and one trailing slash is kept when the path ended
+    with one, exactly as the upstreams resolve a path: Radicale's ``sanitize_path``
+    (posixpath.normpath, then rejoining the non-empty segments, the trailing slash
+    kept), Xandikos's ``normpath`` lookups, CalendarServer's ``normalizeURL``.  So
+    ``/bob/copy//`` is ``/bob/copy/`` and ``//bob/copy//e.ics`` is ``/bob/copy/e.ics``
+    here and there alike.  Each segment keeps the client's percent-encoding.
+
+    What the upstream could resolve to another resource than davproxy routed is
+    refused, never repaired: ``.`` and ``..`` segments (also encoded), encoded
+    separators (``%2F``, ``%5C``), control characters, raw spaces or non-ASCII, and
+    bytes that are not percent-encoded UTF-8.  A path like ``/bob/copy/../other/``
+    would be routed by its prefix here and land elsewhere there.
     """
     if not raw_path.startswith("/"):
         raise PathRejected("the path must start with '/'")
     if any(ord(c) <= 32 or ord(c) >= 127 for c in raw_path):
         raise PathRejected("raw spaces, control or non-ASCII characters must be percent-encoded")
-    segments = raw_path[1:].split("/")
-    for index, segment in enumerate(segments):
+    kept = []
+    for segment in raw_path.split("/"):
         if segment == "":
-            if index == len(segments) - 1:
-                continue  # the trailing slash of a collection
-            raise PathRejected("empty path segments ('//') are not accepted")
+            continue  # '//': an empty segment, collapsed as the upstreams collapse it
         try:
             decoded = unquote_to_bytes(segment).decode("utf-8")
         except UnicodeDecodeError:
@@ -135,14 +141,57 @@ def check_path(raw_path: str) -> None:
             raise PathRejected("'.' and '..' segments are not accepted")
         if any(c in decoded for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in decoded):
             raise PathRejected("encoded separators or control characters are not accepted")
+        kept.append(segment)
+    if not kept:
+        return "/"
+    return "/" + "/".join(kept) + ("/" if raw_path.endswith("/") else "")
+
+
+def check_path(raw_path: str) -> None:
+    """Refuse what ``resolve_path`` refuses (PathRejected); accept what it resolves."""
+    resolve_path(raw_path)
+
+
+def resolve_href(value: str) -> str:
+    """An href or ``Destination`` value with its path resolved as ``resolve_path`` does;
+    the scheme, host and query stay as sent.  PathRejected for a path it refuses."""
+    value = value.strip()
+    origin = ""
+    if not value.startswith("/"):
+        scheme, sep, after = value.partition("://")
+        if not sep:
+            raise PathRejected("the path must start with '/'")
+        cut = min((i for i in (after.find("/"), after.find("?")) if i >= 0), default=len(after))
+        origin, value = f"{scheme}://{after[:cut]}", after[cut:] or "/"
+    path, sep, query = value.partition("?")
+    if not path.startswith("/"):
+        path = "/" + path
+    return origin + resolve_path(path) + sep + query
 
 
 def canonical(path: str) -> str:
-    """One spelling per path, for matching (``%40`` and ``@``, ``%7E`` and ``~`` agree).
+    """One spelling per path, for matching (``%40`` and ``@``, ``%7E`` and ``~`` agree;
+    empty segments collapse as in ``resolve_path``).
 
-    Only for comparing and storing keys: requests are forwarded with the client's bytes.
+    Only for comparing and storing keys: requests are forwarded as ``resolve_path``
+    gives them, with the client's percent-encoding.
     """
-    return "/".join(quote(unquote(segment), safe=_SEGMENT_SAFE) for segment in path.split("/"))
+    parts = [quote(unquote(segment), safe=_SEGMENT_SAFE) for segment in path.split("/") if segment]
+    lead = "/" if path.startswith("/") else ""
+    if not parts:
+        return lead
+    return lead + "/".join(parts) + ("/" if path.endswith("/") else "")
+
+
+def within(path: str, collection: str) -> str | None:
+    """The part of ``path`` below ``collection`` (both canonical, the collection with its
+    trailing slash): ``""`` for the collection itself (with or without the slash),
+    None when the path lies outside it."""
+    if path.startswith(collection):
+        return path[len(collection) :]
+    if path + "/" == collection:
+        return ""
+    return None
 
 
 def slash(path: str) -> str:

@@ -16,14 +16,17 @@ from aiohttp import web
 from lxml import etree
 
 from davproxy.dav import davxml
-from davproxy.dav.davxml import CS, DAV, element, href
+from davproxy.dav.davxml import CALDAV, CS, DAV, element, href
+from davproxy.dav.errors import DavError
 from davproxy.dav.http import preferences
-from davproxy.dav.paths import canonical, slash
+from davproxy.dav.paths import PathRejected, canonical, resolve_path, slash
 from davproxy.edge.sites import Site
 from davproxy.feeds.views import ENHANCED
 from davproxy.sharing import copies
 from davproxy.sharing.copies import SHARING_TOKENS
+from davproxy.sharing.model import shareable_type
 from davproxy.sharing.notifications import collection_path
+from davproxy.sharing.properties import SUPPORTED_PRIVILEGES, supported_share
 from davproxy.store.records import Share
 from davproxy.upstream.site import Context
 
@@ -37,6 +40,8 @@ HOME_TOKENS = (*SHARING_TOKENS, "calendarserver-subscribed")
 # collections) and resourcetype (CS:shared-owner / CS:shared markers).
 PRIVILEGES = f"{{{DAV}}}current-user-privilege-set"
 RESOURCETYPE = f"{{{DAV}}}resourcetype"
+DEFAULT_CALENDAR = f"{{{CALDAV}}}schedule-default-calendar-URL"
+VALID_DEFAULT_CALENDAR = f"{{{CALDAV}}}valid-schedule-default-calendar-URL"
 # Properties davproxy adds to a user's own principal and collections.
 OWNED_PROPS = frozenset(
     {
@@ -48,6 +53,7 @@ OWNED_PROPS = frozenset(
         f"{{{CS}}}invite",
         f"{{{CS}}}allowed-sharing-modes",
         f"{{{CS}}}shared-url",
+        SUPPORTED_PRIVILEGES,
     }
 )
 
@@ -83,6 +89,7 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
             bool(extra)
             or wanted.wants_any(OWNED_PROPS)
             or (wanted.wants(PRIVILEGES) and (is_home or owned))
+            or (wanted.wants(SUPPORTED_PRIVILEGES) and owned)
             or (wanted.wants(RESOURCETYPE) and (is_home or shared))
         )
         if not edits:
@@ -91,6 +98,7 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
         principal = canonical(upstream.user_paths(user).principal)
         notification_url = collection_path(upstream, user)
         roles: dict[str, tuple[str | None, Share | None]] = {}
+        listed_privileges: set[str] = set()  # paths the upstream lists privileges of
 
         def role_of(path: str) -> tuple[str, str | None, Share | None]:
             """Each listed path is classified once, whichever hook asks first."""
@@ -110,27 +118,46 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
                 }
             rest, role, share = role_of(path)
             if role == "owned":
-                return sharing.properties.owner_props(rest)
+                props = sharing.properties.owner_props(rest)
+                if props is not None and rest in listed_privileges:
+                    del props[SUPPORTED_PRIVILEGES]  # the upstream's, with D:share added
+                return props
             if role == "copy" and share is not None:  # a copy the upstream lists itself
                 return sharing.properties.copy_props(share)
             return None
 
         def share_privilege(path: str, node: etree._Element) -> bool:
             """The owner may share their collections: D:share (resource-sharing §5.1);
-            shared ones and copies carry Apple's resourcetype markers."""
+            shared ones and copies carry Apple's resourcetype markers.  What the answer
+            shows to be no shareable collection (an inbox, a principal ...) gets none of
+            it, nor the properties ``provide`` adds (this runs first for each response)."""
             rest, role, _ = role_of(path)
+            types = davxml.resourcetypes(node)
+            if role == "owned" and types is not None and not shareable_type(types):
+                roles[rest] = (None, None)
+                role = None
             changed = False
             marker = sharing.properties.shared_marker(role, rest)
             if marker is not None:
                 changed = davxml.add_resourcetype(node, marker)
             if role == "owned":
                 changed = davxml.add_privilege(node, f"{{{DAV}}}share") or changed
+                listed = davxml.found_prop(node, SUPPORTED_PRIVILEGES)
+                if listed is not None:  # an upstream that lists privileges: D:share joins
+                    listed_privileges.add(rest)
+                    if listed.find(f".//{{{DAV}}}privilege/{{{DAV}}}share") is None:
+                        listed.append(supported_share())
+                        changed = True
             return changed
 
         def edit(answer: bytes) -> bytes:
             return davxml.augment(answer, wanted, provide, extra, share_privilege)
 
         spec = replace(spec, body=body, edit_xml=edit)
+    elif method == "PROPPATCH":
+        body = await ctx.body()
+        _refuse_shared_default_calendar(site, user, body)
+        spec = replace(spec, body=body)
     elif method == "DELETE" and sharing.store.shares_under(
         upstream.name, canonical(slash(ctx.rest))
     ):
@@ -144,6 +171,35 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
         await sharing.delete_owned(user, ctx.rest, send)
         return answers[0]
     return await ctx.forward(spec)
+
+
+def _refuse_shared_default_calendar(site: Site, user: str, body: bytes) -> None:
+    """The default calendar for scheduling (RFC 6638 §9.2) may not be a shared copy
+    (CalendarServer caldav-sharing §5.5.2, caldav-sharing-01 §4) nor a subscription:
+    403 ``C:valid-schedule-default-calendar-URL``, and the upstream never sees it."""
+    if b"schedule-default-calendar-URL" not in body:
+        return  # most PROPPATCHes: nothing to parse here
+    try:
+        root = davxml.parse(body)
+    except davxml.XmlError:
+        return  # the XML gate answers it
+    for node in root.iterfind(f"{{{DAV}}}set/{davxml.PROP}/{DEFAULT_CALENDAR}/{davxml.HREF}"):
+        try:
+            path = resolve_path(davxml.href_path(node.text or "").partition("?")[0])
+        except PathRejected:
+            raise DavError(403, VALID_DEFAULT_CALENDAR, "the href is not accepted") from None
+        rest = site.upstream.rest_of(path)
+        if rest is None:
+            continue
+        if (
+            site.sharing.mount_for(user, rest) is not None
+            or site.subscriptions.mounted(user, rest) is not None
+        ):
+            raise DavError(
+                403,
+                VALID_DEFAULT_CALENDAR,
+                "the default calendar cannot be a shared copy or a subscription",
+            )
 
 
 async def _listing_extras(

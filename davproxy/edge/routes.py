@@ -27,7 +27,7 @@ from lxml import etree
 
 from davproxy.dav import davxml
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError, PlainError
-from davproxy.dav.paths import PathRejected, canonical, check_path, slash
+from davproxy.dav.paths import PathRejected, canonical, resolve_href, resolve_path, slash
 from davproxy.edge import augment
 from davproxy.edge.monitoring import PATHS as MONITORING_PATHS
 from davproxy.edge.monitoring import Monitor
@@ -337,8 +337,8 @@ def _foreign_space(ctx: Context, site: Site, user: str) -> bool:
     if upstream.config.access.foreign_homes != "refuse":
         return False
     rests = [ctx.rest]
-    if "Destination" in ctx.request.headers:
-        destination = davxml.href_path(ctx.request.headers["Destination"]).partition("?")[0]
+    if ctx.destination is not None:
+        destination = davxml.href_path(ctx.destination).partition("?")[0]
         rests.append(upstream.rest_of(destination) or "")
     owners = {upstream.home_owner(rest) for rest in rests}
     return bool(owners - {None, user})
@@ -400,9 +400,11 @@ class Router:
             request[ROUTE] = which
             return await self.monitor.answer(request, which, [s.upstream for s in self.sites])
         try:
-            check_path(path)
-            if "Destination" in request.headers:
-                check_path(davxml.href_path(request.headers["Destination"]).partition("?")[0])
+            # routed, checked and forwarded in the form the upstream resolves it to
+            path = resolve_path(path)
+            destination = request.headers.get("Destination")
+            if destination is not None:
+                destination = resolve_href(destination)
         except PathRejected as exc:
             request[ROUTE] = "rejected"
             raise PlainError(400, f"Path not accepted: {exc}") from None
@@ -416,6 +418,7 @@ class Router:
             raise PlainError(404, "No upstream is mapped at this path")
         site, rest = found
         ctx = Context(request, site.upstream, site.auth, self.limits, path, sep + query, rest)
+        ctx.destination = destination
         request[ROUTE] = "passthrough"  # until a route is chosen
         return await answer(ctx, site, await classify(ctx, site))
 

@@ -20,7 +20,7 @@ from davproxy.dav import davxml
 from davproxy.dav.davxml import CS, DAV
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError
 from davproxy.dav.http import multistatus_response
-from davproxy.dav.paths import PathMap, PathRejected, canonical, check_path
+from davproxy.dav.paths import PathMap, PathRejected, canonical, resolve_path, within
 from davproxy.sharing.model import READ_METHODS, WRITE_METHODS, Sharing
 from davproxy.store.records import Share
 from davproxy.upstream.site import Context
@@ -56,7 +56,7 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
 
     if method in ("MOVE", "COPY"):
         # strictly inside: onto the copy itself would replace the owner's collection
-        destination = canonical(davxml.href_path(ctx.request.headers.get("Destination", "")))
+        destination = canonical(davxml.href_path(ctx.destination or ""))
         root = canonical(copy_path).rstrip("/")
         if not destination.startswith(root + "/") or destination.rstrip("/") == root:
             raise DavError(403, NEED_PRIVILEGES, "objects cannot be moved out of a shared copy")
@@ -90,15 +90,13 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
         refused rather than passed on."""
         path = davxml.href_path(value).partition("?")[0]
         try:
-            check_path(path)
+            path = canonical(resolve_path(path))  # '//' collapsed, '..' refused
         except PathRejected as exc:
             raise DavError(400, None, f"href not accepted: {exc}") from None
-        path = canonical(path)
-        if path + "/" == copy_key:
-            path = copy_key
-        if not path.startswith(copy_key):
+        below = within(path, copy_key)
+        if below is None:
             raise DavError(403, NEED_PRIVILEGES, "hrefs must stay inside the shared copy")
-        return to_upstream(owner_key + path[len(copy_key) :])
+        return to_upstream(owner_key + below)
 
     def response_hrefs(value: str) -> str:
         return copy.href_to_public(to_public(value), upstream.origin, origin)

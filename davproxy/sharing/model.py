@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from aiohttp import web
 from lxml import etree
@@ -23,19 +22,16 @@ from lxml import etree
 from davproxy.access.backend import AccessBackend
 from davproxy.access.foreign import ForeignShare
 from davproxy.dav import davxml
-from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element, href
+from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError, PlainError
-from davproxy.dav.paths import canonical, slash
+from davproxy.dav.paths import canonical, slash, within
 from davproxy.sharing.notifications import Renderer, invite_name, now_stamp, reply_name
 from davproxy.sharing.properties import (
     SharingProperties,
-    copy_name,
-    inner_xml,
 )
+from davproxy.sharing.replies import Replies
 from davproxy.sharing.requests import (
     CS_SHARE,
-    INVALID_SHARE,
-    INVITE_REPLY,
     VALID_REQUEST,
     ShareeRequest,
     parse_cs_share,
@@ -54,6 +50,31 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "REPORT"})
 # What a read-write sharee may do besides: the methods whose effect davproxy knows.
 # (No POST: it could carry a share request, or anything else, executed as the owner.)
 WRITE_METHODS = frozenset({"PUT", "DELETE", "MOVE", "COPY", "PROPPATCH", "MKCOL", "MKCALENDAR"})
+# Resource types that mark a collection as no one's to share, whatever its path: a
+# principal, the scheduling inbox and outbox (RFC 6638; Xandikos advertises and accepts
+# shares of them otherwise, exposing the owner's incoming scheduling messages), a
+# notification collection, a subscription, a copy of someone else's collection.
+NOT_SHAREABLE = frozenset(
+    {
+        f"{{{DAV}}}principal",
+        f"{{{CALDAV}}}schedule-inbox",
+        f"{{{CALDAV}}}schedule-outbox",
+        f"{{{DAV}}}notifications",
+        f"{{{CS}}}notification",
+        f"{{{CS}}}subscribed",
+        f"{{{CS}}}shared",
+    }
+)
+
+
+class NotShareable(DavError):
+    """The collection exists but is not one that can be shared (403)."""
+
+
+def shareable_type(types: set[str]) -> bool:
+    """Whether a resourcetype (its child element names) is one of a collection that
+    can be shared: a calendar, an address book or a plain collection."""
+    return f"{{{DAV}}}collection" in types and not types & NOT_SHAREABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +104,7 @@ class Sharing:
         self.directory = directory
         self.renderer = renderer
         self.name = upstream.name
+        self.replies = Replies(self)
 
     async def collection_info(self, rest: str, headers: dict[str, str]) -> CollectionInfo:
         body = davxml.serialize(
@@ -120,7 +142,9 @@ class Sharing:
             raise DavError(404, None, "no such collection")
         types = {str(node.tag) for node in root.iterfind(f".//{{{DAV}}}resourcetype/*")}
         if f"{{{DAV}}}collection" not in types:
-            raise DavError(403, NEED_PRIVILEGES, "only collections can be shared")
+            raise NotShareable(403, NEED_PRIVILEGES, "only collections can be shared")
+        if not shareable_type(types):
+            raise NotShareable(403, NEED_PRIVILEGES, "this kind of collection cannot be shared")
         kind = (
             "calendar"
             if f"{{{CALDAV}}}calendar" in types
@@ -146,18 +170,31 @@ class Sharing:
         }
         return sorted(rests, key=len, reverse=True)
 
+    def collection_homes(self, user: str) -> list[str]:
+        """The user's calendar and address-book homes below the upstream root: where
+        their collections live (RFC 4791 §6.2.1, RFC 6352 §7.1.1)."""
+        paths = self.upstream.user_paths(user)
+        rests = {
+            canonical(self.upstream.rest_of(p) or "")
+            for p in (paths.calendar_home, paths.addressbook_home)
+        }
+        return sorted(rests, key=len, reverse=True)
+
     def role(self, user: str, rest: str) -> tuple[str | None, Share | None]:
         """What a path of this user is to sharing, from one look at their copies:
         ``("copy", share)`` their copy of someone else's collection, ``("in-copy",
-        share)`` something inside one, ``("owned", None)`` a collection strictly inside
-        one of their homes (a home, even one nested in another as on Xandikos, is not
-        shareable), or ``(None, None)``."""
+        share)`` something inside one, ``("owned", None)`` a collection of theirs that
+        can be shared: strictly inside their calendar or address-book home (a home,
+        even one nested in another as on Xandikos, and what lives beside the homes in
+        the principal, such as Xandikos's schedule inbox and outbox, are not), or
+        ``(None, None)``.  Resource types are checked where they are known
+        (``shareable_type``)."""
         rest = canonical(rest)
         found = self.mount_for(user, rest)
         if found is not None:
             return ("copy" if found[1] == "" else "in-copy"), found[0]
         homes = self.homes(user)
-        if rest in homes or not any(rest.startswith(home) for home in homes):
+        if rest in homes or not any(rest.startswith(h) for h in self.collection_homes(user)):
             return None, None
         return "owned", None
 
@@ -174,11 +211,26 @@ class Sharing:
         apple = root.tag == CS_SHARE
         collection = canonical(slash(rest))
         if not self.owns_collection(user, collection):
+            if apple and any(collection.startswith(home) for home in self.homes(user)):
+                # a home, principal, inbox ...: CalendarServer's "Sharing not supported"
+                raise DavError(403, VALID_REQUEST, "this collection cannot be shared")
             raise DavError(403, NEED_PRIVILEGES, "only the owner of a collection can share it")
         sharees = parse_cs_share(root) if apple else parse_share_resource(root)
-        info = await self.collection_info(
-            collection, self.auth.headers_for(user, request.headers.get("Authorization"))
-        )
+        try:
+            info = await self.collection_info(
+                collection, self.auth.headers_for(user, request.headers.get("Authorization"))
+            )
+        except NotShareable as exc:
+            if apple:  # CalendarServer: 403 CS:valid-request, "Sharing not supported"
+                raise DavError(403, VALID_REQUEST, exc.message) from None
+            raise
+        # The owner named as a sharee: a CS:set of theirs is refused for that href and a
+        # CS:remove ignored, as CalendarServer does; an IETF request has no per-sharee
+        # answer, so there it is ignored.  The rest of the batch applies either way.
+        own = {s.href for s in sharees if self.directory.resolve(s.href) == user}
+        refused = {s.href for s in sharees if s.href in own and s.access != "no-access"}
+        if own:
+            log.info("%s named themselves as a sharee of %s: not applied", user, collection)
         if apple:
             unknown = {
                 s.href
@@ -186,8 +238,12 @@ class Sharing:
                 if s.access != "no-access" and self.directory.resolve(s.href) is None
             }
             if unknown:  # CS: all or nothing, each bad href 403, every other one 424
-                return self._partial_failure(sharees, unknown)
-        await self.change_sharees(user, collection, info, sharees)
+                return self._per_href(sharees, unknown | refused, 424)
+        others = [s for s in sharees if s.href not in own]
+        if others:
+            await self.change_sharees(user, collection, info, others)
+        if apple and refused:
+            return self._per_href(sharees, refused, 200)
         return web.Response(status=200 if apple else 204)
 
     async def change_sharees(
@@ -202,10 +258,11 @@ class Sharing:
         log.info("%s changed %d sharee(s) of %s (%s)", user, len(sharees), collection, info.kind)
 
     @staticmethod
-    def _partial_failure(sharees: list[ShareeRequest], unknown: set[str]) -> web.Response:
-        responses = [
-            davxml.status_response(s.href, 403 if s.href in unknown else 424) for s in sharees
-        ]
+    def _per_href(sharees: list[ShareeRequest], refused: set[str], others: int) -> web.Response:
+        """CalendarServer's 207: 403 for each refused href, ``others`` (424 when nothing
+        was applied, 200 when the rest was) for every other one, each href once."""
+        hrefs = list(dict.fromkeys(s.href for s in sharees))
+        responses = [davxml.status_response(h, 403 if h in refused else others) for h in hrefs]
         return web.Response(
             status=207,
             body=davxml.serialize(davxml.multistatus(*responses)),
@@ -266,77 +323,27 @@ class Sharing:
     def _revoke(self, share: Share, info: CollectionInfo | None) -> None:
         if share.status == "accepted":
             # Tell an accepted sharee their copy is gone (share-access no-access).
-            self._invite(share, info or self._info_of(share), "no-access")
+            self._invite(share, info or self.info_of(share), "no-access")
             self.access.ended(share)
         else:
             self.store.notification_delete(self.name, share.sharee, invite_name(share.invite_uid))
         self.store.share_delete(share.id)
 
-    def _info_of(self, share: Share) -> CollectionInfo:
+    def info_of(self, share: Share) -> CollectionInfo:
         name = unquote(share.collection.rstrip("/").split("/")[-1])
         return CollectionInfo(share.kind, name, ())
 
-    # -- replies ----------------------------------------------------------------------------
+    # -- replies (sharing/replies.py) -------------------------------------------------------
 
     async def reply(
-        self, request: web.Request, user: str, note: Notification, body: bytes
+        self, request: web.Request, user: str, name: str, note: Notification | None, body: bytes
     ) -> web.StreamResponse:
-        """``D:invite-reply`` POSTed to the invitation (resource-sharing-04 §4.5)."""
-        root = davxml.parse(body)
-        if root.tag != INVITE_REPLY:
-            raise DavError(400, None, "expected DAV:invite-reply")
-        if note.type != "share-invite":
-            raise DavError(403, NEED_PRIVILEGES, "only invitations can be answered")
-        share = self._open_invitation(json.loads(note.body)["uid"], user)
-        if share is None:
-            raise DavError(403, NEED_PRIVILEGES, "this invitation was withdrawn or answered")
-        accepted = root.find(f"{{{DAV}}}invite-accepted") is not None
-        declined = root.find(f"{{{DAV}}}invite-declined") is not None
-        if accepted == declined:
-            raise DavError(400, None, "DAV:invite-reply needs invite-accepted or invite-declined")
-        mount = await self._decide(
-            request.headers.get("Authorization"), share, accepted,
-            (root.findtext(f"{{{DAV}}}comment") or "")[:4096],
-            root.findtext(f"{{{DAV}}}create-in/{{{DAV}}}href"), root.findtext(f"{{{DAV}}}slug"),
-        )  # fmt: skip
-        if mount is None:
-            return web.Response(status=204)
-        origin = f"{request.scheme}://{request.host}"
-        return web.Response(
-            status=201, headers={"Location": origin + self.upstream.paths.public + mount}
-        )
+        return await self.replies.reply(request, user, name, note, body)
 
     async def reply_cs(
         self, request: web.Request, user: str, root: etree._Element
     ) -> web.StreamResponse:
-        """``CS:invite-reply`` POSTed to the sharee's home (caldav-sharing §5.3.3)."""
-        uid = (root.findtext(f"{{{CS}}}in-reply-to") or "").strip()
-        accepted = root.find(f"{{{CS}}}invite-accepted") is not None
-        declined = root.find(f"{{{CS}}}invite-declined") is not None
-        if not uid or accepted == declined or root.find(f"{{{CS}}}hosturl") is None:
-            raise DavError(
-                403, VALID_REQUEST, "CS:invite-reply needs a status, CS:hosturl and CS:in-reply-to"
-            )
-        share = self._open_invitation(uid, user)
-        if share is None:
-            raise DavError(403, INVALID_SHARE, "no open invitation with that CS:in-reply-to")
-        summary = (root.findtext(f"{{{CS}}}summary") or "")[:512]
-        mount = await self._decide(
-            request.headers.get("Authorization"), share, accepted, summary, None, None, summary
-        )
-        if mount is None:
-            return web.Response(status=204)
-        shared_as = element(f"{{{CS}}}shared-as", href(self.upstream.paths.public + mount))
-        return web.Response(
-            status=200, body=davxml.serialize(shared_as), content_type="text/xml", charset="utf-8"
-        )
-
-    def _open_invitation(self, uid: str, user: str) -> Share | None:
-        """The share an invitation stands for, if it is this user's and still open."""
-        share = self.store.share_by_uid(uid)
-        if share is None or share.sharee != user or share.status != "noresponse":
-            return None
-        return share
+        return await self.replies.reply_cs(request, user, root)
 
     async def accept(
         self,
@@ -345,83 +352,12 @@ class Sharing:
         slug: str | None = None,
         authorization: str | None = None,
     ) -> str:
-        """Accept an open invitation outside the protocol (``davproxy admin accept``, the
-        web page), exactly as the sharee's own reply would; the copy's path.
-        ``authorization``: the sharee's own credentials, where the page has them."""
-        if share.status != "noresponse":
-            raise DavError(403, INVALID_SHARE, f"the share is {share.status}, not an invitation")
-        mount = await self._decide(authorization, share, True, "", None, slug, displayname)
-        assert mount is not None
-        return mount
+        return await self.replies.accept(share, displayname, slug, authorization)
 
     async def decline(self, share: Share, comment: str = "") -> None:
-        """Decline an open invitation outside the protocol (the web page), exactly as the
-        sharee's own reply would: the invitation goes, the owner is told."""
-        if share.status != "noresponse":
-            raise DavError(403, INVALID_SHARE, f"the share is {share.status}, not an invitation")
-        await self._decide(None, share, False, comment[:4096], None, None)
+        await self.replies.decline(share, comment)
 
-    async def _decide(
-        self,
-        authorization: str | None,
-        share: Share,
-        accept: bool,
-        comment: str,
-        create_in: str | None,
-        slug: str | None,
-        displayname: str = "",
-    ) -> str | None:
-        """Record the sharee's answer (both flavours); the copy's path when accepted."""
-        if not accept:
-            with self.store.transaction():
-                self._answer(share, "declined", None, comment)
-            await self.access.apply(share.owner)
-            return None
-        invitation = self.store.notification(self.name, share.sharee, invite_name(share.invite_uid))
-        offered = json.loads(invitation.body).get("displayname", "") if invitation else ""
-        offered = offered or self._info_of(share).displayname
-        # A name the sharee chose stands; otherwise (IETF replies carry none, Apple
-        # clients echo the offered name) the copy is told apart from the sharee's own
-        # collection of the same name: "Calendar (Alice)".
-        if not displayname or displayname == offered:
-            displayname = copy_name(offered, self.directory.display_name(share.owner))
-        for _attempt in range(3):
-            mount = await self._choose_mount(authorization, share, create_in, slug)
-            await self.access.grant(share, mount)  # first: nothing recorded if it refuses
-            try:
-                with self.store.transaction():
-                    self._record_acceptance(share, mount, comment, displayname)
-            except StoreConflict:
-                continue  # a racing reply took this name meanwhile: choose another
-            except DavError:
-                await self.access.apply(share.owner)  # take back what was granted above
-                raise
-            await self.access.apply(share.owner)
-            return mount
-        raise DavError(409, None, "no free name for the shared copy; try again")
-
-    def _record_acceptance(self, share: Share, mount: str, comment: str, name: str) -> None:
-        accepted = self._answer(share, "accepted", mount, comment)
-        if share.kind == "calendar":
-            # caldav-sharing-01 §4: a shared calendar starts out transparent.
-            transp = f"{{{CALDAV}}}schedule-calendar-transp"
-            self.store.set_instance_prop(
-                accepted.id,
-                transp,
-                inner_xml(element(transp, element(f"{{{CALDAV}}}transparent"))),
-            )
-        if name:
-            self.store.set_instance_prop(accepted.id, f"{{{DAV}}}displayname", name)
-
-    def _answer(self, share: Share, status: str, mount: str | None, comment: str) -> Share:
-        updated = self.store.share_set_status(share, status, mount, expect="noresponse")
-        if updated is None:  # answered or revoked while this reply was on its way
-            raise DavError(403, INVALID_SHARE, "this invitation was withdrawn or answered")
-        self.store.notification_delete(self.name, share.sharee, invite_name(share.invite_uid))
-        self._tell_owner(updated, status, comment)
-        return updated
-
-    def _tell_owner(self, share: Share, status: str, comment: str = "") -> None:
+    def tell_owner(self, share: Share, status: str, comment: str = "") -> None:
         body = {
             "dtstamp": now_stamp(),
             "uid": share.invite_uid,
@@ -435,43 +371,7 @@ class Sharing:
             self.name, share.owner, reply_name(share.invite_uid), "share-reply", json.dumps(body)
         )
 
-    async def _choose_mount(
-        self, authorization: str | None, share: Share, create_in: str | None, slug: str | None
-    ) -> str:
-        """Where the sharee's copy goes: inside their own home, under a free name."""
-        allowed = self._homes_for_kind(share.sharee, share.kind)
-        parent = allowed[0]
-        if create_in:
-            wanted = self.upstream.rest_of(davxml.href_path(create_in))
-            if wanted is not None:
-                wanted = canonical(slash(wanted))
-            if wanted not in allowed:
-                raise DavError(403, NEED_PRIVILEGES, "DAV:create-in must be one of your own homes")
-            parent = wanted
-        base = _segment(slug or "") or _segment(
-            f"{unquote(share.collection.rstrip('/').split('/')[-1])}-{share.owner}"
-        )
-        headers = self.auth.headers_for(share.sharee, authorization)
-        for attempt in range(1, 50):
-            candidate = f"{parent}{base if attempt == 1 else f'{base}-{attempt}'}/"
-            if self.store.mount_taken(self.name, candidate):
-                continue
-            if not await self._exists(candidate, headers):
-                return candidate
-        raise DavError(409, None, "no free name for the shared copy; give another DAV:slug")
-
-    def _homes_for_kind(self, user: str, kind: str) -> list[str]:
-        paths = self.upstream.user_paths(user)
-        calendar = self.upstream.rest_of(paths.calendar_home) or ""
-        book = self.upstream.rest_of(paths.addressbook_home) or ""
-        calendar, book = canonical(calendar), canonical(book)
-        if kind == "calendar":
-            return [calendar]
-        if kind == "addressbook":
-            return [book]
-        return list(dict.fromkeys([calendar, book]))
-
-    async def _exists(self, rest: str, headers: dict[str, str]) -> bool:
+    async def exists(self, rest: str, headers: dict[str, str]) -> bool:
         path, extra = self.upstream.target(rest)
         body = davxml.serialize(
             element(davxml.PROPFIND, element(davxml.PROP, element(f"{{{DAV}}}resourcetype")))
@@ -498,10 +398,9 @@ class Sharing:
             assert share.mount is not None
             if any(share.collection.startswith(path) for path in doubtful):
                 continue  # its collection may be gone: not served until that is settled
-            if rest.startswith(share.mount):
-                return share, rest[len(share.mount) :]
-            if rest + "/" == share.mount:
-                return share, ""
+            below = within(rest, share.mount)
+            if below is not None:
+                return share, below
         return None
 
     async def revoke(self, share: Share) -> None:
@@ -547,7 +446,7 @@ class Sharing:
             if updated is None:
                 return  # revoked or left meanwhile: nothing more to undo
             self.access.ended(share)
-            self._tell_owner(updated, "declined")
+            self.tell_owner(updated, "declined")
         await self.access.apply(share.owner)
         log.info("%s removed their copy of %s", share.sharee, share.collection)
 
@@ -572,7 +471,7 @@ class Sharing:
     async def settle_deletions(self) -> None:
         """At start-up: deletions davproxy never saw the end of are checked upstream."""
         for owner, path in self.store.pending_deletions(self.name):
-            gone = not await self._exists(path, self.auth.headers_for(owner))
+            gone = not await self.exists(path, self.auth.headers_for(owner))
             with self.store.transaction():
                 if gone:
                     self.owner_deleted(owner, path)
@@ -590,9 +489,3 @@ class Sharing:
                 if share.owner == owner:
                     self._revoke(share, None)
         log.info("%s deleted %s: %d share(s) ended", owner, collection, len(shares))
-
-
-def _segment(text: str) -> str:
-    """A safe path segment from a client's slug: no separators, dots or control chars."""
-    cleaned = re.sub(r"[\x00-\x1f/\\?#%]+", "", text).strip().strip(".")[:64]
-    return quote(cleaned, safe="@!$&'()*+,;=:-_~") if cleaned else ""

@@ -256,7 +256,10 @@ class NotificationLog:
         return self.store.notification_changes(self.upstream, self.user, since, limit, live_only)
 
 
-ReplyHandler = Callable[[web.Request, str, Notification, bytes], Awaitable[web.StreamResponse]]
+# (request, user, member name, the notification there if any, body)
+ReplyHandler = Callable[
+    [web.Request, str, str, Notification | None, bytes], Awaitable[web.StreamResponse]
+]
 
 
 class NotificationCollection:
@@ -364,6 +367,10 @@ class NotificationCollection:
     ) -> web.StreamResponse:
         note = self.store.notification(self.upstream.name, user, name)
         method = request.method
+        if method == "POST":
+            # a reply-url keeps taking answers after its invitation was removed
+            body = await read_body(request, body_limit)
+            return await self.reply(request, user, name, note, body)
         if note is None:
             raise DavError(404, None, "no such notification")
         etag = f'"{note.etag}"'
@@ -389,8 +396,6 @@ class NotificationCollection:
             wanted = davxml.parse_propfind(await read_body(request, body_limit))
             answer = davxml.answer(base + name, self._member_props(note), wanted, _NOT_IN_ALLPROP)
             return multistatus_response(davxml.multistatus(answer))
-        if method == "POST":
-            return await self.reply(request, user, note, await read_body(request, body_limit))
         if method == "OPTIONS":
             return web.Response(headers={"Allow": "OPTIONS, GET, HEAD, DELETE, PROPFIND, POST"})
         raise DavError(403, NEED_PRIVILEGES, "notifications cannot be changed")

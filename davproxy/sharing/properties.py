@@ -87,6 +87,8 @@ class SharingProperties:
         }
 
     def owner_props(self, rest: str) -> dict[str, etree._Element] | None:
+        """Properties of a collection its owner can share: ``D:invite`` always (empty
+        when nobody is, or is no longer, invited), the rest as the sharing state is."""
         rest = canonical(rest)
         shares = self.store.shares_of_collection(self.name, rest)
         modes = element(f"{{{CS}}}allowed-sharing-modes", element(f"{{{CS}}}can-be-shared"))
@@ -95,15 +97,18 @@ class SharingProperties:
                 f"{{{DAV}}}share-access": element(
                     f"{{{DAV}}}share-access", element(f"{{{DAV}}}not-shared")
                 ),
+                f"{{{DAV}}}invite": element(f"{{{DAV}}}invite"),
                 f"{{{CS}}}allowed-sharing-modes": modes,
+                SUPPORTED_PRIVILEGES: supported_privilege_set(),
             }
         return {
+            SUPPORTED_PRIVILEGES: supported_privilege_set(),
             f"{{{CS}}}allowed-sharing-modes": modes,
             f"{{{CS}}}invite": self._cs_invite_property(rest, shares[0].owner, True),
             f"{{{DAV}}}share-access": element(
                 f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")
             ),
-            f"{{{DAV}}}invite": self._invite_property(rest, shares[0].owner),
+            f"{{{DAV}}}invite": self._invite_property(rest, shares[0].owner, sharer=False),
             f"{{{DAV}}}share-resource-uri": element(
                 f"{{{DAV}}}share-resource-uri", href(self._resource_uri(shares[0]))
             ),
@@ -143,19 +148,22 @@ class SharingProperties:
     def _resource_uri(self, share: Share) -> str:
         return self.upstream.paths.public + share.collection
 
-    def _invite_property(self, collection: str, owner: str) -> etree._Element:
-        node = element(
-            f"{{{DAV}}}invite",
-            element(
-                f"{{{DAV}}}principal",
-                href(self.upstream.user_paths(owner).principal),
-                element(f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")),
+    def _invite_property(self, collection: str, owner: str, sharer: bool = True) -> etree._Element:
+        """``D:invite`` (resource-sharing-04 §4.4.2, §5.5: ``sharee*``); on a sharee's
+        copy the sharer comes first as ``D:principal`` (the draft's SHOULD)."""
+        node = element(f"{{{DAV}}}invite")
+        if sharer:
+            node.append(
                 element(
-                    davxml.PROP,
-                    element(f"{{{DAV}}}displayname", text=self.directory.display_name(owner)),
-                ),
-            ),
-        )
+                    f"{{{DAV}}}principal",
+                    href(self.upstream.user_paths(owner).principal),
+                    element(f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")),
+                    element(
+                        davxml.PROP,
+                        element(f"{{{DAV}}}displayname", text=self.directory.display_name(owner)),
+                    ),
+                )
+            )
         for share in self.store.shares_of_collection(self.name, collection):
             sharee = element(
                 f"{{{DAV}}}sharee",
@@ -211,6 +219,52 @@ class SharingProperties:
         if role == "owned" and self.store.shares_of_collection(self.name, canonical(rest)):
             return f"{{{CS}}}shared-owner"
         return None
+
+
+SUPPORTED_PRIVILEGES = f"{{{DAV}}}supported-privilege-set"
+_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+
+
+def supported_privilege(name: str, description: str, *inner: etree._Element) -> etree._Element:
+    """One ``D:supported-privilege`` (RFC 3744 §5.3): the privilege, its description,
+    the privileges it aggregates."""
+    return element(
+        f"{{{DAV}}}supported-privilege",
+        element(f"{{{DAV}}}privilege", element(name)),
+        element(f"{{{DAV}}}description", text=description, **{_XML_LANG: "en"}),
+        *inner,
+    )
+
+
+def supported_share() -> etree._Element:
+    """``D:share`` as a supported privilege (resource-sharing-04 §4.2: MUST be listed in
+    ``D:supported-privilege-set`` on resources that can be shared)."""
+    return supported_privilege(f"{{{DAV}}}share", "Share this collection with others")
+
+
+def supported_privilege_set() -> etree._Element:
+    """The privileges of a collection its owner can share, for upstreams that list none
+    (Radicale and Xandikos answer 404): what their privilege sets grant, and D:share."""
+    return element(
+        SUPPORTED_PRIVILEGES,
+        supported_privilege(
+            f"{{{DAV}}}all",
+            "Any operation",
+            supported_privilege(f"{{{DAV}}}read", "Read any object"),
+            supported_privilege(
+                f"{{{DAV}}}read-current-user-privilege-set", "Read your own privileges"
+            ),
+            supported_privilege(
+                f"{{{DAV}}}write",
+                "Write any object",
+                supported_privilege(f"{{{DAV}}}write-properties", "Write properties"),
+                supported_privilege(f"{{{DAV}}}write-content", "Write resource content"),
+                supported_privilege(f"{{{DAV}}}bind", "Add resources to a collection"),
+                supported_privilege(f"{{{DAV}}}unbind", "Remove resources from a collection"),
+            ),
+            supported_share(),
+        ),
+    )
 
 
 def copy_name(collection_name: str, owner_name: str) -> str:

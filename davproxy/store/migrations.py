@@ -135,6 +135,14 @@ def _m006_upstream_removals(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX upstream_removals_by_owner ON upstream_removals (upstream, owner)")
 
 
+def _m007_ended_copies_of_invitations(db: sqlite_utils.Database) -> None:
+    # Which invitation an ended copy was made for: a sharee who declines after accepting
+    # and then accepts again gets the copy back where it was (CalendarServer keeps the
+    # binding's name), whatever name it had.  NULL for copies that ended before.
+    db.execute("ALTER TABLE ended_copies ADD COLUMN invite_uid TEXT")
+    db.execute("CREATE INDEX ended_copies_by_invitation ON ended_copies (upstream, invite_uid)")
+
+
 def _m008_web_sessions(db: sqlite_utils.Database) -> None:
     # Sessions of the sharing web page (davproxy/web/sessions.py).  The key is a hash
     # of the random id the browser holds in its cookie, so a copy of the store hands out
@@ -164,5 +172,6 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (4, "feeds", feed_tables),
     (5, "ended_copies", _m005_ended_copies),
     (6, "upstream_removals", _m006_upstream_removals),
-    (8, "web_sessions", _m008_web_sessions),  # 7 is claimed by other work
+    (7, "ended_copies_of_invitations", _m007_ended_copies_of_invitations),
+    (8, "web_sessions", _m008_web_sessions),
 )

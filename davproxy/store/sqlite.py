@@ -433,10 +433,11 @@ class Store:
     def _copy_ended(self, share: Share) -> None:
         assert share.mount is not None
         self.db.conn.execute(
-            "INSERT INTO ended_copies (upstream, sharee, mount, ended) VALUES (?, ?, ?, ?)"
+            "INSERT INTO ended_copies (upstream, sharee, mount, ended, invite_uid)"
+            " VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (upstream, mount) DO UPDATE SET sharee = excluded.sharee,"
-            " ended = excluded.ended",
-            (share.upstream, share.sharee, share.mount, time.time()),
+            " ended = excluded.ended, invite_uid = excluded.invite_uid",
+            (share.upstream, share.sharee, share.mount, time.time(), share.invite_uid),
         )
 
     def ended_copy(self, upstream: str, sharee: str, path: str) -> str | None:
@@ -449,6 +450,15 @@ class Store:
             if path.startswith(mount) or path + "/" == mount:
                 return str(mount)
         return None
+
+    def ended_copy_of(self, share: Share) -> str | None:
+        """Where this invitation's copy was, if it ended and nothing stands there since."""
+        row = self.db.conn.execute(
+            "SELECT mount FROM ended_copies WHERE upstream = ? AND invite_uid = ? AND sharee = ?"
+            " ORDER BY ended DESC LIMIT 1",
+            (share.upstream, share.invite_uid, share.sharee),
+        ).fetchone()
+        return str(row[0]) if row is not None else None
 
     def ended_copy_clear(self, upstream: str, mount: str) -> None:
         """Something new stands at ``mount`` (a new copy, or the sharee's own collection)."""

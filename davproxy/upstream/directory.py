@@ -13,6 +13,7 @@ from urllib.parse import unquote
 
 from davproxy.config import UpstreamConfig
 from davproxy.dav.davxml import href_path
+from davproxy.dav.paths import PathRejected, resolve_path
 
 
 class Directory:
@@ -39,7 +40,11 @@ class Directory:
         if value.lower().startswith("mailto:"):
             return self._by_email.get(unquote(value[7:]).strip().lower())
         if "/" in value or value.startswith(("http://", "https://")):
-            match = self._principal.fullmatch(href_path(value))
+            try:
+                path = resolve_path(href_path(value).partition("?")[0])  # '//' as a request's
+            except PathRejected:
+                return None
+            match = self._principal.fullmatch(path)
             user = unquote(match.group("user")) if match else None
         else:
             user = value

@@ -52,6 +52,8 @@ class Context:
     path: str  # public path, percent-encoded, no query
     query: str  # "?..." or ""
     rest: str  # path below the public prefix
+    # the Destination header resolved as the path is (dav/paths.py resolve_href)
+    destination: str | None = None
     _body: bytes | None = field(default=None, repr=False)
     _verified: str | None = field(default=None, repr=False)
 
@@ -107,6 +109,8 @@ class Context:
         config = upstream.config
         drop = {"x-script-name"} | trusted_header_copies(request, config.identity.trusted_header)
         path, set_headers = upstream.target(self.rest if rest is None else rest)
+        if self.destination is not None and self.destination != request.headers["Destination"]:
+            set_headers["Destination"] = self.destination  # '//' collapsed as the path's
         if self.auth.proxy_auth:
             drop.add("authorization")
             user = acting_user or request.get(USER)

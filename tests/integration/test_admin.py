@@ -174,7 +174,7 @@ async def test_accepted_copies_are_told_apart_in_both_flavours(radicale_pair: Pa
             )
             answer = await bob("POST", "/bob/", cs_reply(uid, cal, summary=summary), **TEXT_XML)
             assert answer.status == 200, answer.body
-            copies.append(xml(answer).findtext("D:href", namespaces=NS))
+            copies.append(xml(answer).findtext("D:href", namespaces=NS) + "/")  # CS: no slash
         names = await copy_names(bob, "/bob/")
         assert names[ietf_copy] == "Team (Alice)"
         assert names[copies[0]] == "Team (Alice)"

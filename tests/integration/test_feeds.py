@@ -420,6 +420,59 @@ async def test_user_subscription_lifecycle(setup: Setup) -> None:
     assert gone.status == 404  # Radicale has nothing there: it never existed upstream
 
 
+async def test_subscriptions_are_neither_shareable_nor_default_calendars(setup: Setup) -> None:
+    """A user's subscription offers no sharing (no CS:can-be-shared, no D:share), refuses
+    share requests in both flavours and cannot become the default calendar."""
+    origin = setup.origin
+    origin.serve("/noshare.ics", calendar(event("n1@x", "Feed")))
+    sharing_props = (
+        '<D:propfind xmlns:D="DAV:" xmlns:CS="http://calendarserver.org/ns/"><D:prop>'
+        "<CS:allowed-sharing-modes/><D:current-user-privilege-set/><D:supported-privilege-set/>"
+        "<D:invite/></D:prop></D:propfind>"
+    )
+    cs_share = (
+        '<CS:share xmlns:D="DAV:" xmlns:CS="http://calendarserver.org/ns/"><CS:set>'
+        "<D:href>mailto:bob@example.org</D:href><CS:summary>x</CS:summary><CS:read/></CS:set>"
+        "</CS:share>"
+    )
+    ietf_share = (
+        '<D:share-resource xmlns:D="DAV:"><D:sharee><D:href>/bob/</D:href>'
+        "<D:share-access><D:read/></D:share-access></D:sharee></D:share-resource>"
+    )
+    default = (
+        '<D:propertyupdate xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav"><D:set>'
+        "<D:prop><C:schedule-default-calendar-URL><D:href>/alice/sub-noshare/</D:href>"
+        "</C:schedule-default-calendar-URL></D:prop></D:set></D:propertyupdate>"
+    )
+    alice = basic("alice")
+    async with raw_session() as s:
+        url = setup.url("/alice/sub-noshare/")
+        created = await fetch(s, "MKCOL", url, alice, mkcol(origin.url("/noshare.ics")))
+        assert created.status == 201
+        home = await fetch(s, "PROPFIND", setup.url("/alice/"), {**alice, "Depth": "1"},
+                           sharing_props)  # fmt: skip
+        direct = await fetch(s, "PROPFIND", url, {**alice, "Depth": "0"}, sharing_props)
+        xml_type = {"Content-Type": "text/xml"}
+        shared_cs = await fetch(s, "POST", url, {**alice, **xml_type}, cs_share)
+        shared_ietf = await fetch(s, "POST", url, {
+            **alice, "Content-Type": "application/davsharing+xml"}, ietf_share)  # fmt: skip
+        defaulted = await fetch(s, "PROPPATCH", setup.url("/alice/"), {**alice, **xml_type},
+                                default)  # fmt: skip
+        invites = await fetch(s, "PROPFIND", url, {**alice, "Depth": "0"}, sharing_props)
+        assert (await fetch(s, "DELETE", url, alice)).status == 204
+    entries = [
+        r for r in multistatus(home.body).findall("D:response", NS)
+        if r.findtext("D:href", namespaces=NS) == "/alice/sub-noshare/"
+    ] + multistatus(direct.body).findall("D:response", NS)  # fmt: skip
+    assert len(entries) == 2
+    for entry in entries:
+        assert entry.find(".//CS:can-be-shared", NS) is None, etree.tostring(entry)
+        assert entry.find(".//D:privilege/D:share", NS) is None
+    assert shared_cs.status == 403 and shared_ietf.status == 403
+    assert defaulted.status == 403 and b"valid-schedule-default-calendar-URL" in defaulted.body
+    assert b"bob" not in invites.body  # nothing was recorded
+
+
 async def test_subscription_refusals(setup: Setup) -> None:
     async with raw_session() as s:
         private = await fetch(

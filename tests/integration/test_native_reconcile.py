@@ -321,3 +321,49 @@ async def test_existing_radicale_shares_are_adopted_not_removed(tmp_path: Path) 
             assert ("/bob/team-of-alice/", "bob", "rw") in await direct.maps_of("alice")
     finally:
         radicale.stop()
+
+
+async def test_decline_after_accepting_while_radicale_is_down_reaches_it_when_back(
+    tmp_path: Path,
+) -> None:
+    """A sharee who declines after accepting (issue 12) ends the copy as a revocation
+    does: recorded as an upstream removal in the same transaction, so davproxy refuses
+    the old copy at once and after a restart too, and removes Radicale's map once it
+    answers again; then the sharee can accept again and the copy comes back."""
+    folder = tmp_path / "radicale"
+    radicale = start_radicale(folder, sharing=True)
+    main, port = configure(tmp_path, radicale)
+    try:
+        with start_davproxy(main, port=port) as proxy:
+            async with raw_session() as session:
+                alice, bob = client(session, proxy, "alice"), client(session, proxy, "bob")
+                await bob.hello()
+                copy = await share_and_accept(alice, bob, "/alice/mind/", "mind")
+                assert await Direct(session, radicale)("bob", "GET", copy + "a.ics") == 200
+                _, notes = await notifications_of(alice)  # alice's reply notification
+                uid = notes[-1][0].rsplit("/", 1)[1].removesuffix("-reply.xml")
+                reply_url = f"/.davproxy/notifications/bob/{uid}.xml"
+                radicale.stop()
+                declined = await bob("POST", reply_url, reply_body(False), **SHARING)
+                assert declined.status in (502, 504), declined.body  # recorded, not confirmed
+        assert "mind" in admin(main, "shares", "--status", "declined").stdout
+        with start_davproxy(main, port=port) as proxy:  # Radicale still away
+            async with raw_session() as session:
+                bob = client(session, proxy, "bob")
+                fenced = await bob("GET", copy + "a.ics")
+                assert fenced.status == 403 and b"this share has ended" in fenced.body
+
+                radicale = start_radicale(folder, port=radicale.port, sharing=True)
+                direct = Direct(session, radicale)
+
+                async def gone() -> bool:
+                    return await direct("bob", "GET", copy + "a.ics") != 200
+
+                assert await wait_until(gone), proxy.log_tail()
+                assert await direct.maps_of("alice") == []
+                # and he can change his mind again: the copy comes back where it was
+                back = await bob("POST", reply_url, reply_body(True), **SHARING)
+                assert back.status == 201 and back.header("Location").endswith(copy)
+                assert await direct("bob", "GET", copy + "a.ics") == 200
+    finally:
+        radicale.stop()

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from lxml import etree
 
 from davproxy import config as config_mod
 from davproxy.edge.app import create_app
@@ -440,7 +441,7 @@ async def test_saturated_upstream_gives_504_not_a_hang(upstream_server, proxy) -
         "/alice/cal/%2E%2e/private/e.ics",
         "/alice/cal/..%2fprivate/e.ics",
         "/alice/cal/..%5Cprivate/e.ics",
-        "/alice/cal//private/e.ics",
+        "/alice/.//cal/",
         "/alice/./cal/",
         "/x/../.davproxy/whoami",
         "/alice/cal/%00.ics",
@@ -458,6 +459,30 @@ async def test_paths_the_upstream_could_reinterpret_are_refused(
             **basic("alice"), "Destination": base + path})  # fmt: skip
     assert answer.status == 400 and b"Path not accepted" in answer.body
     assert moved.status == 400 and b"Path not accepted" in moved.body
+
+
+@pytest.mark.parametrize(
+    "path, forwarded",
+    [
+        ("/alice/cal//e.ics", "/alice/cal/e.ics"),
+        ("/alice/cal//", "/alice/cal/"),
+        ("//alice///cal/e.ics?x=1", "/alice/cal/e.ics?x=1"),
+        ("/alice/cal/e.ics//", "/alice/cal/e.ics/"),
+        ("/alice%40x//caf%C3%A9/", "/alice%40x/caf%C3%A9/"),
+    ],
+)
+async def test_empty_segments_are_forwarded_collapsed(
+    upstream_server, proxy, path: str, forwarded: str
+) -> None:
+    """'//' is tolerated as Radicale and Xandikos tolerate it: the upstream receives the
+    path (and Destination) in the one form both resolve it to, encoding kept."""
+    base = await proxy(await upstream_server())
+    async with raw_session() as session:
+        answer = await fetch(session, "GET", base + path, basic("alice"))
+        moved = await fetch(session, "MOVE", base + "/alice/cal/a.ics", {
+            **basic("alice"), "Destination": base + path})  # fmt: skip
+    assert answer.status == 200 and seen(answer.body)["raw_path"] == forwarded
+    assert header(seen(moved.body), "Destination") == [base + forwarded]
 
 
 async def test_odd_passwords_are_wrong_passwords_not_errors(upstream_server, proxy) -> None:
@@ -537,3 +562,70 @@ async def test_metrics_limited_to_networks_or_token(upstream_server, proxy, tmp_
         )
     assert refused.status == wrong.status == 403
     assert allowed.status == 200 and b"davproxy_requests_total" in allowed.body
+
+
+def privileges_app() -> web.Application:
+    """An upstream that lists supported privileges and has a scheduling inbox inside the
+    calendar home (as CalendarServer lays homes out)."""
+    kinds = {
+        "/alice/cal/": "<D:collection/><C:calendar/>",
+        "/alice/inbox/": "<D:collection/><C:schedule-inbox/>",
+    }
+
+    async def handle(request: web.Request) -> web.Response:
+        rows = "".join(
+            f"<D:response><D:href>{path}</D:href><D:propstat><D:prop>"
+            f"<D:resourcetype>{kind}</D:resourcetype>"
+            "<D:current-user-privilege-set><D:privilege><D:all/></D:privilege>"
+            "</D:current-user-privilege-set><D:supported-privilege-set><D:supported-privilege>"
+            "<D:privilege><D:all/></D:privilege><D:description>All</D:description>"
+            "<D:supported-privilege><D:privilege><D:read/></D:privilege><D:description>Read"
+            "</D:description></D:supported-privilege></D:supported-privilege>"
+            "</D:supported-privilege-set></D:prop><D:status>HTTP/1.1 200 OK</D:status>"
+            "</D:propstat></D:response>"
+            for path, kind in kinds.items()
+            if path == request.path or request.headers.get("Depth") == "1"
+        )
+        body = (
+            '<D:multistatus xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">'
+            f"{rows}</D:multistatus>"
+        )
+        return web.Response(status=207, text=body, content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def test_sharing_privileges_join_an_upstreams_own_and_skip_what_is_no_collection(
+    proxy,
+) -> None:
+    """D:share joins the supported-privilege-set an upstream lists itself (once, the
+    upstream's entries kept); a schedule inbox inside the calendar home, known by its
+    resourcetype, is offered no sharing at all."""
+    server = TestServer(privileges_app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        base = await proxy(f"http://127.0.0.1:{server.port}/")
+        body = (
+            '<D:propfind xmlns:D="DAV:" xmlns:CS="http://calendarserver.org/ns/"><D:prop>'
+            "<D:resourcetype/><D:current-user-privilege-set/><D:supported-privilege-set/>"
+            "<CS:allowed-sharing-modes/></D:prop></D:propfind>"
+        )
+        async with raw_session() as session:
+            answer = await fetch(session, "PROPFIND", base + "/alice/",
+                                 {**basic("alice"), "Depth": "1"}, body)  # fmt: skip
+    finally:
+        await server.close()
+    ns = {"D": "DAV:", "CS": "http://calendarserver.org/ns/"}
+    responses = {
+        r.findtext("D:href", namespaces=ns): r
+        for r in etree.fromstring(answer.body).findall("D:response", ns)
+    }
+    cal, inbox = responses["/alice/cal/"], responses["/alice/inbox/"]
+    supported = cal.findall(".//D:supported-privilege-set//D:privilege/*", ns)
+    assert [etree.QName(p).localname for p in supported] == ["all", "read", "share"]
+    assert cal.find(".//D:current-user-privilege-set/D:privilege/D:share", ns) is not None
+    assert cal.find(".//CS:allowed-sharing-modes/CS:can-be-shared", ns) is not None
+    assert inbox.find(".//D:privilege/D:share", ns) is None
+    assert inbox.find(".//CS:allowed-sharing-modes/CS:can-be-shared", ns) is None

@@ -360,19 +360,23 @@ def plan(rng: random.Random, pre: Snapshot, window: float, native: bool = False)
     ops: list[Op] = []
     open_shares = [r for r in pre.shares.values() if r.status == "noresponse"]
     accepted = [r for r in pre.shares.values() if r.status == "accepted"]
+    # answered shares can be answered again: the sharee changes their mind (issue 12)
+    answered = [r for r in pre.shares.values() if r.status in ("accepted", "declined")]
     live = [n for n in pre.notes.values() if not n.deleted]
     for _ in range(rng.randint(5, 12)):
         delay = rng.uniform(0, window)  # every request starts before the kill
         kind = rng.choices(
             ["share", "reply", "delete-note", "unbind", "rename"], weights=[34, 34, 14, 9, 9]
         )[0]
-        if kind == "reply" and open_shares:
-            row = rng.choice(open_shares)
-            accept = rng.random() < 0.7
+        if kind == "reply" and (open_shares or answered):
+            again = bool(answered) and (not open_shares or rng.random() < 0.3)
+            row = rng.choice(answered if again else open_shares)
+            accept = rng.random() < (0.5 if again else 0.7)
             wants = {"uid": row.uid, "accept": accept}
             key = (share_key(row.collection, row.sharee),)
             invite = pre.notes.get((row.sharee, f"{row.uid}.xml"))
-            if invite is not None and not invite.deleted and rng.random() < 0.6:
+            # the reply-url takes answers after its invitation was removed, too
+            if (again or (invite is not None and not invite.deleted)) and rng.random() < 0.6:
                 ops.append(
                     Op(
                         "reply", row.sharee, "POST", notes_url(row.sharee, f"{row.uid}.xml"),
@@ -495,7 +499,8 @@ async def run(http: aiohttp.ClientSession, base: str, op: Op) -> None:
     if op.kind == "reply" and op.outcome == "acked" and op.wants["accept"]:
         if op.location is None:  # Apple's flavour names the copy in the body
             found = etree.fromstring(op.answer).findtext(".//D:href", namespaces=NS)
-            op.location = found
+            # CalendarServer's form: the copy's path without its trailing slash
+            op.location = found if found is None else found.rstrip("/") + "/"
         else:
             op.location = "/" + op.location.split("://", 1)[1].split("/", 1)[1]
 

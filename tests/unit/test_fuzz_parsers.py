@@ -13,7 +13,7 @@ from lxml import etree
 
 from davproxy.dav import davxml
 from davproxy.dav.errors import DavError
-from davproxy.dav.paths import PathRejected, canonical, check_path
+from davproxy.dav.paths import PathRejected, canonical, check_path, resolve_path
 from davproxy.sharing.requests import parse_cs_share, parse_share_resource
 from davproxy.upstream.identity import parse_basic
 
@@ -87,12 +87,15 @@ def test_check_path_refuses_or_the_path_is_stable(path: str) -> None:
     candidate = "/" + path
     try:
         check_path(candidate)
+        resolved = resolve_path(candidate)
     except PathRejected:
         return
-    # an accepted path has no segment the upstream could resolve to somewhere else
-    segments = canonical(candidate).split("/")
+    # an accepted path resolves to a form with no segment the upstream could resolve to
+    # somewhere else, and that form is a fixed point
+    segments = canonical(resolved).split("/")
     assert ".." not in segments and "." not in segments
     assert "" not in segments[1:-1]
+    assert resolve_path(resolved) == resolved
 
 
 @FUZZ

@@ -21,6 +21,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
 
 from davproxy import config
+from davproxy.dav.paths import resolve_path
 from davproxy.edge.routes import ROUTES, Place, classify, route_for
 from davproxy.edge.sites import Site, build_site, feed_parts
 from davproxy.store.records import NewShare
@@ -75,6 +76,7 @@ async def site(tmp_path: Path) -> Site:
 async def route_of(
     site: Site, method: str, path: str, headers: dict[str, str] | None = None, body: str = ""
 ) -> tuple[str, Place]:
+    path = resolve_path(path)  # as dispatch does before classifying
     rest = site.upstream.paths.rest(path)
     assert rest is not None
     ctx = Context(request_of(method, path, headers or {}, body), site.upstream, site.auth,
@@ -115,6 +117,9 @@ XML = {"Content-Type": "application/xml; charset=utf-8"}
         ("PUT", "/bob/work-alice/e.ics", basic("bob"), "", ("sharee", Place.COPY)),
         ("PROPFIND", "/alice/work/", basic("alice"), "", ("passthrough", Place.UPSTREAM)),
         ("PROPFIND", "/bob/holidays/", basic("bob"), "", ("subscription", Place.SUBSCRIPTION)),
+        ("POST", "/bob/holidays/", {**basic("bob"), **XML}, CS_SHARE, ("subscription", Place.SUBSCRIPTION)),
+        ("PUT", "/bob//work-alice//e.ics", basic("bob"), "", ("sharee", Place.COPY)),
+        ("PROPFIND", "/bob/work-alice", basic("bob"), "", ("sharee", Place.COPY)),
         ("MKCOL", "/bob/feed/", {**basic("bob"), **XML}, SUBSCRIBE, ("subscribe", Place.UPSTREAM)),
         ("MKCOL", "/bob/plain/", {**basic("bob"), **XML}, '<D:mkcol xmlns:D="DAV:"/>', ("passthrough", Place.UPSTREAM)),
         ("POST", "/alice/work/", {**basic("alice"), **XML}, SHARE, ("share", Place.UPSTREAM)),

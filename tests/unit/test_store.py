@@ -51,3 +51,39 @@ def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
     assert "half" not in tables and versions == [v for v, _, _ in MIGRATIONS]  # numbers may skip
+
+
+def test_an_ended_copy_remembers_its_invitation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 7: where an invitation's copy was, until something new stands there;
+    a store written without it (by main: 1-6 and 8; an ended copy without invitation)
+    upgrades."""
+    import davproxy.store.sqlite as store_mod
+    from davproxy.store.records import NewShare
+
+    path = tmp_path / "s.sqlite3"
+    with monkeypatch.context() as patched:
+        patched.setattr(store_mod, "MIGRATIONS", tuple(m for m in MIGRATIONS if m[0] != 7))
+        before = Store.open(path)
+    before.db.conn.execute(
+        "INSERT INTO ended_copies (upstream, sharee, mount, ended) VALUES ('u', 'bob', 'bob/x/', 1)"
+    )
+    before.close()
+
+    store = Store.open(path)
+    applied = {r[0] for r in store.db.conn.execute("SELECT version FROM schema_migrations")}
+    assert applied == {v for v, _, _ in MIGRATIONS}
+    new = NewShare(upstream="u", owner="alice", collection="alice/cal/", kind="calendar",
+                   sharee="bob", sharee_href="/bob/", access="read", status="noresponse")  # fmt: skip
+    with store.transaction():
+        share, _ = store.share_upsert(new)
+        accepted = store.share_set_status(share, "accepted", "bob/team/", expect="noresponse")
+        assert accepted is not None and store.ended_copy_of(accepted) is None
+        declined = store.share_set_status(accepted, "declined", None, expect="accepted")
+    assert declined is not None and store.ended_copy_of(declined) == "bob/team/"
+    assert store.ended_copy(declined.upstream, "bob", "bob/x/a.ics") == "bob/x/"  # the old row
+    with store.transaction():
+        store.ended_copy_clear("u", "bob/team/")  # bob made a calendar of his own there
+    assert store.ended_copy_of(declined) is None
+    store.close()
