@@ -13,12 +13,13 @@ import asyncio
 import json
 import re
 import weakref
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import quote, unquote
 
 from aiohttp import web
 from lxml import etree
 
+from davproxy.access.backend import AccessBackend
 from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CS, DAV, element, href
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError
@@ -27,11 +28,45 @@ from davproxy.sharing.notifications import invite_name
 from davproxy.sharing.properties import copy_name, inner_xml
 from davproxy.sharing.requests import INVALID_SHARE, INVITE_REPLY, VALID_REQUEST
 from davproxy.store.records import Notification, Share
-from davproxy.store.sqlite import StoreConflict
+from davproxy.store.sqlite import Store, StoreConflict
+from davproxy.upstream.client import Upstream
+from davproxy.upstream.directory import Directory
+from davproxy.upstream.identity import Authenticator
 
-if TYPE_CHECKING:
-    from davproxy.access.backend import AccessBackend
-    from davproxy.sharing.model import Sharing
+
+class _Named(Protocol):
+    @property
+    def displayname(self) -> str: ...
+
+
+class SharingCore(Protocol):
+    """What the sharee's side needs of ``sharing.model.Sharing`` (a seam, not an import:
+    the model builds its ``Replies`` and calls into them)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def upstream(self) -> Upstream: ...
+
+    @property
+    def auth(self) -> Authenticator: ...
+
+    @property
+    def directory(self) -> Directory: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def access(self) -> AccessBackend: ...
+
+    def info_of(self, share: Share) -> _Named: ...
+
+    def tell_owner(self, share: Share, status: str, comment: str = "") -> None: ...
+
+    async def exists(self, rest: str, headers: dict[str, str]) -> bool: ...
+
 
 # A share in these states can be answered (again): its sharee may change their mind.
 _ANSWERABLE = ("noresponse", "accepted", "declined")
@@ -40,7 +75,7 @@ _ANSWERABLE = ("noresponse", "accepted", "declined")
 class Replies:
     """The sharee's side of one upstream's shares."""
 
-    def __init__(self, sharing: Sharing) -> None:
+    def __init__(self, sharing: SharingCore) -> None:
         self.sharing = sharing
         self.store = sharing.store
         self.upstream = sharing.upstream
