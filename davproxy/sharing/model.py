@@ -22,7 +22,7 @@ from lxml import etree
 from davproxy.access.backend import AccessBackend
 from davproxy.access.foreign import ForeignShare
 from davproxy.dav import davxml
-from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element
+from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError, PlainError
 from davproxy.dav.paths import canonical, slash, within
 from davproxy.sharing.notifications import Renderer, invite_name, now_stamp, reply_name
@@ -107,27 +107,15 @@ class Sharing:
         self.replies = Replies(self)
 
     async def collection_info(self, rest: str, headers: dict[str, str]) -> CollectionInfo:
-        body = davxml.serialize(
-            element(
-                davxml.PROPFIND,
-                element(
-                    davxml.PROP,
-                    element(f"{{{DAV}}}resourcetype"),
-                    element(f"{{{DAV}}}displayname"),
-                    element(f"{{{CALDAV}}}supported-calendar-component-set"),
-                ),
-            )
+        status, text = await self.upstream.propfind(
+            rest,
+            [
+                f"{{{DAV}}}resourcetype",
+                f"{{{DAV}}}displayname",
+                f"{{{CALDAV}}}supported-calendar-component-set",
+            ],
+            headers,
         )
-        path, extra = self.upstream.target(rest)
-        request_headers = {
-            **headers,
-            **extra,
-            "Depth": "0",
-            "Content-Type": "application/xml; charset=utf-8",
-        }
-        async with self.upstream.request("PROPFIND", path, request_headers, body) as answer:
-            text = await answer.read()
-            status = answer.status
         if status == 404:
             raise DavError(404, None, "no such collection")
         if status in (401, 403):
@@ -372,17 +360,11 @@ class Sharing:
         )
 
     async def exists(self, rest: str, headers: dict[str, str]) -> bool:
-        path, extra = self.upstream.target(rest)
-        body = davxml.serialize(
-            element(davxml.PROPFIND, element(davxml.PROP, element(f"{{{DAV}}}resourcetype")))
-        )
-        request_headers = {**headers, **extra, "Depth": "0", "Content-Type": "application/xml"}
-        async with self.upstream.request("PROPFIND", path, request_headers, body) as answer:
-            text = await answer.read()
-            if answer.status == 404:
-                return False
-            if answer.status != 207:
-                return True  # unknown: do not claim the name
+        status, text = await self.upstream.propfind(rest, [f"{{{DAV}}}resourcetype"], headers)
+        if status == 404:
+            return False
+        if status != 207:
+            return True  # unknown: do not claim the name
         try:
             return davxml.response_status(davxml.parse(text)) != 404
         except davxml.XmlError:

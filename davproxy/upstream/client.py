@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from davproxy.config import ServerConfig, UpstreamConfig
-from davproxy.dav.davxml import href_path
+from davproxy.dav.davxml import PROP, PROPFIND, element, href_path, serialize
 from davproxy.dav.errors import PlainError
 from davproxy.dav.paths import PathMap, quote_segment
 
@@ -101,6 +101,21 @@ class Upstream:
 
     def rest_of(self, public_path: str) -> str | None:
         return self.paths.rest(public_path)
+
+    async def propfind(
+        self, rest: str, props: list[str], headers: Mapping[str, str], depth: str = "0"
+    ) -> tuple[int, bytes]:
+        """davproxy's own PROPFIND of ``props`` (Clark names) at ``rest``: (status, body)."""
+        body = serialize(element(PROPFIND, element(PROP, *(element(p) for p in props))))
+        path, extra = self.target(rest)
+        request_headers = {
+            **headers,
+            **extra,
+            "Depth": depth,
+            "Content-Type": "application/xml; charset=utf-8",
+        }
+        async with self.request("PROPFIND", path, request_headers, body) as answer:
+            return answer.status, await answer.read()
 
     def home_owner(self, rest: str) -> str | None:
         """The user whose principal or home ``rest`` (below the public prefix) lies in, by

@@ -199,27 +199,12 @@ class Account:
 
     async def _listing(self, home: str) -> list[tuple[str, str, str, str]]:
         """(rest, kind, name, colour) of each collection the upstream lists in ``home``."""
-        body = davxml.serialize(
-            element(
-                davxml.PROPFIND,
-                element(
-                    davxml.PROP,
-                    element(f"{{{DAV}}}resourcetype"),
-                    element(f"{{{DAV}}}displayname"),
-                    element(f"{{{ICAL}}}calendar-color"),
-                ),
-            )
+        status, text = await self.upstream.propfind(
+            home,
+            [f"{{{DAV}}}resourcetype", f"{{{DAV}}}displayname", f"{{{ICAL}}}calendar-color"],
+            self._headers(),
+            depth="1",
         )
-        path, extra = self.upstream.target(home)
-        headers = {
-            **self._headers(),
-            **extra,
-            "Depth": "1",
-            "Content-Type": "application/xml; charset=utf-8",
-        }
-        async with self.upstream.request("PROPFIND", path, headers, body) as answer:
-            text = await answer.read()
-            status = answer.status
         if status == 404:
             return []
         if status == 401 and not self.site.auth.proxy_auth:
