@@ -10,6 +10,8 @@ prefix differs from the upstream's and the upstream cannot be told the public pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import ipaddress
 import logging
 import time
@@ -73,6 +75,7 @@ def end_to_end(
 
 
 HrefMap = Callable[[str], str]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,33 +107,27 @@ class Forward:
 
 def _trusted_peer(request: web.Request, allowed: tuple[str, ...]) -> bool:
     peer = request.remote
-    if not peer or not allowed:
-        return False
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
+    return bool(peer and allowed) and _in_networks(peer or "", allowed)
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(
+    allowed: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
     for entry in allowed:
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+        with contextlib.suppress(ValueError):
+            networks.append(ipaddress.ip_network(entry, strict=False))
+    return tuple(networks)
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of peers ask on every request
 def _in_networks(address: str, allowed: tuple[str, ...]) -> bool:
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:
         return False
-    for entry in allowed:
-        try:
-            if parsed in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    return any(parsed in network for network in _networks(allowed))
 
 
 def client_address(request: web.Request, allowed: tuple[str, ...]) -> str:
