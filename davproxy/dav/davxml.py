@@ -8,7 +8,7 @@ clear error instead of exhausting the process.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -210,10 +210,29 @@ def href_path(value: str) -> str:
     return rest[slash:] if slash >= 0 else "/"
 
 
+class LazyProps(Mapping[str, etree._Element]):
+    """Properties whose names are known at once but whose values are built only when
+    asked for: a listing of 200 members that asks for none of them builds nothing."""
+
+    __slots__ = ("_factories",)
+
+    def __init__(self, factories: dict[str, Callable[[], etree._Element]]) -> None:
+        self._factories = factories
+
+    def __getitem__(self, name: str) -> etree._Element:
+        return self._factories[name]()  # a fresh element each time: lxml nodes have one parent
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._factories)
+
+    def __len__(self) -> int:
+        return len(self._factories)
+
+
 def augment(
     body: bytes,
     request: PropRequest,
-    provide: Callable[[str], dict[str, etree._Element] | None],
+    provide: Callable[[str], Mapping[str, etree._Element] | None],
     extra: list[etree._Element] | None = None,
     adjust: Callable[[str, etree._Element], bool] | None = None,
 ) -> bytes:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -93,7 +94,8 @@ class Forward:
     drop_headers: frozenset[str] = frozenset()  # lower-case names
     request_hrefs: HrefMap | None = None  # client href -> upstream (Destination, REPORT)
     response_hrefs: HrefMap | None = None  # upstream href -> client (Location, XML bodies)
-    edit_xml: Callable[[bytes], bytes] | None = None  # on XML answers, after mapping
+    # on XML answers, after mapping; may await what it adds (fetched meanwhile)
+    edit_xml: Callable[[bytes], bytes | Awaitable[bytes]] | None = None
     body: bytes | None = None  # a request body the route has already read
     strict_bodies: bool = False  # a body whose hrefs cannot be mapped is refused (400)
     dav_tokens: tuple[str, ...] = ()  # feature tokens added to the DAV header
@@ -275,7 +277,8 @@ async def _relay(
         if spec.response_hrefs is not None:
             body = _map_body(body, spec.response_hrefs)
         if spec.edit_xml is not None and answer.status == 207:
-            body = spec.edit_xml(body)
+            edited = spec.edit_xml(body)
+            body = await edited if inspect.isawaitable(edited) else edited
 
     has_body = request.method != "HEAD" and answer.status not in (204, 304)
     counted = spec.upstream.on_bytes
