@@ -519,6 +519,17 @@ class Store:
             "upstream = ? AND user = ? AND deleted = 0 ORDER BY revision", (upstream, user)
         )
 
+    def notification_listing(self, upstream: str, user: str) -> list[tuple[str, str, str, str]]:
+        """(name, type, etag, kind) of each live notification, oldest first: what a listing
+        shows, without loading bodies (``kind`` is the shared collection's, or '')."""
+        rows = self.db.conn.execute(
+            "SELECT name, type, etag, COALESCE(json_extract(body, '$.kind'), '')"
+            " FROM notifications WHERE upstream = ? AND user = ? AND deleted = 0"
+            " ORDER BY revision",
+            (upstream, user),
+        )
+        return rows.fetchall()
+
     def notification_put(
         self, upstream: str, user: str, name: str, type_: str, body: str
     ) -> Notification:
