@@ -75,7 +75,13 @@ _MAX_CONNECTIONS: dict[str, int] = {"radicale": 2}
 # Whether davproxy refuses requests into another user's space itself.  Radicale (with
 # the owner_only rights davproxy's set-ups use) and Xandikos grant nothing across users;
 # for a generic server davproxy cannot know, so its own rights decide.
-_FOREIGN_HOMES_DEFAULT: dict[str, str] = {"radicale": "refuse", "xandikos": "refuse"}
+# DAViCal lets every user read others' free-busy and get "busy" placeholders of their
+# events: davproxy refuses other homes there too (sharees use their copies).
+_FOREIGN_HOMES_DEFAULT: dict[str, str] = {
+    "radicale": "refuse",
+    "xandikos": "refuse",
+    "davical": "refuse",
+}
 
 
 @dataclass(frozen=True, slots=True)
