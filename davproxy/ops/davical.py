@@ -126,7 +126,9 @@ class DavicalServer:
         self.stop()
 
 
-def _php_config(folder: Path, cluster: PostgresCluster, trusted_header: str | None) -> str:
+def php_config(cluster: PostgresCluster, trusted_header: str | None) -> str:
+    """DAViCal's configuration for one virtual host (examples/davical/davical-conf.php
+    holds the same header trust)."""
     lines = [
         "<?php",
         f"$c->pg_connect[] = 'dbname=davical user=davical_app host={cluster.socket_dir}"
@@ -242,10 +244,8 @@ def start_davical(
     try:
         cluster.run(["sh", str(CREATE_DATABASE), "davical", admin_password])
         port, trusted_port = free_port(), free_port()
-        (folder / "basic.php").write_text(_php_config(folder, cluster, None), encoding="utf-8")
-        (folder / "trusted.php").write_text(
-            _php_config(folder, cluster, trusted_header), encoding="utf-8"
-        )
+        (folder / "basic.php").write_text(php_config(cluster, None), encoding="utf-8")
+        (folder / "trusted.php").write_text(php_config(cluster, trusted_header), encoding="utf-8")
         conf = folder / "httpd.conf"
         conf.write_text(_apache_config(folder, port, trusted_port), encoding="utf-8")
         log_path = folder / "apache-stdout.log"
