@@ -129,6 +129,14 @@ async def test_davical_enforces_the_share_and_revoke_removes_it(davical_acl_pair
         left = await aces(session, pair, cal)
         assert left[bob_principal] == left["authenticated"]
 
+        # shared again (davproxy's own reduced ACE is no conflict), then bob unbinds
+        await share(alice, cal, "read")
+        copy = await accept_latest(bob)
+        assert await reads_in_full(session, pair, "bob", cal + "a.ics")
+        assert (await bob("DELETE", copy)).status == 204
+        assert not await reads_in_full(session, pair, "bob", cal + "a.ics")
+        assert (await alice("GET", cal + "a.ics")).status == 200  # only the binding went
+
 
 async def test_administrators_aces_survive_and_block_a_conflicting_accept(
     davical_acl_pair: Pair,
@@ -244,3 +252,52 @@ async def test_revocation_the_acl_request_missed_is_repaired_at_start(
             assert again.returncode == 0 and "match the store" in again.stdout, again.stdout
         finally:
             proxy.stop()
+
+
+async def test_an_acl_the_upstream_refuses_records_nothing(
+    tmp_path: Path, davical_server: davical.DavicalServer
+) -> None:
+    """davproxy's account may read the ACL but not write it: DAViCal's need-privileges
+    is named in the answer and the log, and the acceptance is not recorded."""
+    server = davical_server
+    folder = tmp_path / "davproxy"
+    (tmp_path / "carol.pw").write_text("carol-pw\n")
+    access = (  # carol is no administrator: she cannot change alice's ACL
+        '[access]\nbackend = "acl"\nservice_user = "carol"\n'
+        f'service_password_file = "{tmp_path / "carol.pw"}"\n'
+    )
+    main, port = write_config(
+        folder, upstream_url=server.url, kind="davical", mode="upstream-basic",
+        mapping_extra=access,
+    )  # fmt: skip
+    users = {u: basic(u) for u in ("alice", "bob", "carol")}
+    cal = f"/alice/refused-{uuid.uuid4().hex[:6]}/"
+    with start_davproxy(main, port=port) as proxy:
+        pair = Pair(
+            "davical-acl", Endpoint(server.url, users), Endpoint(proxy.url, users), "/alice/",
+            "/alice/", proxy, proxy,
+        )  # fmt: skip
+        async with raw_session() as session:
+            alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+            await bob.hello()
+            assert (await alice("MKCALENDAR", cal)).status == 201
+            readable = (
+                '<D:acl xmlns:D="DAV:"><D:ace><D:principal><D:href>/caldav.php/carol/</D:href>'
+                "</D:principal><D:grant><D:privilege><D:read/></D:privilege><D:privilege>"
+                "<D:read-acl/></D:privilege></D:grant></D:ace></D:acl>"
+            )
+            written = await fetch(session, "ACL", pair.direct.url(cal), {**ADMIN, **XML}, readable)
+            assert written.status == 200
+            await share(alice, cal, "read")
+            _, notes = await notifications_of(bob)
+            refused = await bob("POST", notes[-1][0], reply_body(True), **SHARING)
+            assert refused.status == 502 and b"need-privileges" in refused.body, refused.body
+            assert "/caldav.php/bob/" not in await aces(session, pair, cal)
+        log = proxy.log_tail(200)
+    assert "refused the ACL" in log and "need-privileges" in log
+    store = sqlite3.connect(folder / "store.sqlite3")
+    try:
+        assert store.execute("SELECT status FROM shares").fetchall() == [("noresponse",)]
+        assert store.execute("SELECT count(*) FROM acl_entries").fetchone() == (0,)
+    finally:
+        store.close()
