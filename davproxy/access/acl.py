@@ -237,8 +237,7 @@ class AclBackend:
                 a.node
                 for a in aces
                 if not a.protected and not a.inherited and a.principal not in ours
-                and a.principal != f"{{{DAV}}}property"  # the owner's: the server's own
-            ]  # fmt: skip
+            ]
             sent = keep + [
                 grant_ace(self._principal(sharee), wanted[sharee])
                 for sharee in sorted(wanted)
@@ -259,8 +258,20 @@ class AclBackend:
                     502, f"Upstream {self.upstream.name} did not store the ACL as sent"
                 )
         for sharee in removed:
-            if self._whole and self._principal(sharee) not in shown:
+            ace = shown.get(self._principal(sharee))
+            if ace is None:
                 self._settled(owner, collection, sharee, False, neutral)
+            elif _meaning(ace.privileges) != _meaning(neutral) or not ace.grant:
+                # a server that merges ACL requests keeps what "whole" leaves out
+                log.error(
+                    "upstream %s kept %s's ACE on %s that the ACL request left out "
+                    "(does it merge ACL requests? then set [access] acl_request = "
+                    "\"own-aces\")", self.upstream.name, sharee, collection,
+                )  # fmt: skip
+                raise PlainError(
+                    502, f"Upstream {self.upstream.name} kept an ACE davproxy removed"
+                    " (acl_request = \"own-aces\" may be needed)",
+                )  # fmt: skip
         log.info("upstream %s: %s", self.upstream.name, "; ".join(changes))
         return changes
 

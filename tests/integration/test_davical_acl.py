@@ -301,3 +301,46 @@ async def test_an_acl_the_upstream_refuses_records_nothing(
         assert store.execute("SELECT count(*) FROM acl_entries").fetchone() == (0,)
     finally:
         store.close()
+
+
+async def test_whole_acl_requests_on_a_merging_server_are_reported(
+    tmp_path: Path, davical_server: davical.DavicalServer
+) -> None:
+    """acl_request = "whole" (RFC 3744's replace) against DAViCal, which merges: the
+    grant works, but a revocation DAViCal does not carry out is reported, not believed,
+    and stays owed (reconcile still lists it)."""
+    server = davical_server
+    folder = tmp_path / "davproxy"
+    (tmp_path / "service.pw").write_text(DAVICAL_ADMIN_PASSWORD + "\n")
+    access = (
+        '[access]\nbackend = "acl"\nacl_request = "whole"\nservice_user = "admin"\n'
+        f'service_password_file = "{tmp_path / "service.pw"}"\n'
+    )
+    main, port = write_config(
+        folder, upstream_url=server.url, kind="davical", mode="upstream-basic",
+        mapping_extra=access,
+    )  # fmt: skip
+    users = {u: basic(u) for u in ("alice", "bob", "carol")}
+    cal = f"/alice/whole-{uuid.uuid4().hex[:6]}/"
+    with start_davproxy(main, port=port) as proxy:
+        pair = Pair(
+            "davical-acl", Endpoint(server.url, users), Endpoint(proxy.url, users), "/alice/",
+            "/alice/", proxy, proxy,
+        )  # fmt: skip
+        async with raw_session() as session:
+            alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+            await bob.hello()
+            assert (await alice("MKCALENDAR", cal)).status == 201
+            assert (await alice("PUT", cal + "a.ics", event("a", "Alice's secret"),
+                                Content_Type="text/calendar")).status == 201  # fmt: skip
+            await share(alice, cal, "read")
+            await accept_latest(bob)
+            assert await reads_in_full(session, pair, "bob", cal + "a.ics")
+            revoked = await alice(
+                "POST", cal, share_body(("mailto:bob@example.org", "no-access")), **SHARING
+            )
+            assert revoked.status == 502 and b"own-aces" in revoked.body, revoked.body
+        log = proxy.log_tail(200)
+    assert 'acl_request = "own-aces"' in log
+    dry = admin(main, "reconcile", "--dry-run")
+    assert f"would remove bob's ACE on {cal}" in dry.stdout, dry.stdout + dry.stderr
