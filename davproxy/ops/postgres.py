@@ -15,6 +15,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,15 +117,17 @@ class PostgresCluster:
         self.stop()
 
 
-def start_postgres(folder: Path, *, port: int | None = None) -> PostgresCluster:
-    """initdb into ``folder`` (created; it must not hold a cluster yet) and start the
-    server on 127.0.0.1:``port`` (default: a free one) with its socket in the folder."""
+def start_postgres(folder: Path | None = None, *, port: int | None = None) -> PostgresCluster:
+    """initdb into ``folder`` (created; it must not hold a cluster yet; default: a new
+    folder in the system temp dir) and start the server on 127.0.0.1:``port`` (default:
+    a free one) with its socket in the folder.  As root, the ``postgres`` user must be
+    able to reach the folder: pytest's ``tmp_path`` (mode 700) is not such a place."""
     reason = unavailable()
     if reason is not None:
         raise EmbeddedError(reason)
     initdb, pg_ctl = pg_tool("initdb"), pg_tool("pg_ctl")
     assert initdb is not None and pg_ctl is not None
-    folder = folder.resolve()
+    folder = Path(tempfile.mkdtemp(prefix="davproxy-pg-")) if folder is None else folder.resolve()
     cluster = PostgresCluster(folder, port or free_port())
     folder.mkdir(parents=True, exist_ok=True)
     cluster.socket_dir.mkdir(exist_ok=True)
