@@ -6,8 +6,7 @@ back to the copy (resource-sharing-04 §4.6, caldav-sharing §4).  Where the acc
 makes the upstream serve copies itself (radicale-native), the request goes to the copy's
 own path as the sharee and davproxy only adds the sharing properties; where the upstream
 enforces shares on the owner's collection (acl), the request is rewritten there but sent
-as the sharee.  The copy's own
-response in its parent's Depth 1 listing is built here too.
+as the sharee.  The copy's own response in its parent's Depth 1 listing is built here too.
 """
 
 from __future__ import annotations
