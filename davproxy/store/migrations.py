@@ -164,6 +164,27 @@ def _m008_web_sessions(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX web_sessions_by_user ON web_sessions (upstream, user)")
 
 
+def _m011_acl_entries(db: sqlite_utils.Database) -> None:
+    # The ACEs the acl access backend (access/acl.py) has written on upstream
+    # collections, one per (collection, sharee): an ACL has no room for a mark, so this
+    # is how davproxy tells its own ACEs from an administrator's.  A row is written before
+    # the ACL request and removed once the ACE is confirmed gone; ``neutral`` marks an
+    # ACE reduced to what every user holds (servers that cannot delete one, DAViCal).
+    db.execute(
+        """CREATE TABLE acl_entries (
+            upstream TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            sharee TEXT NOT NULL,
+            privileges TEXT NOT NULL,
+            neutral INTEGER NOT NULL DEFAULT 0,
+            written REAL NOT NULL,
+            PRIMARY KEY (upstream, collection, sharee)
+        )"""
+    )
+    db.execute("CREATE INDEX acl_entries_by_owner ON acl_entries (upstream, owner)")
+
+
 # Append only: a released migration is never edited, only followed by a new one.
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "meta", _m001_meta),
@@ -174,4 +195,5 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (6, "upstream_removals", _m006_upstream_removals),
     (7, "ended_copies_of_invitations", _m007_ended_copies_of_invitations),
     (8, "web_sessions", _m008_web_sessions),
+    (11, "acl_entries", _m011_acl_entries),
 )
