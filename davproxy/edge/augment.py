@@ -26,6 +26,7 @@ from davproxy.sharing import copies
 from davproxy.sharing.copies import SHARING_TOKENS
 from davproxy.sharing.model import shareable_type
 from davproxy.sharing.notifications import collection_path
+from davproxy.sharing.principals import PRINCIPAL_TOKENS
 from davproxy.sharing.properties import SUPPORTED_PRIVILEGES, supported_share
 from davproxy.store.records import Share
 from davproxy.upstream.site import Context
@@ -35,7 +36,7 @@ CS_NOTIFICATION_URL = f"{{{CS}}}notification-URL"
 # What the user's homes offer: sharing, and subscriptions kept on the server (Apple
 # clients store a subscription in the home only when the server announces this; sabre/dav
 # uses the same token).
-HOME_TOKENS = (*SHARING_TOKENS, "calendarserver-subscribed")
+HOME_TOKENS = (*SHARING_TOKENS, "calendarserver-subscribed", *PRINCIPAL_TOKENS)
 # Upstream properties davproxy extends: the privilege set (D:share on the user's own
 # collections) and resourcetype (CS:shared-owner / CS:shared markers).
 PRIVILEGES = f"{{{DAV}}}current-user-privilege-set"

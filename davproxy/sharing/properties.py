@@ -9,12 +9,15 @@ caldav-sharing-01 §5, CalendarServer caldav-sharing §5.2).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from lxml import etree
 
 from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href, privilege_set
 from davproxy.dav.errors import DavError
 from davproxy.dav.paths import canonical
+from davproxy.sharing.group_store import GroupShare
 from davproxy.store.records import Share
 from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
@@ -48,6 +51,8 @@ class SharingProperties:
         self.upstream = upstream
         self.directory = directory
         self.name = upstream.name
+        # the groups a collection is shared with, and their names (sharing/groups.py)
+        self.group_entries: Callable[[str], list[tuple[GroupShare, str]]] = lambda _: []
 
     def copy_props(self, share: Share) -> dict[str, etree._Element]:
         """Properties of a sharee's copy: its sharing state and the sharee's own values."""
@@ -91,8 +96,9 @@ class SharingProperties:
         when nobody is, or is no longer, invited), the rest as the sharing state is."""
         rest = canonical(rest)
         shares = self.store.shares_of_collection(self.name, rest)
+        groups = self.group_entries(rest)
         modes = element(f"{{{CS}}}allowed-sharing-modes", element(f"{{{CS}}}can-be-shared"))
-        if not shares:
+        if not shares and not groups:
             return {
                 f"{{{DAV}}}share-access": element(
                     f"{{{DAV}}}share-access", element(f"{{{DAV}}}not-shared")
@@ -101,16 +107,17 @@ class SharingProperties:
                 f"{{{CS}}}allowed-sharing-modes": modes,
                 SUPPORTED_PRIVILEGES: supported_privilege_set(),
             }
+        owner = shares[0].owner if shares else groups[0][0].owner
         return {
             SUPPORTED_PRIVILEGES: supported_privilege_set(),
             f"{{{CS}}}allowed-sharing-modes": modes,
-            f"{{{CS}}}invite": self._cs_invite_property(rest, shares[0].owner, True),
+            f"{{{CS}}}invite": self._cs_invite_property(rest, owner, True),
             f"{{{DAV}}}share-access": element(
                 f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")
             ),
-            f"{{{DAV}}}invite": self._invite_property(rest, shares[0].owner, sharer=False),
+            f"{{{DAV}}}invite": self._invite_property(rest, owner, sharer=False),
             f"{{{DAV}}}share-resource-uri": element(
-                f"{{{DAV}}}share-resource-uri", href(self._resource_uri(shares[0]))
+                f"{{{DAV}}}share-resource-uri", href(self.upstream.paths.public + rest)
             ),
         }
 
@@ -125,6 +132,21 @@ class SharingProperties:
                     element(f"{{{CS}}}common-name", text=self.directory.display_name(owner)),
                 )
             )
+        for group, group_name in self.group_entries(collection):  # groups first, as CCS
+            entry = element(f"{{{CS}}}user")
+            if with_uid:
+                entry.append(element(f"{{{CS}}}uid", text=f"group:{group.group_id}"))
+            entry.extend(
+                [
+                    href(group.href),
+                    element(f"{{{CS}}}common-name", text=group_name),
+                    element(f"{{{CS}}}invite-accepted"),
+                    element(f"{{{CS}}}access", element(f"{{{CS}}}{group.access}")),
+                ]
+            )
+            if group.comment:
+                entry.append(element(f"{{{CS}}}summary", text=group.comment))
+            node.append(entry)
         for share in self.store.shares_of_collection(self.name, collection):
             user = element(f"{{{CS}}}user")
             if with_uid:
@@ -162,6 +184,16 @@ class SharingProperties:
                         davxml.PROP,
                         element(f"{{{DAV}}}displayname", text=self.directory.display_name(owner)),
                     ),
+                )
+            )
+        for group, group_name in self.group_entries(collection):
+            node.append(
+                element(
+                    f"{{{DAV}}}sharee",
+                    href(group.href),
+                    element(f"{{{DAV}}}invite-accepted"),
+                    element(f"{{{DAV}}}share-access", element(f"{{{DAV}}}{group.access}")),
+                    element(davxml.PROP, element(f"{{{DAV}}}displayname", text=group_name)),
                 )
             )
         for share in self.store.shares_of_collection(self.name, collection):
@@ -216,7 +248,10 @@ class SharingProperties:
         on a collection its owner shares, ``CS:shared`` on a sharee's copy."""
         if role == "copy":
             return f"{{{CS}}}shared"
-        if role == "owned" and self.store.shares_of_collection(self.name, canonical(rest)):
+        if role == "owned" and (
+            self.store.shares_of_collection(self.name, canonical(rest))
+            or self.group_entries(canonical(rest))
+        ):
             return f"{{{CS}}}shared-owner"
         return None
 
