@@ -118,6 +118,14 @@ class GroupStore:
             (self.name, collection, group_id),
         )
 
+    def any_under(self, path: str) -> bool:
+        row = self.store.execute(
+            "SELECT 1 FROM group_shares WHERE upstream = ? AND substr(collection, 1, ?) = ?"
+            " LIMIT 1",
+            (self.name, len(path), path),
+        ).fetchone()
+        return row is not None
+
     def delete_under(self, path: str) -> None:
         """The collection at ``path`` or below it is gone: its group shares end."""
         self.store.execute(

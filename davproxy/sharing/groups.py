@@ -223,6 +223,10 @@ class GroupSharing:
         self._set_access(share, through, info)
         return True
 
+    def holds(self, path: str) -> bool:
+        """Whether a collection at or below ``path`` is shared with a group."""
+        return self.table.any_under(path)
+
     def collection_gone(self, collection: str) -> None:
         self.table.delete_under(collection)
 

@@ -454,6 +454,9 @@ async def test_group_principals_and_search(family: Family) -> None:
             Depth="0",
         )  # fmt: skip
         assert found_urls(apple) == ["/.davproxy/groups/kids/"]
+        mine = await carol("PROPFIND", "/carol/", propfind("D:group-membership"), Depth="0")
+        groups_of = etree.fromstring(mine.body).iterfind(".//D:group-membership/D:href", NS)
+        assert [h.text for h in groups_of] == ["/.davproxy/groups/kids/"]  # direct only
         options = await alice("OPTIONS", pair.calendar_home)
         assert "calendarserver-group-sharee" in (options.header("DAV") or "")
 
