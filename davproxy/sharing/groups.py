@@ -21,16 +21,13 @@ from collections.abc import Iterable
 from typing import Protocol
 from urllib.parse import quote, unquote
 
-from davproxy.access.backend import AccessBackend
 from davproxy.config.groups import DirectoryGroup, expand
 from davproxy.dav.davxml import href_path
 from davproxy.dav.paths import PathRejected, resolve_path
 from davproxy.sharing.group_store import GroupRecord, GroupShare, GroupStore
+from davproxy.sharing.replies import SharingCore
 from davproxy.sharing.requests import ShareeRequest
 from davproxy.store.records import NewShare, Share
-from davproxy.store.sqlite import Store
-from davproxy.upstream.client import Upstream
-from davproxy.upstream.directory import Directory
 
 log = logging.getLogger("davproxy.sharing.groups")
 
@@ -53,26 +50,13 @@ class CollectionFacts(Protocol):
     def components(self) -> tuple[str, ...]: ...
 
 
-class GroupCore(Protocol):
-    """What group sharing needs of ``sharing.model.Sharing`` (a seam, not an import)."""
-
-    @property
-    def store(self) -> Store: ...
-
-    @property
-    def upstream(self) -> Upstream: ...
-
-    @property
-    def directory(self) -> Directory: ...
-
-    @property
-    def access(self) -> AccessBackend: ...
+class GroupCore(SharingCore, Protocol):
+    """What group sharing needs of ``sharing.model.Sharing`` besides what the sharee's
+    side does (a seam, not an import)."""
 
     def notify_invite(self, share: Share, info: CollectionFacts, access: str) -> None: ...
 
     def end_share(self, share: Share, info: CollectionFacts | None) -> None: ...
-
-    def info_of(self, share: Share) -> CollectionFacts: ...
 
     async def owner_collection_info(self, owner: str, collection: str) -> CollectionFacts: ...
 
@@ -125,9 +109,10 @@ class GroupSharing:
 
     def via_groups(self, collection: str, user: str) -> str | None:
         """The highest access the user has on the collection through its groups."""
-        groups = self.groups()
+        shares = self.table.of_collection(collection)
+        groups = self.groups() if shares else {}
         best: str | None = None
-        for share in self.table.of_collection(collection):
+        for share in shares:
             group = groups.get(share.group_id)
             if group is not None and user in group.expanded and user != share.owner:
                 best = higher(best, share.access)
@@ -135,10 +120,11 @@ class GroupSharing:
 
     def entries(self, collection: str) -> list[tuple[GroupShare, str]]:
         """The groups a collection is shared with, with their display names."""
-        groups = self.groups()
+        shares = self.table.of_collection(collection)
+        groups = self.groups() if shares else {}  # most collections have none: one query
         return [
             (share, groups[share.group_id].display_name if share.group_id in groups else "")
-            for share in self.table.of_collection(collection)
+            for share in shares
         ]
 
     def shared_with(self, collection: str, group_id: str) -> GroupShare | None:

@@ -133,38 +133,22 @@ class SharingProperties:
                 )
             )
         for group, group_name in self.group_entries(collection):  # groups first, as CCS
-            entry = element(f"{{{CS}}}user")
-            if with_uid:
-                entry.append(element(f"{{{CS}}}uid", text=f"group:{group.group_id}"))
-            entry.extend(
-                [
-                    href(group.href),
-                    element(f"{{{CS}}}common-name", text=group_name),
-                    element(f"{{{CS}}}invite-accepted"),
-                    element(f"{{{CS}}}access", element(f"{{{CS}}}{group.access}")),
-                ]
-            )
-            if group.comment:
-                entry.append(element(f"{{{CS}}}summary", text=group.comment))
-            node.append(entry)
+            node.append(
+                _cs_user(
+                    f"group:{group.group_id}" if with_uid else None,
+                    group.href, group_name, "accepted", group.access, group.comment,
+                )
+            )  # fmt: skip
         for share in self.store.shares_of_collection(self.name, collection):
-            user = element(f"{{{CS}}}user")
-            if with_uid:
-                user.append(element(f"{{{CS}}}uid", text=share.invite_uid))
             name = share.sharee_name or (
                 self.directory.display_name(share.sharee) if share.status != "invalid" else ""
             )
-            user.extend(
-                [
-                    href(share.sharee_href),
-                    element(f"{{{CS}}}common-name", text=name),
-                    element(f"{{{CS}}}invite-{share.status}"),
-                    element(f"{{{CS}}}access", element(f"{{{CS}}}{share.access}")),
-                ]
-            )
-            if share.comment:
-                user.append(element(f"{{{CS}}}summary", text=share.comment))
-            node.append(user)
+            node.append(
+                _cs_user(
+                    share.invite_uid if with_uid else None,
+                    share.sharee_href, name, share.status, share.access, share.comment,
+                )
+            )  # fmt: skip
         return node
 
     def _resource_uri(self, share: Share) -> str:
@@ -254,6 +238,26 @@ class SharingProperties:
         ):
             return f"{{{CS}}}shared-owner"
         return None
+
+
+def _cs_user(
+    uid: str | None, target: str, name: str, status: str, access: str, comment: str
+) -> etree._Element:
+    """One ``CS:user`` of ``CS:invite`` (``CS:uid`` on the owner's collection only)."""
+    user = element(f"{{{CS}}}user")
+    if uid is not None:
+        user.append(element(f"{{{CS}}}uid", text=uid))
+    user.extend(
+        [
+            href(target),
+            element(f"{{{CS}}}common-name", text=name),
+            element(f"{{{CS}}}invite-{status}"),
+            element(f"{{{CS}}}access", element(f"{{{CS}}}{access}")),
+        ]
+    )
+    if comment:
+        user.append(element(f"{{{CS}}}summary", text=comment))
+    return user
 
 
 SUPPORTED_PRIVILEGES = f"{{{DAV}}}supported-privilege-set"

@@ -330,6 +330,30 @@ async def test_family_calendar_and_address_book(family: Family, flavour: str) ->
         # the address book is still shared with the family
         assert (await bob("GET", bob_book + "c1.vcf")).status == 200
 
+        # -- bob deletes his copy: that ends nothing for the others
+        assert (await bob("DELETE", bob_book)).status in (200, 204)
+        assert absent(await bob("GET", bob_book + "c1.vcf"))
+        erin_book = await answer(erin, book, True, books["erin"])
+        assert erin_book and (await erin("GET", erin_book + "c1.vcf")).status == 200
+        # erin is also shared with by name (read); revoking the group leaves her that
+        body, headers = share("read", "erin")
+        assert (await alice("POST", book, body, **headers)).status in (200, 204)
+        body, headers = share("no-access")
+        assert (await alice("POST", book, body, **headers)).status in (200, 204)
+        assert (await erin("GET", erin_book + "c1.vcf")).status == 200
+        kept = await erin(
+            "PUT", erin_book + "c3.vcf", CARD.replace("c1", "c3"), Content_Type="text/vcard"
+        )
+        assert kept.status == 403  # back to what she was given by name
+        told = await invite_for(erin, book)
+        assert told is not None and status_of(told[1]) == ("invite-accepted", "read")
+        left = invite_entries(
+            await alice("PROPFIND", book, propfind("CS:invite" if cs else "D:invite"), Depth="0"),
+            cs,
+        )
+        assert list(left.values()) == [("invite-accepted", "read")]  # erin only
+        assert (await alice("GET", book + "c2.vcf")).status == 200  # the owner's data stays
+
 
 def search(
     *conditions: tuple[str, str, str], test: str = "allof", kind: str = "", limit: int = 0
