@@ -241,7 +241,10 @@ def _when(stamp: float) -> str:
 def _shares(args: argparse.Namespace, store: Store, sites: dict[str, Site]) -> int:
     if args.upstream is not None:
         _pick(sites, args.upstream)  # an unknown upstream is an error, not an empty list
-    everyone = {name for s in store.all_shares() for name in (s.owner, s.sharee)}
+    listed: list[tuple[Share, str | None]] = [(share, None) for share in store.all_shares()]
+    for site in sites.values():  # a group's own entry (sharee group:<id>), then members'
+        listed = [*site.sharing.groups.listing(), *listed]
+    everyone = {name for s, _ in listed for name in (s.owner, s.sharee)}
     for key in ("owner", "sharee"):
         wanted = getattr(args, key)
         known = wanted in everyone or any(s.sharing.directory.known(wanted) for s in sites.values())
@@ -249,9 +252,6 @@ def _shares(args: argparse.Namespace, store: Store, sites: dict[str, Site]) -> i
             print(f"davproxy: no user {wanted!r} is known (--{key})", file=sys.stderr)
             return 2
     rows = []
-    listed: list[tuple[Share, str | None]] = [(share, None) for share in store.all_shares()]
-    for site in sites.values():  # a group's own entry, then its members' shares
-        listed = [*site.sharing.groups.listing(), *listed]
     for share, group in listed:
         values = {
             "upstream": share.upstream, "owner": share.owner, "sharee": share.sharee,

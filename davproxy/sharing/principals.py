@@ -24,7 +24,7 @@ from aiohttp import web
 from lxml import etree
 
 from davproxy.dav import davxml
-from davproxy.dav.davxml import CALDAV, CS, DAV, element, href
+from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element, href
 from davproxy.dav.errors import DavError, PlainError
 from davproxy.dav.http import multistatus_response
 from davproxy.sharing.group_store import GroupRecord
@@ -59,6 +59,14 @@ SEARCHABLE = {
     LAST_NAME: "Last name",
 }
 MAX_RESULTS = 1000
+CALENDAR_HOME = f"{{{CALDAV}}}calendar-home-set"
+BOOK_HOME = f"{{{CARDDAV}}}addressbook-home-set"
+HOME_SETS = frozenset({CALENDAR_HOME, BOOK_HOME})
+# Children of a search REPORT that are its structure, not properties asked for.
+_STRUCTURE = frozenset(
+    {f"{{{DAV}}}property-search", davxml.PROP, f"{{{DAV}}}apply-to-principal-collection-set",
+     f"{{{CS}}}limit", f"{{{CS}}}search-token"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +105,17 @@ class Principals:
         return found + [self.group(g, groups) for g in groups.values()]
 
     def user(self, user: str, groups: dict[str, GroupRecord]) -> Principal:
-        url = self.upstream.user_paths(user).principal
+        paths = self.upstream.user_paths(user)
         email = self.directory.email(user)
         emails = (email,) if email else ()
-        return self._principal(url, "INDIVIDUAL", self.directory.display_name(user), emails,
-                               (*(f"mailto:{e}" for e in emails), url),
-                               [g.id for g in groups.values() if user in g.members])  # fmt: skip
+        principal = self._principal(
+            paths.principal, "INDIVIDUAL", self.directory.display_name(user), emails,
+            (*(f"mailto:{e}" for e in emails), paths.principal),
+            [g.id for g in groups.values() if user in g.members],
+        )  # fmt: skip
+        principal.props[CALENDAR_HOME] = element(CALENDAR_HOME, href(paths.calendar_home))
+        principal.props[BOOK_HOME] = element(BOOK_HOME, href(paths.addressbook_home))
+        return principal
 
     def group(self, group: GroupRecord, groups: dict[str, GroupRecord]) -> Principal:
         url = self.groups.principal(group.id)
@@ -214,25 +227,26 @@ class Principals:
             raise DavError(400, None, "a principal search REPORT needs Depth: 0")
         if root.tag == SEARCH_PROPERTY_SET:
             return self._search_property_set()
+        names = _wanted_names(root)
         if root.tag == PRINCIPAL_PROPERTY_SEARCH:
             test, matches = _property_search(root)
             kind = {"INDIVIDUAL": "INDIVIDUAL", "GROUP": "GROUP"}.get(root.get("type", ""), "")
             if root.get("type") and not kind:  # rooms and resources: davproxy has none
                 return multistatus_response(davxml.multistatus())
+            if not kind and HOME_SETS & set(names):
+                # asking for home sets: principals whose collections the client will
+                # open (the caldav library's search); groups have none
+                kind = "INDIVIDUAL"
             combine = all if test == "allof" else any
             found = [
                 p
                 for p in self.everyone()
-                if (not kind or p.kind == kind) and matches and combine(m(p) for m in matches)
-            ]
+                if (not kind or p.kind == kind) and (not matches or combine(m(p) for m in matches))
+            ]  # no property-search at all: everyone, as sabre/dav answers
         elif root.tag == CS_PRINCIPAL_SEARCH:
             found = self._cs_search(root)
         else:
             raise DavError(403, f"{{{DAV}}}supported-report", "not a principal search REPORT")
-        prop = root.find(davxml.PROP)
-        names = (
-            tuple(str(p.tag) for p in prop if isinstance(p.tag, str)) if prop is not None else ()
-        )
         wanted = davxml.PropRequest("prop", names or (DISPLAYNAME,))
         limit = _limit(root)
         responses = [self._answer(p, wanted) for p in found[:limit]]
@@ -293,6 +307,15 @@ def _nested(group_id: str, groups: dict[str, GroupRecord]) -> set[str]:
 Match = Callable[[Principal], bool]
 
 
+def _wanted_names(root: etree._Element) -> tuple[str, ...]:
+    """The properties a search REPORT asks for: its ``D:prop``, and (liberal in what is
+    accepted) property elements placed beside it, as the caldav library sends them."""
+    prop = root.find(davxml.PROP)
+    inside = [str(p.tag) for p in prop if isinstance(p.tag, str)] if prop is not None else []
+    beside = [str(p.tag) for p in root if isinstance(p.tag, str) and p.tag not in _STRUCTURE]
+    return tuple(dict.fromkeys(inside + beside))
+
+
 def _property_search(root: etree._Element) -> tuple[str, list[Match]]:
     test = root.get("test", "allof")
     if test not in ("allof", "anyof"):
@@ -303,9 +326,10 @@ def _property_search(root: etree._Element) -> tuple[str, list[Match]]:
         match = search.find(f"{{{DAV}}}match")
         if match is None:
             raise DavError(400, None, "each DAV:property-search needs a DAV:match")
-        if not names:
-            continue  # only properties davproxy does not search: ignored, as CCS does
-        matches.append(_matcher(names, match))
+        if names:  # only properties davproxy does not search: ignored, as CCS does
+            matches.append(_matcher(names, match))
+    if not matches and root.find(f"{{{DAV}}}property-search") is not None:
+        matches.append(lambda _: False)  # nothing it can search on: no match
     return test, matches
 
 

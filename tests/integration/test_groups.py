@@ -311,6 +311,11 @@ async def test_family_calendar_and_address_book(family: Family, flavour: str) ->
             "erin": "group:family",
         }
 
+        only = family.admin("shares", "--json", "--sharee", "group:family")
+        assert only.returncode == 0, only.stderr
+        shared = sorted(r["collection"] for r in json.loads(only.stdout))
+        assert shared == sorted([cal.lstrip("/"), book.lstrip("/")])
+
         # -- bob's individual share ends: the group share keeps him in, read-only again
         body, headers = share("no-access", "mailto:bob@example.org")
         assert (await alice("POST", cal, body, **headers)).status in (200, 204)
