@@ -276,7 +276,7 @@ def _shares(args: argparse.Namespace, store: Store, sites: dict[str, Site]) -> i
     _emit(
         args,
         rows,
-        ("upstream", "owner", "collection", "sharee", "access", "status", "via", "copy",
+        ("upstream", "owner", "collection", "sharee", "access", "status", "copy", "via",
          "updated"),
     )  # fmt: skip
     invalid = sum(row["status"] == "invalid" for row in rows)
