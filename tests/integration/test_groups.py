@@ -6,6 +6,7 @@ it edits: family = {bob, kids}, kids = {carol, dave@corp} (nested), erin joins l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,8 +20,17 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from davproxy.ops.embedded import start_radicale
 from davproxy.upstream.identity import hash_password
-from tests.helpers import Answer, basic, fetch, raw_session, start_proxy, write_htpasswd
+from tests.helpers import (
+    Answer,
+    Endpoint,
+    basic,
+    fetch,
+    raw_session,
+    start_proxy,
+    write_htpasswd,
+)
 
 from .conftest import Pair
 from .test_cs_sharing import TEXT_XML, cs_share
@@ -63,9 +73,9 @@ class Member(Client):
 
 
 class Family:
-    """davproxy with the groups above in front of one session upstream."""
+    """davproxy with the groups above in front of one upstream."""
 
-    def __init__(self, pair: Pair, folder: Path) -> None:
+    def __init__(self, pair: Pair, folder: Path, mapping_extra: str = "") -> None:
         htpasswd = write_htpasswd(folder / "users.htpasswd")
         with htpasswd.open("a") as handle:
             handle.write(f"{ERIN[0]}:{hash_password(ERIN[1], 'sha512_crypt')}\n")
@@ -73,7 +83,8 @@ class Family:
         self.kind = "xandikos" if pair.flavour == "xandikos" else "radicale"
         self.proxy = start_proxy(
             self.folder, upstream_url=pair.upstream.url, kind=self.kind, mode="proxy-auth",
-            htpasswd=htpasswd, mapping_extra=GROUPS.format(kids='"carol", "dave@corp"'),
+            htpasswd=htpasswd,
+            mapping_extra=mapping_extra + GROUPS.format(kids='"carol", "dave@corp"'),
         )  # fmt: skip
         self.pair = Pair(
             pair.flavour, pair.direct, type(pair.proxy)(self.proxy.url, {}),
@@ -106,14 +117,26 @@ class Family:
         return client
 
 
-@pytest.fixture
-def family(pair: Pair, tmp_path: Path) -> Iterator[Family]:
-    made = Family(pair, tmp_path)
-    try:
-        yield made
-    finally:
-        made.proxy.process.terminate()
-        made.proxy.process.wait(timeout=20)
+@pytest.fixture(params=["radicale", "xandikos", "radicale_native"])
+def family(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Family]:
+    """Proxy-enforced on both upstreams (the session's servers), and Radicale's own
+    sharing (radicale-native) on a Radicale of the test's own: its maps are per owner,
+    and the session's davproxy keeps alice's maps in line with its own store."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "radicale_native":
+            upstream = stack.enter_context(
+                start_radicale(tmp_path / "radicale", auth="x-remote-user", sharing=True)
+            )
+            pair = Pair("radicale", Endpoint(upstream.url), Endpoint(upstream.url), "/alice/",
+                        "/alice/", upstream, upstream)  # fmt: skip
+            made = Family(pair, tmp_path, '[access]\nbackend = "radicale-native"\n')
+        else:
+            made = Family(request.getfixturevalue(f"{request.param}_pair"), tmp_path)
+        try:
+            yield made
+        finally:
+            made.proxy.process.terminate()
+            made.proxy.process.wait(timeout=20)
 
 
 async def invite_for(client: Client, collection: str) -> tuple[str, etree._Element] | None:
