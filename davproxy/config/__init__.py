@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from yarl import URL
 
+from davproxy.config.groups import DirectoryGroup, load_groups
 from davproxy.config.tables import (
     REQUIRED,
     ConfigError,
@@ -202,6 +203,7 @@ class UpstreamConfig:
     users: tuple[DirectoryUser, ...] = ()
     feeds: tuple[FeedConfig, ...] = ()
     max_connections: int = 32
+    groups: tuple[DirectoryGroup, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +497,7 @@ def _load_upstream(source: Path, table: Table) -> UpstreamConfig:
                     f"{other!r}'s address; an address may belong to one user only"
                 )
 
+    groups = load_groups(mapping, mapping_path, seen, set(addresses))
     feeds = tuple(_load_feed(t) for t in mapping.tables("feeds"))
     names = [feed.name for feed in feeds]
     for i, feed in enumerate(feeds):
@@ -515,6 +518,7 @@ def _load_upstream(source: Path, table: Table) -> UpstreamConfig:
         users=users,
         feeds=feeds,
         max_connections=max_connections or _MAX_CONNECTIONS.get(kind, 32),
+        groups=groups,
     )
 
 

@@ -164,6 +164,49 @@ def _m008_web_sessions(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX web_sessions_by_user ON web_sessions (upstream, user)")
 
 
+def _m010_groups(db: sqlite_utils.Database) -> None:
+    # Sharing with groups (davproxy/sharing/groups.py).  ``directory_groups`` is the
+    # group directory as last applied (a reload diffs the mapping file against it, and
+    # every process reads groups from here, so the server and `davproxy admin` agree);
+    # ``members`` are direct (users and groups), ``expanded`` the users through nesting.
+    # ``group_shares``: one row per (collection, group), the group's own access.
+    # Members are ordinary ``shares`` rows (their effective access); ``group_binds``
+    # marks those that exist (also) through a group, with the access the member was
+    # given individually, if any, so ending one route leaves the other.
+    db.execute(
+        """CREATE TABLE directory_groups (
+            upstream TEXT NOT NULL,
+            id TEXT NOT NULL,
+            display_name TEXT NOT NULL,
+            emails TEXT NOT NULL,
+            members TEXT NOT NULL,
+            expanded TEXT NOT NULL,
+            PRIMARY KEY (upstream, id)
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE group_shares (
+            upstream TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            group_id TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            href TEXT NOT NULL,
+            access TEXT NOT NULL CHECK (access IN ('read', 'read-write')),
+            comment TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            PRIMARY KEY (upstream, collection, group_id)
+        )"""
+    )
+    db.execute("CREATE INDEX group_shares_by_group ON group_shares (upstream, group_id)")
+    db.execute(
+        """CREATE TABLE group_binds (
+            share_id INTEGER PRIMARY KEY REFERENCES shares (id) ON DELETE CASCADE,
+            individual TEXT CHECK (individual IS NULL OR individual IN ('read', 'read-write'))
+        )"""
+    )
+
+
 def _m011_acl_entries(db: sqlite_utils.Database) -> None:
     # The ACEs the acl access backend (access/acl.py) has written on upstream
     # collections, one per (collection, sharee): an ACL has no room for a mark, so this
@@ -195,5 +238,6 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (6, "upstream_removals", _m006_upstream_removals),
     (7, "ended_copies_of_invitations", _m007_ended_copies_of_invitations),
     (8, "web_sessions", _m008_web_sessions),
+    (10, "groups", _m010_groups),
     (11, "acl_entries", _m011_acl_entries),
 )
