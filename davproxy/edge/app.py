@@ -26,7 +26,7 @@ from davproxy.edge.sites import build_site, feed_parts, reload_directory
 from davproxy.feeds.refresh import Refresher
 from davproxy.sharing import upstream_rights
 from davproxy.store.sqlite import Store
-from davproxy.upstream.client import Upstream
+from davproxy.upstream.client import Upstream, new_session
 from davproxy.upstream.identity import parse_basic
 from davproxy.upstream.proxy import UPSTREAM_SECONDS, client_address, keep_upstream_headers
 from davproxy.upstream.site import USER, Limits
@@ -153,13 +153,7 @@ def create_app(config: Config) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = Store.open(config.store.path)
-        # No pool limit: each upstream caps its own requests in flight (max_connections).
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must never keep cookies
-        )
+        session = new_session()
         parts = feed_parts(store, config)
         try:
             sites = [
