@@ -22,7 +22,7 @@ from davproxy.dav.http import preferences
 from davproxy.dav.paths import PathRejected, canonical, resolve_path, slash
 from davproxy.edge.sites import Site
 from davproxy.feeds.views import ENHANCED
-from davproxy.sharing import copies
+from davproxy.sharing import copies, peruser_view
 from davproxy.sharing.copies import SHARING_TOKENS
 from davproxy.sharing.model import shareable_type
 from davproxy.sharing.notifications import collection_path
@@ -170,6 +170,11 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
 
         await sharing.delete_owned(user, ctx.rest, send)
         return answers[0]
+    elif method == "DELETE" and not ctx.rest.endswith("/"):
+        answer = await ctx.forward(spec)
+        if 200 <= answer.status < 300:  # the sharees' alarms of it go too
+            peruser_view.member_deleted(sharing, ctx.rest)
+        return answer
     return await ctx.forward(spec)
 
 
