@@ -346,7 +346,8 @@ async def _sync(view: View, root: etree._Element) -> web.StreamResponse:
         token.text = upstream_token
     revision = view.store.revision()  # read first: a later change is in the next sync
     extra: list[etree._Element] = []
-    changed = view.store.changed_since(view.share, since) if since else []
+    # an initial sync lists every member anyway
+    changed = view.store.changed_since(view.share, since) if upstream_token else []
     if changed:
         extra = await _multiget(view, changed, root.find(davxml.PROP))
 

@@ -335,3 +335,75 @@ async def test_hostile_and_deleted(sharing_pair: Pair) -> None:
         )
         assert (await bob("GET", bob_cal + "b.ics")).status == 404
         assert etree  # (lxml used through xml())
+
+
+async def test_python_caldav_sharee_in_the_apple_flavour(sharing_pair: Pair) -> None:
+    """Shared the CalendarServer way (CS:share, CS:invite-reply); bob's and alice's real
+    client (python caldav) each add their own alarm; each reads back only their own,
+    through GET, time-range search and sync tokens."""
+    import datetime as dt
+
+    import caldav
+    import icalendar
+
+    from tests.helpers import USERS
+
+    from .test_cs_sharing import TEXT_XML, apple_notifications, cs_reply, cs_share
+
+    pair = sharing_pair
+    name = f"apple-pu-{uuid.uuid4().hex[:6]}"
+    owner_cal = f"{pair.calendar_home}{name}/"
+    bob_home = pair.calendar_home.replace("alice", "bob")
+    async with raw_session() as session:
+        alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+        await bob.hello()
+        assert (await alice("MKCALENDAR", owner_cal)).status == 201
+        share = cs_share(("mailto:bob@example.org", "read-write"))
+        assert (await alice("POST", owner_cal, share, **TEXT_XML)).status == 200
+        _, invite = (await apple_notifications(bob))[-1]
+        uid = invite.findtext("CS:uid", namespaces=NS)
+        accepted = await bob("POST", bob_home, cs_reply(uid, owner_cal), **TEXT_XML)
+        assert accepted.status == 200, accepted.body
+        bob_cal = xml(accepted).findtext("D:href", namespaces=NS) + "/"
+
+    def with_alarm(event: caldav.CalendarObjectResource, who: str, minutes: int) -> None:
+        component = event.icalendar_component
+        for old in list(component.subcomponents):
+            component.subcomponents.remove(old)
+        found = icalendar.Alarm()
+        found.add("action", "DISPLAY")
+        found.add("description", who)
+        found.add("trigger", dt.timedelta(minutes=-minutes))
+        component.add_component(found)
+        event.save()
+
+    url = pair.proxy.url("/")
+    with (
+        caldav.DAVClient(url=url, username="alice", password=USERS["alice"]) as alice_client,
+        caldav.DAVClient(url=url, username="bob", password=USERS["bob"]) as bob_client,
+    ):
+        owner = alice_client.calendar(url=pair.proxy.url(owner_cal))
+        owner.save_event(recurring("lib-1", "Library"))
+        copy = bob_client.calendar(url=pair.proxy.url(bob_cal))
+        with_alarm(owner.event_by_uid("lib-1"), "alice", 10)
+        assert alarms(copy.event_by_uid("lib-1").data) == []
+        token_before = copy.objects_by_sync_token(
+            load_objects=False, disable_fallback=True
+        ).sync_token
+        with_alarm(copy.event_by_uid("lib-1"), "bob", 30)
+        assert alarms(copy.event_by_uid("lib-1").data) == ["bob"]
+        assert alarms(owner.event_by_uid("lib-1").data) == ["alice"]
+        found = copy.search(
+            start=dt.datetime(2030, 1, 2, tzinfo=dt.UTC),
+            end=dt.datetime(2030, 1, 3, tzinfo=dt.UTC),
+            event=True,
+        )
+        assert [alarms(e.data) for e in found] == [["bob"]]
+        changed = copy.objects_by_sync_token(
+            sync_token=token_before, load_objects=True, disable_fallback=True
+        )
+        assert [alarms(o.data) for o in changed] == [["bob"]]
+        quiet = copy.objects_by_sync_token(
+            sync_token=changed.sync_token, load_objects=False, disable_fallback=True
+        )
+        assert list(quiet) == []
