@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from dateutil import rrule  # icalendar's own dependency: RRULE membership of an instance
 
-from davproxy.feeds.lines import Line, lex, params, value_of
+from davproxy.feeds.lines import Line, lex, params, prop_name, value_of
 
 CRLF = "\r\n"
 COMPONENTS = frozenset({"VEVENT", "VTODO", "VJOURNAL"})
@@ -101,9 +101,12 @@ def might_hold_personal(text: str) -> bool:
 
 
 def parse(text: str | bytes) -> CalendarObject:
-    """Split an object (or a whole-collection export) into shared and personal lines."""
-    raw = text.encode("utf-8") if isinstance(text, str) else text
-    lines = lex(raw, [])
+    """Split an object (or a whole-collection export) into shared and personal lines.
+
+    Bytes (a client's or the upstream's body) go through the feeds' lexer, which copes
+    with any encoding; text (``calendar-data`` out of an XML answer, already decoded and
+    free of what XML cannot carry) is unfolded directly: a REPORT holds hundreds."""
+    lines = lex(text, []) if isinstance(text, bytes) else _unfold(text)
     if not lines or lines[0].text.upper() != "BEGIN:VCALENDAR":
         raise NotCalendarData("not an iCalendar object")
     parts: list[Line | Component] = []
@@ -150,6 +153,19 @@ def parse(text: str | bytes) -> CalendarObject:
     if current is not None or personal_depth:
         raise NotCalendarData("a component is not closed")
     return CalendarObject(parts)
+
+
+def _unfold(text: str) -> list[Line]:
+    lines: list[Line] = []
+    for physical in text.splitlines():
+        if physical[:1] in (" ", "\t") and lines:
+            last = lines[-1]
+            last.text += physical[1:]
+            last.raw += CRLF + physical
+        elif physical.strip():
+            physical = physical.lstrip(" \t")
+            lines.append(Line(prop_name(physical), physical, physical, 0))
+    return lines
 
 
 def is_personal(name: str) -> bool:

@@ -65,7 +65,7 @@ class View:
     def __init__(self, ctx: Context, sharing: Sharing, share: Share, spec: Forward, copy_path: str):
         self.ctx, self.share, self.spec = ctx, share, spec
         self.store = PerUserStore(sharing.store)
-        self.copy_key = canonical(copy_path)
+        self.copy_key = canonical(copy_path).rstrip("/") + "/"
         self.tag = hashlib.sha256(share.invite_uid.encode()).hexdigest()[:12]
 
     # -- upstream requests of davproxy's own ---------------------------------------------
@@ -86,7 +86,11 @@ class View:
 
     def member_of(self, href: str) -> str | None:
         """The member name of an href in an answer ('' for the copy itself)."""
-        return within(canonical(davxml.href_path(href)), self.copy_key.rstrip("/") + "/")
+        path = davxml.href_path(href)
+        plain = path.isascii() and "%" not in path and "//" not in path
+        if plain and path.startswith(self.copy_key):
+            return path[len(self.copy_key) :]  # already canonical: the common case
+        return within(canonical(path), self.copy_key)
 
     def etag(self, upstream_etag: str, entry: Entry | None) -> str:
         return sharee_etag(upstream_etag, entry.revision if entry is not None else 0)
@@ -366,7 +370,7 @@ async def _multiget(
     report = etree.Element(f"{{{CALDAV}}}calendar-multiget", nsmap={"D": DAV, "C": CALDAV})
     report.append(copy.deepcopy(prop) if prop is not None else etree.Element(davxml.PROP))
     for member in members:
-        public = view.copy_key.rstrip("/") + "/" + member
+        public = view.copy_key + member
         link = etree.SubElement(report, davxml.HREF)
         link.text = spec.request_hrefs(public) if spec.request_hrefs else public
     status, _, answer = await view.send(
