@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from dateutil import rrule  # icalendar's own dependency: RRULE membership of an instance
 
-from davproxy.feeds.lines import Line, lex, params, prop_name, value_of
+from davproxy.feeds.lines import Line, lex, params, value_of
 
 CRLF = "\r\n"
 COMPONENTS = frozenset({"VEVENT", "VTODO", "VJOURNAL"})
@@ -164,7 +164,8 @@ def _unfold(text: str) -> list[Line]:
             last.raw += CRLF + physical
         elif physical.strip():
             physical = physical.lstrip(" \t")
-            lines.append(Line(prop_name(physical), physical, physical, 0))
+            name = physical.partition(":")[0].partition(";")[0].strip().upper()
+            lines.append(Line(name, physical, physical, 0))
     return lines
 
 
