@@ -120,10 +120,8 @@ class View:
             return text  # nothing anybody could own: the upstream's text as it is
         try:
             obj = peruser.parse(text)
-        except peruser.NotCalendarData:
-            return text
-        except peruser.InjectedData:
-            return peruser.render(peruser.CalendarObject([]), None)
+        except (peruser.NotCalendarData, peruser.InjectedData):
+            return text  # not one davproxy can split: as the upstream has it
         mine = None
         if entry is not None and entry.uid == obj.uid:
             mine = peruser.lookup(entry.personal)

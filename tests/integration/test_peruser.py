@@ -329,6 +329,11 @@ async def test_hostile_and_deleted(sharing_pair: Pair) -> None:
         conditional = await bob("GET", bob_cal + "b.ics")
         unchanged = await bob("GET", bob_cal + "b.ics", If_None_Match=etag_of(conditional))
         assert unchanged.status == 304
+        head = await bob("HEAD", bob_cal + "b.ics")
+        assert (
+            head.status == 200 and head.body == b"" and head.header("ETag") == etag_of(conditional)
+        )
+        assert head.header("Content-Length") == str(len(conditional.body))
         assert (await bob("DELETE", bob_cal + "b.ics", If_Match=etag_of(conditional))).status in (
             200,
             204,
