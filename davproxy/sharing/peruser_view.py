@@ -35,7 +35,7 @@ from davproxy.dav.davxml import CALDAV, CS, DAV
 from davproxy.dav.errors import NEED_PRIVILEGES, VALID_SYNC_TOKEN, DavError
 from davproxy.dav.paths import canonical, within
 from davproxy.feeds import caldav_query
-from davproxy.sharing import peruser
+from davproxy.sharing import peruser, peruser_freebusy
 from davproxy.sharing.model import Sharing
 from davproxy.sharing.peruser_store import Entry, PerUserStore, sharee_etag
 from davproxy.store.records import Share
@@ -48,7 +48,7 @@ VALID_CALENDAR_DATA = f"{{{CALDAV}}}valid-calendar-data"
 GETETAG = f"{{{DAV}}}getetag"
 SYNC_TOKEN = f"{{{DAV}}}sync-token"
 GETCTAG = f"{{{CS}}}getctag"
-CALENDAR_DATA = f"{{{CALDAV}}}calendar-data"
+CALENDAR_DATA = peruser_freebusy.CALENDAR_DATA
 SYNC_COLLECTION = f"{{{DAV}}}sync-collection"
 CALENDAR_QUERY = f"{{{CALDAV}}}calendar-query"
 COMP_FILTER = f"{{{CALDAV}}}comp-filter"
@@ -338,6 +338,8 @@ async def _report(view: View) -> web.StreamResponse:
         return await _sync(view, root)
     if root.tag == CALENDAR_QUERY and _personal_filter(root):
         return await _query(view, root)
+    if root.tag == peruser_freebusy.FREE_BUSY_QUERY:
+        return await peruser_freebusy.serve(view, root)
     return await ctx.forward(replace(view.spec, edit_xml=view.edit))
 
 

@@ -412,3 +412,53 @@ async def test_python_caldav_sharee_in_the_apple_flavour(sharing_pair: Pair) -> 
             sync_token=changed.sync_token, load_objects=False, disable_fallback=True
         )
         assert list(quiet) == []
+
+
+FREE_BUSY = (
+    '<C:free-busy-query xmlns:C="urn:ietf:params:xml:ns:caldav">'
+    '<C:time-range start="20300101T000000Z" end="20300104T000000Z"/></C:free-busy-query>'
+)
+
+
+def busy_periods(answer: Answer) -> list[str]:
+    assert answer.status == 200 and answer.header("Content-Type").startswith("text/calendar")
+    text = answer.body.decode().replace("\r\n ", "")
+    lines = re.findall(r"^FREEBUSY[^:\r\n]*:([^\r\n]*)", text, re.MULTILINE)
+    return sorted(period for line in lines for period in line.split(","))
+
+
+async def test_free_busy_follows_each_users_own_transparency(sharing_pair: Pair) -> None:
+    pair = sharing_pair
+    async with raw_session() as session:
+        alice, bob, carol = (Client(session, pair, u) for u in ("alice", "bob", "carol"))
+        owner_cal, bob_cal, carol_cal = await share_three(pair, alice, bob, carol)
+        uid = f"fb-{uuid.uuid4().hex[:6]}"
+        daily = recurring(uid, "Standup", "TRANSP:OPAQUE\r\n")  # 09-10 daily, 3rd at 14-15
+        assert (await alice("PUT", owner_cal + "d.ics", daily, **CAL)).status == 201
+        lunch = event_at(f"l-{uid}", "20300102T120000Z", "TRANSP:TRANSPARENT\r\n")
+        assert (await alice("PUT", owner_cal + "l.ics", lunch, **CAL)).status == 201
+        # bob is free during the stand-ups but busy at lunch; carol follows the default
+        mine = recurring(uid, "Standup", "TRANSP:TRANSPARENT\r\n", "TRANSP:TRANSPARENT\r\n")
+        assert (await bob("PUT", bob_cal + "d.ics", mine, **CAL)).status == 204
+        busy_lunch = event_at(f"l-{uid}", "20300102T120000Z", "TRANSP:OPAQUE\r\n")
+        assert (await bob("PUT", bob_cal + "l.ics", busy_lunch, **CAL)).status == 204
+        depth = {"Depth": "1"}
+        assert busy_periods(await bob("REPORT", bob_cal, FREE_BUSY, **depth)) == [
+            "20300102T120000Z/20300102T130000Z"
+        ]
+        # carol set nothing: alice's transparency is alice's, so lunch is busy for carol
+        assert busy_periods(await carol("REPORT", carol_cal, FREE_BUSY, **depth)) == [
+            "20300101T090000Z/20300101T100000Z", "20300102T090000Z/20300102T100000Z",
+            "20300102T120000Z/20300102T130000Z", "20300103T140000Z/20300103T150000Z",
+        ]  # fmt: skip
+        owner = await alice("REPORT", owner_cal, FREE_BUSY, **depth)
+        if owner.status == 200:  # the upstream's own answer, with alice's transparency
+            assert "20300102T120000Z" not in owner.body.decode()
+
+
+def event_at(uid: str, start: str, personal: str) -> str:
+    return (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\n"
+        f"UID:{uid}\r\nDTSTAMP:20300101T000000Z\r\nDTSTART:{start}\r\nDURATION:PT1H\r\n"
+        f"SUMMARY:Lunch\r\n{personal}END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
