@@ -35,7 +35,7 @@ from davproxy.dav.davxml import CALDAV, CS, DAV
 from davproxy.dav.errors import NEED_PRIVILEGES, VALID_SYNC_TOKEN, DavError
 from davproxy.dav.paths import canonical, within
 from davproxy.feeds import caldav_query
-from davproxy.sharing import peruser, peruser_freebusy
+from davproxy.sharing import peruser, peruser_time
 from davproxy.sharing.model import Sharing
 from davproxy.sharing.peruser_store import Entry, PerUserStore, sharee_etag
 from davproxy.store.records import Share
@@ -48,7 +48,7 @@ VALID_CALENDAR_DATA = f"{{{CALDAV}}}valid-calendar-data"
 GETETAG = f"{{{DAV}}}getetag"
 SYNC_TOKEN = f"{{{DAV}}}sync-token"
 GETCTAG = f"{{{CS}}}getctag"
-CALENDAR_DATA = peruser_freebusy.CALENDAR_DATA
+CALENDAR_DATA = peruser_time.CALENDAR_DATA
 SYNC_COLLECTION = f"{{{DAV}}}sync-collection"
 CALENDAR_QUERY = f"{{{CALDAV}}}calendar-query"
 COMP_FILTER = f"{{{CALDAV}}}comp-filter"
@@ -338,8 +338,8 @@ async def _report(view: View) -> web.StreamResponse:
         return await _sync(view, root)
     if root.tag == CALENDAR_QUERY and _personal_filter(root):
         return await _query(view, root)
-    if root.tag == peruser_freebusy.FREE_BUSY_QUERY:
-        return await peruser_freebusy.serve(view, root)
+    if root.tag == peruser_time.FREE_BUSY_QUERY:
+        return await peruser_time.serve(view, root)
     return await ctx.forward(replace(view.spec, edit_xml=view.edit))
 
 
@@ -409,6 +409,9 @@ async def _query(view: View, root: etree._Element) -> web.StreamResponse:
     """A calendar-query on alarms or transparency: the upstream is asked for every
     object of the component type, with its data; the filter is decided here."""
     query = caldav_query.parse_filter(root)
+    # the shared filter decides presence; when each alarm triggers is decided here
+    subfilters = query.comp.comps if query.comp is not None else ()
+    alarm_ranges = [c.time_range for c in subfilters if c.name == "VALARM" and c.time_range]
     asked = copy.deepcopy(root)
     prop = asked.find(davxml.PROP)
     if prop is None:
@@ -429,7 +432,11 @@ async def _query(view: View, root: etree._Element) -> web.StreamResponse:
         for node in edited.findall(davxml.RESPONSE):
             data = node.findtext(f".//{CALENDAR_DATA}")
             kind = query.kind if data and f"BEGIN:{query.kind}" in data.upper() else ""
-            if data is not None and not caldav_query.matches(query, kind or "", data):
+            if (
+                data is None
+                or not caldav_query.matches(query, kind or "", data)
+                or not all(peruser_time.alarm_in_range(data, r.start, r.end) for r in alarm_ranges)
+            ):
                 edited.remove(node)
                 continue
             for extra in node.iterfind(f"{davxml.PROPSTAT}/{davxml.PROP}/*"):

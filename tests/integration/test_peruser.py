@@ -451,6 +451,24 @@ async def test_free_busy_follows_each_users_own_transparency(sharing_pair: Pair)
             "20300101T090000Z/20300101T100000Z", "20300102T090000Z/20300102T100000Z",
             "20300102T120000Z/20300102T130000Z", "20300103T140000Z/20300103T150000Z",
         ]  # fmt: skip
+        # a VALARM time-range is when the sharee's own alarm rings (lunch at 12:00, -PT30M)
+        ringing = await bob("GET", bob_cal + "l.ics")
+        with_alarm = ringing.body.decode().replace(
+            "END:VEVENT", alarm("bob", "-PT30M") + "END:VEVENT"
+        )
+        assert (await bob("PUT", bob_cal + "l.ics", with_alarm, **CAL)).status == 204
+
+        def rings(start: str, end: str) -> str:
+            return query(
+                '<C:comp-filter name="VEVENT"><C:comp-filter name="VALARM">'
+                f'<C:time-range start="{start}" end="{end}"/></C:comp-filter></C:comp-filter>'
+            )
+
+        at_1130 = rings("20300102T110000Z", "20300102T115959Z")
+        assert set(data_by_member(await bob("REPORT", bob_cal, at_1130, **depth))) == {"l.ics"}
+        at_noon = rings("20300102T120000Z", "20300102T130000Z")
+        assert set(data_by_member(await bob("REPORT", bob_cal, at_noon, **depth))) == set()
+        assert set(data_by_member(await carol("REPORT", carol_cal, at_1130, **depth))) == set()
         owner = await alice("REPORT", owner_cal, FREE_BUSY, **depth)
         if owner.status == 200:  # the upstream's own answer, with alice's transparency
             assert "20300102T120000Z" not in owner.body.decode()

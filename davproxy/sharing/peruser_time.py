@@ -1,4 +1,8 @@
-"""``C:free-busy-query`` (RFC 4791 §7.10) on a sharee's calendar copy, from their view.
+"""Time questions about a sharee's calendar copy, answered from their own view.
+
+``C:free-busy-query`` (RFC 4791 §7.10), and the time-range of a ``VALARM`` filter (§9.9:
+when the alarm triggers), both of which depend on personal data the upstream does not
+hold for sharees.
 
 Transparency is personal in a shared calendar (caldav-sharing §5.5.4): the upstream
 only knows the owner's, so a sharee's free-busy query is answered here.  The events
@@ -145,3 +149,34 @@ def _freebusy(
         component.add("freebusy", (first, last), parameters={"FBTYPE": kind})
     calendar.add_component(component)
     return calendar.to_ical()
+
+
+#: how far before or after its instance an alarm may trigger and still be found
+_MAX_LEAD = dt.timedelta(days=366)
+
+
+def alarm_in_range(text: str, start: dt.datetime, end: dt.datetime) -> bool:
+    """Whether an alarm of the object triggers in [start, end) (RFC 4791 §9.9): relative
+    triggers from each instance's start (or end, ``RELATED=END``), absolute ones as they
+    are; repetitions aside.  An object the libraries cannot read has none."""
+    try:
+        with untrusted.parsing(_LIBRARY, "a shared object"):
+            calendar = icalendar.Calendar.from_ical(text)
+            instances = recurring_ical_events.of(calendar, components=["VEVENT", "VTODO"])
+            window = instances.between(start - _MAX_LEAD, end + _MAX_LEAD)
+        for instance in window:
+            with untrusted.parsing(_LIBRARY, "a shared object"):
+                for alarm in instance.walk("VALARM"):
+                    trigger = alarm.get("TRIGGER")
+                    when = getattr(trigger, "dt", None)
+                    if isinstance(when, dt.timedelta):
+                        related = str(trigger.params.get("RELATED", "START")).upper()
+                        anchor = instance.get("DTEND" if related == "END" else "DTSTART")
+                        if anchor is None:
+                            continue
+                        when = _utc(anchor.dt) + when
+                    if isinstance(when, dt.date) and start <= _utc(when) < end:
+                        return True
+    except (untrusted.Refused, TypeError):
+        return False
+    return False
