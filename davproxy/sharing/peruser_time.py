@@ -25,7 +25,7 @@ from lxml import etree
 
 from davproxy.dav import davxml, untrusted
 from davproxy.dav.davxml import CALDAV, DAV
-from davproxy.dav.errors import DavError
+from davproxy.dav.errors import DavError, PlainError
 from davproxy.sharing.peruser_store import Entry, PerUserStore
 from davproxy.store.records import Share
 from davproxy.upstream.proxy import Forward
@@ -88,7 +88,9 @@ async def serve(view: View, root: etree._Element) -> web.StreamResponse:
         davxml.serialize(query),
     )
     if status != 207:
-        raise DavError(502 if status >= 500 else status, None, "the upstream refused the query")
+        if status in (401, 403, 404):
+            raise DavError(403 if status == 401 else status, None, "the upstream refused the query")
+        raise PlainError(502, f"Upstream answered {status} to a calendar-query")
     entries = view.store.entries(view.share)
     busy: list[tuple[dt.datetime, dt.datetime, str]] = []
     for node in davxml.parse(body).findall(davxml.RESPONSE):

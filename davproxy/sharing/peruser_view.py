@@ -32,7 +32,7 @@ from multidict import CIMultiDictProxy
 
 from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CS, DAV
-from davproxy.dav.errors import NEED_PRIVILEGES, VALID_SYNC_TOKEN, DavError
+from davproxy.dav.errors import NEED_PRIVILEGES, VALID_SYNC_TOKEN, DavError, PlainError
 from davproxy.dav.paths import canonical, within
 from davproxy.feeds import caldav_query
 from davproxy.sharing import peruser, peruser_time
@@ -149,6 +149,10 @@ class View:
                 self._edit_collection(node)
                 continue
             entry = entries.get(member)
+            if entry is not None and " 404 " in (node.findtext(davxml.STATUS) or ""):
+                # reported gone (a sync): whoever deleted it, nobody's data of it stays
+                self.store.forget(self.share.upstream, self.share.collection, member)
+                continue
             for prop in node.iterfind(f"{davxml.PROPSTAT}/{davxml.PROP}/*"):
                 if prop.tag == GETETAG and prop.text:
                     prop.text = self.etag(prop.text.strip(), entry)
@@ -245,7 +249,9 @@ async def _current(view: View) -> tuple[str | None, peruser.CalendarObject | Non
     if status == 404:
         return None, None
     if status != 200:
-        raise DavError(status if status in (401, 403) else 502, None, "cannot read the object")
+        if status in (401, 403):
+            raise DavError(403, NEED_PRIVILEGES, "the upstream refuses to read the object")
+        raise PlainError(502, f"Upstream answered {status} to reading the object")
     try:
         return headers.get("ETag", ""), peruser.parse(body)
     except (peruser.NotCalendarData, peruser.InjectedData):

@@ -312,6 +312,21 @@ async def test_hostile_and_deleted(sharing_pair: Pair) -> None:
             answer = await bob("PUT", bob_cal + name, injected, **CAL)
             assert answer.status == 403 and b"valid-calendar-data" in answer.body
         assert b"forged" not in (await alice("GET", owner_cal + "h.ics")).body
+        # deleted behind davproxy's back: the sharee's next sync reports it, and the
+        # data goes, so the same object made again (same UID) starts without alarms
+        h_view = (await bob("GET", bob_cal + "h.ics")).body.decode()
+        with_alarm = h_view.replace("SUMMARY:H\r\n", "SUMMARY:H\r\n" + alarm("bobh", "-PT1M"), 1)
+        assert (await bob("PUT", bob_cal + "h.ics", with_alarm, **CAL)).status == 204
+        token, _ = synced(await bob("REPORT", bob_cal, sync(""), Depth="1"))
+        direct = pair.direct.url(owner_cal + "h.ics")
+        async with session.delete(direct, headers=pair.direct.headers("alice")) as gone:
+            assert gone.status in (200, 204)
+        _, changes = synced(await bob("REPORT", bob_cal, sync(token), Depth="1"))
+        assert changes == {"h.ics": "gone"}
+        again = {**pair.direct.headers("alice"), **CAL}
+        async with session.put(direct, data=recurring(uid, "H"), headers=again) as made:
+            assert made.status == 201
+        assert alarms((await bob("GET", bob_cal + "h.ics")).body.decode()) == []
         # a new object by bob: his alarm stays his
         mine = recurring(f"b-{uid}", "Bob's", alarm("bob", "-PT1M"))
         assert (await bob("PUT", bob_cal + "b.ics", mine, If_None_Match="*", **CAL)).status == 201
