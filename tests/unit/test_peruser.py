@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from davproxy.sharing import peruser as P
 from davproxy.sharing.peruser_store import PerUserStore, sharee_etag
@@ -187,3 +189,34 @@ def test_store_keeps_rows_per_share_and_drops_them_when_the_share_ends(tmp_path:
         store.share_delete(carol.id)  # revoked
     assert store.execute("SELECT COUNT(*) FROM peruser_data").fetchone()[0] == 0
     store.close()
+
+
+LINES = [
+    "BEGIN:VCALENDAR", "END:VCALENDAR", "BEGIN:VEVENT", "END:VEVENT", "BEGIN:VTODO",
+    "END:VTODO", "BEGIN:VALARM", "END:VALARM", "BEGIN:VTIMEZONE", "END:VTIMEZONE",
+    "BEGIN:X-THING", "END:X-THING", "UID:ev", "UID:other", "TRANSP:TRANSPARENT",
+    "X-MOZ-SNOOZE-TIME-1:20300101T000000Z", "RECURRENCE-ID:20300108T090000Z",
+    "RECURRENCE-ID;TZID=Europe/Berlin:20300108T090000", "RECURRENCE-ID;VALUE=DATE:2030010",
+    "DTSTART:20300101T090000Z", "DTSTART;TZID=Nowhere:2030", "DTEND:20300101T100000Z",
+    "RRULE:FREQ=WEEKLY;COUNT=3", "RRULE:FREQ=NONSENSE", "RRULE:", "EXDATE:20300108T090000Z,x",
+    "RDATE:20300109T090000Z", "DURATION:PT1H", "SUMMARY:a;b:c", " folded", "TRIGGER:-PT5M",
+    "", "DESCRIPTION:\u00e9\u20ac",
+]  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(LINES), max_size=30), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_any_line_soup_splits_or_is_refused_clearly(lines: list[str], as_bytes: bool) -> None:
+    """Hostile bodies: parse either refuses with its own errors or gives an object whose
+    writer's view holds every line, which re-splits as no change, and renders for
+    anybody (derived instances included) without raising."""
+    text = "\r\n".join(["BEGIN:VCALENDAR", *lines]) + "\r\n"
+    try:
+        obj = P.parse(text.encode() if as_bytes else text)
+    except (P.NotCalendarData, P.InjectedData):
+        return
+    again = P.parse(P.render(obj, obj.personal(), synthesize=False))
+    assert not P.split_write(again, obj).shared_changed
+    write = P.split_write(obj, obj)
+    P.render(write.shared, P.lookup(write.personal))
+    P.with_owner(write.shared, obj)
