@@ -131,7 +131,7 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
             shared ones and copies carry Apple's resourcetype markers.  What the answer
             shows to be no shareable collection (an inbox, a principal ...) gets none of
             it, nor the properties ``provide`` adds (this runs first for each response)."""
-            rest, role, _ = role_of(path)
+            rest, role, share = role_of(path)
             types = davxml.resourcetypes(node)
             if role == "owned" and types is not None and not shareable_type(types):
                 roles[rest] = (None, None)
@@ -140,6 +140,8 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
             marker = sharing.properties.shared_marker(role, rest)
             if marker is not None:
                 changed = davxml.add_resourcetype(node, marker)
+            if role == "copy" and share is not None:  # listed by the upstream itself
+                changed = peruser_view.listed(sharing.store, share, node) or changed
             if role == "owned":
                 changed = davxml.add_privilege(node, f"{{{DAV}}}share") or changed
                 listed = davxml.found_prop(node, SUPPORTED_PRIVILEGES)

@@ -164,7 +164,10 @@ async def listing(
         None,
         _copy_marker(copy_path),
     )
-    return davxml.parse(edited).find(davxml.RESPONSE)
+    listed = davxml.parse(edited).find(davxml.RESPONSE)
+    if listed is not None:
+        peruser_view.listed(sharing.store, share, listed)  # the sharee's sync token, ctag
+    return listed
 
 
 def _copy_provider(

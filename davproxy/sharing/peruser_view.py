@@ -39,6 +39,7 @@ from davproxy.sharing import peruser, peruser_time
 from davproxy.sharing.model import Sharing
 from davproxy.sharing.peruser_store import Entry, PerUserStore, sharee_etag
 from davproxy.store.records import Share
+from davproxy.store.sqlite import Store
 from davproxy.upstream.proxy import Forward, end_to_end
 from davproxy.upstream.site import Context
 
@@ -66,7 +67,7 @@ class View:
         self.ctx, self.share, self.spec = ctx, share, spec
         self.store = PerUserStore(sharing.store)
         self.copy_key = canonical(copy_path).rstrip("/") + "/"
-        self.tag = hashlib.sha256(share.invite_uid.encode()).hexdigest()[:12]
+        self.tag = _tag(share)
 
     # -- upstream requests of davproxy's own ---------------------------------------------
 
@@ -96,7 +97,7 @@ class View:
         return sharee_etag(upstream_etag, entry.revision if entry is not None else 0)
 
     def token(self, upstream_token: str, revision: int) -> str:
-        return f"{upstream_token}{TOKEN_MARK}{self.tag}-{revision}"
+        return copy_token(self.share, upstream_token, revision)
 
     def parse_token(self, value: str) -> tuple[str, int]:
         """(upstream token, revision) of a client's token; '' stands for an initial sync."""
@@ -163,12 +164,35 @@ class View:
         return davxml.serialize(root)
 
     def _edit_collection(self, node: etree._Element) -> None:
-        for prop in node.iterfind(f"{davxml.PROPSTAT}/{davxml.PROP}/*"):
-            if prop.tag == SYNC_TOKEN and prop.text:
-                prop.text = self.token(prop.text.strip(), self.store.revision())
-            elif prop.tag == GETCTAG and prop.text:
-                newest = self.store.newest(self.share)
-                prop.text = hashlib.sha256(f"{prop.text}\0{newest}".encode()).hexdigest()[:32]
+        listed(self.store, self.share, node)
+
+
+def _tag(share: Share) -> str:
+    """What ties a token to one copy (one invitation)."""
+    return hashlib.sha256(share.invite_uid.encode()).hexdigest()[:12]
+
+
+def copy_token(share: Share, upstream_token: str, revision: int) -> str:
+    return f"{upstream_token}{TOKEN_MARK}{_tag(share)}-{revision}"
+
+
+def listed(store: PerUserStore | Store, share: Share, node: etree._Element) -> bool:
+    """The copy's own response, wherever it is listed (under it, or in the sharee's
+    home): its sync token and ctag carry the sharee's per-user changes, so a client that
+    watches the ctag in the home listing sees its own alarm edits from other devices."""
+    if share.kind != "calendar":
+        return False
+    data = store if isinstance(store, PerUserStore) else PerUserStore(store)
+    changed = False
+    for prop in node.iterfind(f"{davxml.PROPSTAT}/{davxml.PROP}/*"):
+        if prop.tag == SYNC_TOKEN and prop.text:
+            prop.text = copy_token(share, prop.text.strip(), data.revision())
+            changed = True
+        elif prop.tag == GETCTAG and prop.text:
+            newest = data.newest(share)
+            prop.text = hashlib.sha256(f"{prop.text}\0{newest}".encode()).hexdigest()[:32]
+            changed = True
+    return changed
 
 
 def may_write(share: Share, method: str, below: str) -> bool:

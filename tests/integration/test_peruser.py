@@ -275,6 +275,30 @@ async def test_three_people_each_hear_only_their_own_reminders(sharing_pair: Pai
         listed_token = xml(listing).findtext(".//D:sync-token", namespaces=NS)
         assert synced(await bob("REPORT", bob_cal, sync(listed_token), Depth="1"))[1] == {}
 
+        # the copy in bob's home listing: his token, and a ctag that moves with his alarms
+        async def home_entry() -> tuple[str, str]:
+            home = pair.calendar_home.replace("alice", "bob")
+            listing = await bob(
+                "PROPFIND", home,
+                '<D:propfind xmlns:D="DAV:" xmlns:CS="http://calendarserver.org/ns/"><D:prop>'
+                "<CS:getctag/><D:sync-token/><D:resourcetype/></D:prop></D:propfind>",
+                Depth="1",
+            )  # fmt: skip
+            assert listing.status == 207, listing.body
+            for node in xml(listing).findall("D:response", NS):
+                if node.findtext("D:href", namespaces=NS).rstrip("/") == bob_cal.rstrip("/"):
+                    return (
+                        node.findtext(".//CS:getctag", namespaces=NS) or "",
+                        node.findtext(".//D:sync-token", namespaces=NS) or "",
+                    )
+            raise AssertionError(f"{bob_cal} not listed")
+
+        ctag, home_token = await home_entry()
+        assert synced(await bob("REPORT", bob_cal, sync(home_token), Depth="1"))[1] == {}
+        louder = quieter.replace("TRIGGER:-PT20M", "TRIGGER:-PT25M")
+        assert (await bob("PUT", bob_cal + "ev.ics", louder, **CAL)).status == 204
+        assert (await home_entry())[0] != ctag
+
         # the end of a share takes the sharee's data with it: re-invited, carol starts clean
         end = share_body(("mailto:carol@example.org", "no-access"))
         assert (await alice("POST", owner_cal, end, **SHARING)).status == 204
