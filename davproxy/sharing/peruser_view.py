@@ -164,7 +164,7 @@ class View:
         return davxml.serialize(root)
 
     def _edit_collection(self, node: etree._Element) -> None:
-        listed(self.store, self.share, node)
+        listed(self.store.store, self.share, node)
 
 
 def _tag(share: Share) -> str:
@@ -176,13 +176,13 @@ def copy_token(share: Share, upstream_token: str, revision: int) -> str:
     return f"{upstream_token}{TOKEN_MARK}{_tag(share)}-{revision}"
 
 
-def listed(store: PerUserStore | Store, share: Share, node: etree._Element) -> bool:
+def listed(store: Store, share: Share, node: etree._Element) -> bool:
     """The copy's own response, wherever it is listed (under it, or in the sharee's
     home): its sync token and ctag carry the sharee's per-user changes, so a client that
     watches the ctag in the home listing sees its own alarm edits from other devices."""
     if share.kind != "calendar":
         return False
-    data = store if isinstance(store, PerUserStore) else PerUserStore(store)
+    data = PerUserStore(store)
     changed = False
     for prop in node.iterfind(f"{davxml.PROPSTAT}/{davxml.PROP}/*"):
         if prop.tag == SYNC_TOKEN and prop.text:
@@ -249,8 +249,9 @@ async def _get(view: View, member: str | None) -> web.StreamResponse:
     calendar = headers.get("Content-Type", "").lower().startswith("text/calendar")
     if status == 404 and member is not None:
         view.store.forget(view.share.upstream, view.share.collection, member)
-    if status != 200 or not calendar:
-        return _relayed(status, headers, body if request.method == "GET" else b"")
+    if status != 200 or not calendar:  # nothing of the sharee's in it: as it came
+        kept = {"ETag": headers["ETag"]} if "ETag" in headers else {}
+        return _relayed(status, headers, body if request.method == "GET" else b"", **kept)
     entry = view.store.entry(view.share, member) if member is not None else None
     text = view.text(body.decode("utf-8", errors="replace"), entry)
     if member is None:  # a whole-collection export: nobody's personal data
