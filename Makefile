@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 PIP_INSTALL  = $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: demo test fuzz-smoke soak lint bench constraints clean browser
+.PHONY: demo test fuzz-smoke soak lint bench constraints clean browser davical
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,12 @@ endif
 browser:
 	@bash .ci/install-chromium
 
-test: lint fuzz-smoke browser
+# Debian's DAViCal (Apache/mod_php, PostgreSQL) for the tests against a third upstream,
+# installed when missing and this is root with apt-get (else those tests skip and say why).
+davical:
+	@bash .ci/install-davical
+
+test: lint fuzz-smoke browser davical
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak or regression"
 
 # The long reliability suite: SIGKILL loop, 200-client load, 10,000 fuzzed requests.

@@ -10,12 +10,16 @@ and start-up goes through the same few calls, whatever the backend:
 - ``radicale-native`` (``access/radicale_native.py``): Radicale's own map shares
   serve and enforce each copy under the sharee's identity; davproxy keeps them equal
   to the store.
+- ``acl`` (``access/acl.py``): the upstream's WebDAV ACL (RFC 3744) enforces each
+  share; davproxy writes the sharee's ACE on the owner's collection and forwards
+  requests under the copy as the sharee.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from davproxy.access.acl import AclBackend
 from davproxy.access.foreign import ForeignShare
 from davproxy.access.proxy_enforced import ProxyEnforced
 from davproxy.access.radicale_api import RadicaleSharingApi
@@ -40,6 +44,12 @@ class AccessBackend(Protocol):
     def upstream_serves_copies(self) -> bool:
         """Whether a sharee's copy is a real path of the upstream, served to the sharee
         under their own identity (else davproxy maps it onto the owner's collection)."""
+        ...
+
+    @property
+    def upstream_enforces(self) -> bool:
+        """Whether the upstream checks each sharee itself: requests under a copy then
+        go upstream as the sharee, never as the owner."""
         ...
 
     def reserved(self, rest: str) -> bool:
@@ -114,4 +124,7 @@ def backend_for(store: Store, upstream: Upstream, auth: Authenticator) -> Access
             return config_users | (htpasswd.users() if htpasswd is not None else set())
 
         return RadicaleNative(store, upstream, api, known_users)
+    if upstream.config.access.backend == "acl":
+        whole = upstream.config.access.acl_request == "whole"
+        return AclBackend(store, upstream, auth.headers_for, whole)
     return ProxyEnforced()

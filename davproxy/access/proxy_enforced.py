@@ -16,6 +16,7 @@ class ProxyEnforced:
     name = "proxy-enforced"
     upstream_rights = False
     upstream_serves_copies = False
+    upstream_enforces = False
 
     def reserved(self, rest: str) -> bool:
         return False

@@ -54,6 +54,7 @@ class RadicaleNative:
     name = "radicale-native"
     upstream_rights = True
     upstream_serves_copies = True
+    upstream_enforces = True
 
     def __init__(
         self,

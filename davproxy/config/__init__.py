@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from yarl import URL
 
+from davproxy.config.groups import DirectoryGroup, load_groups
 from davproxy.config.tables import (
     REQUIRED,
     ConfigError,
@@ -34,12 +35,13 @@ from davproxy.dav.paths import slash
 
 IdentityMode = Literal["upstream-basic", "proxy-auth"]
 HrefMapping = Literal["none", "script-name", "rewrite"]
-UpstreamKind = Literal["radicale", "xandikos", "generic"]
+UpstreamKind = Literal["radicale", "xandikos", "davical", "generic"]
 
-_KINDS = ("radicale", "xandikos", "generic")
+_KINDS = ("radicale", "xandikos", "davical", "generic")
 _IDENTITY_MODES = ("upstream-basic", "proxy-auth")
 _HREF_MAPPINGS = ("auto", "none", "script-name", "rewrite")
-_ACCESS_BACKENDS = ("proxy-enforced", "radicale-native")
+_ACCESS_BACKENDS = ("proxy-enforced", "radicale-native", "acl")
+_ACL_REQUESTS = ("whole", "own-aces")
 _FOREIGN_HOMES = ("refuse", "upstream")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("text", "json")
@@ -56,7 +58,15 @@ _LAYOUT_DEFAULTS: dict[str, dict[str, str]] = {
         "calendar_home": "{user}/calendars/",
         "addressbook_home": "{user}/contacts/",
     },
+    # the upstream url ends in /caldav.php/: principal and both homes are /caldav.php/<user>/
+    "davical": {
+        "principal": "{user}/",
+        "calendar_home": "{user}/",
+        "addressbook_home": "{user}/",
+    },
 }
+# How a server takes an ACL request (access/acl.py): DAViCal merges per principal.
+_ACL_REQUEST_DEFAULT: dict[str, str] = {"davical": "own-aces"}
 
 
 # Requests davproxy lets run at once against one upstream; the rest wait in davproxy.
@@ -66,7 +76,13 @@ _MAX_CONNECTIONS: dict[str, int] = {"radicale": 2}
 # Whether davproxy refuses requests into another user's space itself.  Radicale (with
 # the owner_only rights davproxy's set-ups use) and Xandikos grant nothing across users;
 # for a generic server davproxy cannot know, so its own rights decide.
-_FOREIGN_HOMES_DEFAULT: dict[str, str] = {"radicale": "refuse", "xandikos": "refuse"}
+# DAViCal lets every user read others' free-busy and get "busy" placeholders of their
+# events: davproxy refuses other homes there too (sharees use their copies).
+_FOREIGN_HOMES_DEFAULT: dict[str, str] = {
+    "radicale": "refuse",
+    "xandikos": "refuse",
+    "davical": "refuse",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +177,9 @@ class AccessConfig:
     # another user's principal or homes: refused by davproxy ("refuse"), or left to the
     # upstream's own rights ("upstream", for rights that grant cross-user access)
     foreign_homes: str = "upstream"
+    # acl backend: an ACL request is the whole new ACL ("whole", RFC 3744) or only the
+    # ACEs it names, merged per principal ("own-aces", DAViCal)
+    acl_request: str = "whole"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +203,7 @@ class UpstreamConfig:
     users: tuple[DirectoryUser, ...] = ()
     feeds: tuple[FeedConfig, ...] = ()
     max_connections: int = 32
+    groups: tuple[DirectoryGroup, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +463,9 @@ def _load_upstream(source: Path, table: Table) -> UpstreamConfig:
         foreign_homes=access_t.text(
             "foreign_homes", _FOREIGN_HOMES_DEFAULT.get(kind, "upstream"), _FOREIGN_HOMES
         ),
+        acl_request=access_t.text(
+            "acl_request", _ACL_REQUEST_DEFAULT.get(kind, "whole"), _ACL_REQUESTS
+        ),
     )
     access_t.finish()
     if access.backend == "radicale-native" and (kind != "radicale" or mode != "proxy-auth"):
@@ -450,6 +473,12 @@ def _load_upstream(source: Path, table: Table) -> UpstreamConfig:
             "backend",
             "'radicale-native' needs kind = 'radicale' and [identity] mode = 'proxy-auth' "
             "(davproxy accepts shares in Radicale on the sharee's behalf)",
+        )
+    if access.backend == "acl" and mode == "upstream-basic" and not access.service_user:
+        raise access_t.error(
+            "backend",
+            "'acl' in upstream-basic mode needs service_user and service_password: an "
+            "account allowed to change every owner's ACL (DAViCal: an administrator)",
         )
 
     users = tuple(_load_user(t) for t in mapping.tables("users"))
@@ -468,6 +497,7 @@ def _load_upstream(source: Path, table: Table) -> UpstreamConfig:
                     f"{other!r}'s address; an address may belong to one user only"
                 )
 
+    groups = load_groups(mapping, mapping_path, seen, set(addresses))
     feeds = tuple(_load_feed(t) for t in mapping.tables("feeds"))
     names = [feed.name for feed in feeds]
     for i, feed in enumerate(feeds):
@@ -488,6 +518,7 @@ def _load_upstream(source: Path, table: Table) -> UpstreamConfig:
         users=users,
         feeds=feeds,
         max_connections=max_connections or _MAX_CONNECTIONS.get(kind, 32),
+        groups=groups,
     )
 
 

@@ -248,13 +248,28 @@ def augment(
         props = [
             owned[name] if request.mode != "propname" else etree.Element(name) for name in wanted
         ]
-        node.append(propstat(200, props))
+        _graft(node, propstat(200, props))
         changed = True
     if not changed:
         return body  # nothing of ours was asked for: the upstream's bytes, untouched
     for extra_node in extra or ():
         root.append(extra_node)
     return serialize(root)
+
+
+def _graft(parent: etree._Element, node: etree._Element) -> None:
+    """Append a copy of ``node`` that declares no namespace prefix of its own.
+
+    Moving an element into a parsed document makes lxml bind it to the document's
+    declaration of its namespace while the element's own declarations stay: when the
+    upstream uses ``C`` for another namespace than davproxy's ``NSMAP`` (DAViCal:
+    ``xmlns:C="http://calendarserver.org/ns/"``), the result reads as the wrong element.
+    Rebuilt element by element, each name takes a prefix in scope, or a fresh one."""
+    copy = etree.SubElement(parent, node.tag, attrib=dict(node.attrib))
+    copy.text, copy.tail = node.text, node.tail
+    for child in node:
+        if isinstance(child.tag, str):
+            _graft(copy, child)
 
 
 def answer(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import http_parser, web, web_protocol
 
+from davproxy import config as config_mod
 from davproxy.config import Config
 from davproxy.dav import davxml
 from davproxy.dav.errors import DavError, PlainError
@@ -20,7 +21,7 @@ from davproxy.edge.guard import FORM_LOGIN, GUARD, LoginGuard
 from davproxy.edge.logs import log_access
 from davproxy.edge.monitoring import Metrics, Monitor
 from davproxy.edge.routes import ROUTE, Router
-from davproxy.edge.sites import build_site, feed_parts
+from davproxy.edge.sites import build_site, feed_parts, reload_directory
 from davproxy.feeds.refresh import Refresher
 from davproxy.sharing import upstream_rights
 from davproxy.store.sqlite import Store
@@ -132,6 +133,17 @@ def listening(app: web.Application) -> None:
     app[LISTENING].set()
 
 
+async def reload(app: web.Application) -> None:
+    """SIGHUP: read the configuration again and apply its users and groups; a file
+    that no longer loads changes nothing (the error is logged)."""
+    try:
+        fresh = config_mod.load(app[CONFIG].source)
+    except config_mod.ConfigError as exc:
+        log.error("reload refused, nothing changed: %s", exc)
+        return
+    await reload_directory(app[ROUTER].sites, fresh)
+
+
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware],
@@ -163,6 +175,9 @@ def create_app(config: Config) -> web.Application:
             raise SetupError(f"cannot read an htpasswd file: {exc}") from None
         for site in sites:
             site.subscriptions.sync_configured()
+            # the mapping file's groups as they are now: changes made while davproxy
+            # was stopped are applied (and members told) before anyone is served
+            await site.sharing.groups.apply_directory(site.upstream.config.groups)
         for site in sites:
             try:
                 await upstream_rights.reconcile(site.sharing)

@@ -26,16 +26,18 @@ from davproxy.sharing import copies, peruser_view
 from davproxy.sharing.copies import SHARING_TOKENS
 from davproxy.sharing.model import shareable_type
 from davproxy.sharing.notifications import collection_path
+from davproxy.sharing.principals import PRINCIPAL_TOKENS
 from davproxy.sharing.properties import SUPPORTED_PRIVILEGES, supported_share
 from davproxy.store.records import Share
 from davproxy.upstream.site import Context
 
 NOTIFICATION_URL = f"{{{DAV}}}notification-URL"
 CS_NOTIFICATION_URL = f"{{{CS}}}notification-URL"
+GROUP_MEMBERSHIP = f"{{{DAV}}}group-membership"  # RFC 3744 §4.4: the user's groups
 # What the user's homes offer: sharing, and subscriptions kept on the server (Apple
 # clients store a subscription in the home only when the server announces this; sabre/dav
 # uses the same token).
-HOME_TOKENS = (*SHARING_TOKENS, "calendarserver-subscribed")
+HOME_TOKENS = (*SHARING_TOKENS, "calendarserver-subscribed", *PRINCIPAL_TOKENS)
 # Upstream properties davproxy extends: the privilege set (D:share on the user's own
 # collections) and resourcetype (CS:shared-owner / CS:shared markers).
 PRIVILEGES = f"{{{DAV}}}current-user-privilege-set"
@@ -47,6 +49,7 @@ OWNED_PROPS = frozenset(
     {
         NOTIFICATION_URL,
         CS_NOTIFICATION_URL,
+        GROUP_MEMBERSHIP,
         f"{{{DAV}}}share-access",
         f"{{{DAV}}}invite",
         f"{{{DAV}}}share-resource-uri",
@@ -115,6 +118,13 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
                 return {
                     NOTIFICATION_URL: element(NOTIFICATION_URL, href(notification_url)),
                     CS_NOTIFICATION_URL: element(CS_NOTIFICATION_URL, href(notification_url)),
+                    GROUP_MEMBERSHIP: element(
+                        GROUP_MEMBERSHIP,
+                        *(
+                            href(sharing.groups.principal(g))
+                            for g in sharing.groups.memberships(user)
+                        ),
+                    ),
                 }
             rest, role, share = role_of(path)
             if role == "owned":
@@ -160,8 +170,9 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
         body = await ctx.body()
         _refuse_shared_default_calendar(site, user, body)
         spec = replace(spec, body=body)
-    elif method == "DELETE" and sharing.store.shares_under(
-        upstream.name, canonical(slash(ctx.rest))
+    elif method == "DELETE" and (
+        sharing.store.shares_under(upstream.name, canonical(slash(ctx.rest)))
+        or sharing.groups.holds(canonical(slash(ctx.rest)))
     ):
         # a shared collection, or a home (or anything else) that holds one
         answers: list[web.StreamResponse] = []

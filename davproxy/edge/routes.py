@@ -35,7 +35,9 @@ from davproxy.edge.sites import Site
 from davproxy.feeds.store import Subscription
 from davproxy.feeds.subscriptions import FEEDS_SEGMENT
 from davproxy.sharing import copies
+from davproxy.sharing.groups import GROUPS_SEGMENT
 from davproxy.sharing.notifications import COLLECTION_SEGMENT
+from davproxy.sharing.principals import SEARCH_REPORTS, Principals
 from davproxy.sharing.requests import CS_INVITE_REPLY, CS_SHARE, SHARE_RESOURCE, VALID_REQUEST
 from davproxy.store.records import Share
 from davproxy.upstream.site import WELL_KNOWN, Context, Limits
@@ -55,6 +57,7 @@ class Place(Enum):
     FEEDS = "<prefix>.davproxy/feeds/…"
     NOTIFICATIONS = "<prefix>.davproxy/notifications/<user>/…"
     WHOAMI = "<prefix>.davproxy/whoami"
+    GROUPS = "<prefix>.davproxy/groups/… (group principals)"
     WEB = "<prefix>.davproxy/web/… (the sharing web page)"
     OWN_OTHER = "any other <prefix>.davproxy/ path"
     ANONYMOUS = "upstream path, no user (discovery, or upstream-basic without credentials)"
@@ -80,7 +83,7 @@ class Facts:
     share: Share | None = None
     subscription: Subscription | None = None
     below: str = ""  # below the copy, subscription or .davproxy/<segment>; an ended copy
-    post_root: str | None = None  # root tag of an XML POST body, or UNUSABLE_XML
+    post_root: str | None = None  # root tag of an XML POST (or search REPORT) body
     sharing_type: bool = False  # Content-Type application/davsharing+xml
     wanted_subscription: tuple[str, dict[str, str]] | None = None  # MKCOL/MKCALENDAR
 
@@ -224,6 +227,21 @@ async def _not_a_share(ctx: Context, site: Site, facts: Facts) -> web.StreamResp
     raise DavError(400, None, f"expected DAV:share-resource, got {facts.post_root}")
 
 
+def _principals(site: Site) -> Principals:
+    return Principals(site.sharing.directory, site.upstream, site.sharing.groups)
+
+
+async def _groups(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    body = await ctx.body()
+    return await _principals(site).serve(ctx.request, facts.below, body)
+
+
+async def _principal_search(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
+    """A principal search anywhere in the upstream's space: answered from davproxy's
+    directory (the upstreams have none, digest groups.md §2.3)."""
+    return _principals(site).report(ctx.request, await ctx.body())
+
+
 async def _own(ctx: Context, site: Site, facts: Facts) -> web.StreamResponse:
     assert facts.user is not None
     return await augment.serve(ctx, site, facts.user)
@@ -261,6 +279,7 @@ _POST = frozenset({"POST"})
 _CREATORS = frozenset({"MKCOL", "MKCALENDAR"})
 _SHARES = frozenset({SHARE_RESOURCE, CS_SHARE})
 _REPLIES = frozenset({CS_INVITE_REPLY})
+_REPORT = frozenset({"REPORT"})
 _UNUSABLE = frozenset({UNUSABLE_XML})
 
 # Read top to bottom: the first match answers.  (name, place, handler, methods,
@@ -272,6 +291,7 @@ ROUTES: tuple[Route, ...] = (
     Route("whoami", Place.WHOAMI, _whoami, _GET, user="verified"),
     Route("whoami", Place.WHOAMI, _whoami_method, user="none"),
     Route("web", Place.WEB, _web, user="none"),  # its own login form and session cookie
+    Route("groups", Place.GROUPS, _groups, user="verified"),
     Route("own-unknown", Place.OWN_OTHER, _own_unknown, user="none"),
     # the upstream's space
     Route("passthrough", Place.ANONYMOUS, _passthrough, user="none"),
@@ -285,6 +305,15 @@ ROUTES: tuple[Route, ...] = (
     Route("subscribe", Place.UPSTREAM, _subscribe, _CREATORS, None, _subscribing, "verified"),
     Route("share", Place.UPSTREAM, _share, _POST, _SHARES, None, "verified"),
     Route("reply", Place.UPSTREAM, _reply, _POST, _REPLIES, _at_home, "verified"),
+    Route(
+        "principal-search",
+        Place.UPSTREAM,
+        _principal_search,
+        _REPORT,
+        SEARCH_REPORTS,
+        None,
+        "verified",
+    ),  # fmt: skip
     Route("passthrough", Place.UPSTREAM, _unusable_share, _POST, _UNUSABLE, _owns_collection),
     Route("passthrough", Place.UPSTREAM, _not_a_share, _POST, None, _sharing_type),
     Route("passthrough", Place.UPSTREAM, _own),
@@ -327,6 +356,10 @@ async def classify(ctx: Context, site: Site) -> Facts:
     ):
         facts.sharing_type = "davsharing+xml" in request.headers.get("Content-Type", "")
         facts.post_root = _root_tag(await ctx.body(), strict=facts.sharing_type)
+    elif request.method == "REPORT" and request.body_exists:
+        body = await ctx.body()  # read by the XML gate anyway; parsed only if a search
+        if b"principal-search" in body or b"principal-property-search" in body:
+            facts.post_root = _root_tag(body, strict=False)
     return facts
 
 
@@ -351,6 +384,8 @@ def _classify_own(subpath: str) -> Facts:
         return Facts(Place.NOTIFICATIONS, below=subpath[len(COLLECTION_SEGMENT) + 1 :])
     if subpath == "whoami":
         return Facts(Place.WHOAMI)
+    if subpath == GROUPS_SEGMENT or subpath.startswith(GROUPS_SEGMENT + "/"):
+        return Facts(Place.GROUPS, below=subpath[len(GROUPS_SEGMENT) :])  # "" or "/…"
     if subpath == WEB_SEGMENT or subpath.startswith(WEB_SEGMENT + "/"):
         return Facts(Place.WEB, below=subpath[len(WEB_SEGMENT) :])  # "" or "/…"
     return Facts(Place.OWN_OTHER)

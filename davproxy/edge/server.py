@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from davproxy import config as config_mod
-from davproxy.edge.app import SetupError, create_app, listening
+from davproxy.edge.app import SetupError, create_app, listening, reload
 from davproxy.store.sqlite import StoreError
 
 log = logging.getLogger("davproxy")
@@ -63,6 +63,14 @@ async def run_until_signal(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:  # SIGHUP: the mapping files' users and groups read again
+        task = asyncio.create_task(reload(app))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     try:
         if on_started is not None:
             result = on_started(port)
@@ -71,7 +79,7 @@ async def run_until_signal(
         await stop.wait()
         log.info("shutting down (finishing requests in flight)")
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await runner.cleanup()
         log.info("stopped")

@@ -8,6 +8,7 @@ a source URL is fetched once however many upstreams' users subscribe to it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from davproxy.access.backend import backend_for
@@ -24,6 +25,8 @@ from davproxy.upstream.client import Upstream
 from davproxy.upstream.directory import Directory
 from davproxy.upstream.identity import Authenticator
 from davproxy.web.sessions import WebSessions
+
+log = logging.getLogger("davproxy.sites")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +77,22 @@ def build_site(store: Store, upstream: Upstream, parts: FeedParts) -> Site:
     )
     web = WebSessions(store, upstream.name)
     return Site(upstream, auth, sharing, notifications, subscriptions, web)
+
+
+async def reload_directory(sites: list[Site], config: Config) -> int:
+    """Apply the mapping files' users and groups as ``config`` (read again) has them:
+    SIGHUP and ``davproxy admin reload``.  Returns how many groups changed."""
+    fresh = {upstream.name: upstream for upstream in config.upstreams}
+    changed = 0
+    for site in sites:
+        new = fresh.get(site.upstream.name)
+        if new is None:
+            log.warning(
+                "reload: %s is no longer configured; restart to drop it", site.upstream.name
+            )
+            continue
+        site.sharing.directory.update_users(new.users)
+        count = await site.sharing.groups.apply_directory(new.groups)
+        log.info("reload: %s: users and groups read again, %d group(s) changed", new.name, count)
+        changed += count
+    return changed

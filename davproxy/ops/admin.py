@@ -23,10 +23,11 @@ from davproxy.config.tables import MissingHtpasswd
 from davproxy.dav.errors import DavError, PlainError
 from davproxy.dav.paths import canonical
 from davproxy.edge.server import StartupError
-from davproxy.edge.sites import FeedParts, Site, build_site, feed_parts
+from davproxy.edge.sites import FeedParts, Site, build_site, feed_parts, reload_directory
 from davproxy.ops import users
 from davproxy.sharing import upstream_rights
 from davproxy.sharing.requests import ShareeRequest
+from davproxy.store.records import Share
 from davproxy.store.sqlite import Store, StoreError
 from davproxy.upstream.client import Upstream
 
@@ -78,6 +79,10 @@ def add_parser(sub: Any) -> None:
     refresh.add_argument("names", nargs="*", help="feed names, subscription paths or URLs")
 
     verbs.add_parser("check", help="store integrity, schema version and counts")
+    verbs.add_parser(
+        "reload",
+        help="apply the mapping files' users and groups now (members are invited or told)",
+    )
     reconcile = verbs.add_parser(
         "reconcile", help="bring upstream-native access rights in line with the store"
     )
@@ -158,6 +163,11 @@ async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store
             return _notifications(args, store, _pick(sites, args.upstream))
         if verb == "check":
             return _check(args, store)
+        if verb == "reload":  # what SIGHUP makes the server do, from this process
+            changed = await reload_directory(list(sites.values()), config)
+            print(json.dumps({"groups_changed": changed}) if args.json else
+                  f"users and groups applied: {changed} group(s) changed")  # fmt: skip
+            return 0
         if verb == "revoke":
             return await _revoke(args, store, _pick(sites, args.upstream))
         if verb in ("share", "accept"):
@@ -231,7 +241,10 @@ def _when(stamp: float) -> str:
 def _shares(args: argparse.Namespace, store: Store, sites: dict[str, Site]) -> int:
     if args.upstream is not None:
         _pick(sites, args.upstream)  # an unknown upstream is an error, not an empty list
-    everyone = {name for s in store.all_shares() for name in (s.owner, s.sharee)}
+    listed: list[tuple[Share, str | None]] = [(share, None) for share in store.all_shares()]
+    for site in sites.values():  # a group's own entry (sharee group:<id>), then members'
+        listed = [*site.sharing.groups.listing(), *listed]
+    everyone = {name for s, _ in listed for name in (s.owner, s.sharee)}
     for key in ("owner", "sharee"):
         wanted = getattr(args, key)
         known = wanted in everyone or any(s.sharing.directory.known(wanted) for s in sites.values())
@@ -239,7 +252,7 @@ def _shares(args: argparse.Namespace, store: Store, sites: dict[str, Site]) -> i
             print(f"davproxy: no user {wanted!r} is known (--{key})", file=sys.stderr)
             return 2
     rows = []
-    for share in store.all_shares():
+    for share, group in listed:
         values = {
             "upstream": share.upstream, "owner": share.owner, "sharee": share.sharee,
             "collection": share.collection, "status": share.status,
@@ -250,19 +263,22 @@ def _shares(args: argparse.Namespace, store: Store, sites: dict[str, Site]) -> i
             for key, value in values.items()
         ):
             continue
+        via = group if group is not None else sites[share.upstream].sharing.groups.via(share)
         rows.append(
             {
                 **values,
                 "access": share.access,
                 "copy": share.mount or "",
+                "via": via,
                 "updated": _when(share.updated),
             }
         )
     _emit(
         args,
         rows,
-        ("upstream", "owner", "collection", "sharee", "access", "status", "copy", "updated"),
-    )
+        ("upstream", "owner", "collection", "sharee", "access", "status", "copy", "via",
+         "updated"),
+    )  # fmt: skip
     invalid = sum(row["status"] == "invalid" for row in rows)
     if invalid and not args.json:
         print(
@@ -369,6 +385,14 @@ async def _revoke(args: argparse.Namespace, store: Store, site: Site) -> int:
         (collection if collection is not None else args.collection).rstrip("/") + "/"
     )
     share = store.share_for(site.upstream.name, collection, args.sharee)
+    group = site.sharing.groups.resolve(args.sharee) if share is None else None
+    shared = site.sharing.groups.shared_with(collection, group) if group else None
+    if shared is not None:  # a group: every member's share through it ends or drops
+        info = await site.sharing.owner_collection_info(shared.owner, collection)
+        request = ShareeRequest(args.sharee, "no-access", "", "")
+        await site.sharing.change_sharees(shared.owner, collection, info, [request])
+        print(f"revoked: {collection} no longer shared with group {group}")
+        return 0
     if share is None:
         print(f"davproxy: no share of {collection} with {args.sharee}", file=sys.stderr)
         return 1
@@ -401,6 +425,8 @@ async def _share_or_accept(args: argparse.Namespace, store: Store, site: Site) -
     try:
         if args.verb == "share":
             sharee = site.sharing.directory.resolve(args.sharee)
+            if sharee is None and site.sharing.groups.resolve(args.sharee) is not None:
+                sharee = "group:" + str(site.sharing.groups.resolve(args.sharee))
             if sharee is None:
                 print(f"davproxy: {args.sharee!r} names no known user", file=sys.stderr)
                 return 1
@@ -415,7 +441,7 @@ async def _share_or_accept(args: argparse.Namespace, store: Store, site: Site) -
             request = ShareeRequest(args.sharee, args.access, args.comment[:4096], "")
             await sharing.change_sharees(owner, collection, info, [request])
             share = store.share_for(site.upstream.name, collection, sharee)
-            status = share.status if share else "?"
+            status = share.status if share else "shared" if sharee.startswith("group:") else "?"
             public = site.upstream.paths.public + collection
             result = {"collection": public, "owner": owner, "sharee": sharee,
                       "access": args.access, "status": status}  # fmt: skip

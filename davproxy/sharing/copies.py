@@ -4,8 +4,9 @@ Requests under a copy are rewritten to the owner's collection and forwarded as t
 owner, with the sharee's access enforced here first; every href in the answer is mapped
 back to the copy (resource-sharing-04 §4.6, caldav-sharing §4).  Where the access backend
 makes the upstream serve copies itself (radicale-native), the request goes to the copy's
-own path as the sharee and davproxy only adds the sharing properties.  The copy's own
-response in its parent's Depth 1 listing is built here too.
+own path as the sharee and davproxy only adds the sharing properties; where the upstream
+enforces shares on the owner's collection (acl), the request is rewritten there but sent
+as the sharee.  The copy's own response in its parent's Depth 1 listing is built here too.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
 
     origin = ctx.origin
     copy = PathMap(copy_path, upstream.paths.public + share.collection)
-    base = ctx.spec(share.collection + below, share.owner)
+    # as the owner, unless the upstream checks the sharee itself (acl): then as the client
+    acting = None if sharing.access.upstream_enforces else share.owner
+    base = ctx.spec(share.collection + below, acting)
     to_upstream = base.request_hrefs or (lambda h: h)
     to_public = base.response_hrefs or (lambda h: h)
     copy_key, owner_key = canonical(copy_path), canonical(upstream.paths.public + share.collection)

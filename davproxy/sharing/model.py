@@ -25,6 +25,7 @@ from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError, PlainError
 from davproxy.dav.paths import canonical, slash, within
+from davproxy.sharing.groups import CollectionFacts, GroupSharing
 from davproxy.sharing.notifications import Renderer, invite_name, now_stamp, reply_name
 from davproxy.sharing.properties import (
     SharingProperties,
@@ -105,6 +106,8 @@ class Sharing:
         self.renderer = renderer
         self.name = upstream.name
         self.replies = Replies(self)
+        self.groups = GroupSharing(self)
+        self.properties.group_entries = self.groups.entries
 
     async def collection_info(self, rest: str, headers: dict[str, str]) -> CollectionInfo:
         status, text = await self.upstream.propfind(
@@ -216,15 +219,12 @@ class Sharing:
         # CS:remove ignored, as CalendarServer does; an IETF request has no per-sharee
         # answer, so there it is ignored.  The rest of the batch applies either way.
         own = {s.href for s in sharees if self.directory.resolve(s.href) == user}
+        known = {s.href for s in sharees if self._resolves(s.href)}
         refused = {s.href for s in sharees if s.href in own and s.access != "no-access"}
         if own:
             log.info("%s named themselves as a sharee of %s: not applied", user, collection)
         if apple:
-            unknown = {
-                s.href
-                for s in sharees
-                if s.access != "no-access" and self.directory.resolve(s.href) is None
-            }
+            unknown = {s.href for s in sharees if s.access != "no-access" and s.href not in known}
             if unknown:  # CS: all or nothing, each bad href 403, every other one 424
                 return self._per_href(sharees, unknown | refused, 424)
         others = [s for s in sharees if s.href not in own]
@@ -235,7 +235,7 @@ class Sharing:
         return web.Response(status=200 if apple else 204)
 
     async def change_sharees(
-        self, user: str, collection: str, info: CollectionInfo, sharees: list[ShareeRequest]
+        self, user: str, collection: str, info: CollectionFacts, sharees: list[ShareeRequest]
     ) -> None:
         """Apply share requests of the collection's owner (checked by the caller): both
         flavours over HTTP and ``davproxy admin share`` come through here."""
@@ -244,6 +244,10 @@ class Sharing:
                 self._apply(user, collection, info, sharee)
         await self.access.apply(user)
         log.info("%s changed %d sharee(s) of %s (%s)", user, len(sharees), collection, info.kind)
+
+    def _resolves(self, href: str) -> bool:
+        """A user or, failing that, a group (CalendarServer's order)."""
+        return self.directory.resolve(href) is not None or self.groups.resolve(href) is not None
 
     @staticmethod
     def _per_href(sharees: list[ShareeRequest], refused: set[str], others: int) -> web.Response:
@@ -259,25 +263,34 @@ class Sharing:
         )
 
     def _apply(
-        self, owner: str, collection: str, info: CollectionInfo, wanted: ShareeRequest
+        self, owner: str, collection: str, info: CollectionFacts, wanted: ShareeRequest
     ) -> None:
         sharee = self.directory.resolve(wanted.href)
         if sharee == owner:
             raise DavError(403, NEED_PRIVILEGES, "the owner cannot be a sharee")
+        group = self.groups.resolve(wanted.href) if sharee is None else None
+        if group is not None:
+            self.groups.share_group(owner, collection, info, group, wanted)
+            return
         key = sharee if sharee is not None else wanted.href
         if wanted.access == "no-access":
             existing = self.store.share_for(self.name, collection, key)
-            if existing is not None:
+            if existing is not None and not self.groups.individual_removed(existing, info):
                 self._revoke(existing, info)
             return
+        access = wanted.access
+        if sharee is not None:  # with a group share too, the higher access wins
+            access = self.groups.with_individual(collection, sharee, wanted.access)
         share, _ = self.store.share_upsert(
             NewShare(
                 upstream=self.name, owner=owner, collection=collection, kind=info.kind,
-                sharee=key, sharee_href=wanted.href, access=wanted.access,
+                sharee=key, sharee_href=wanted.href, access=access,
                 status="noresponse" if sharee is not None else "invalid",
                 comment=wanted.comment, sharee_name=wanted.displayname,
             )
         )  # fmt: skip
+        if sharee is not None:
+            self.groups.note_individual(share, wanted.access)
         if share.status != "invalid":  # an unknown sharee is never notified
             self._invite(share, info, share.access)
         else:  # the protocol answer stays a success (204); the operator learns of it here
@@ -287,7 +300,27 @@ class Sharing:
                 owner, collection, wanted.href,
             )  # fmt: skip
 
-    def _invite(self, share: Share, info: CollectionInfo, access: str) -> None:
+    def notify_invite(self, share: Share, info: CollectionFacts, access: str) -> None:
+        self._invite(share, info, access)
+
+    def end_share(self, share: Share, info: CollectionFacts | None) -> None:
+        self._revoke(share, info)
+
+    async def owner_collection_info(self, owner: str, collection: str) -> CollectionFacts:
+        """What an invitation says of a collection, asked as its owner; from the path
+        alone when the upstream cannot tell (it is down, or the collection is gone)."""
+        try:
+            return await self.collection_info(collection, self.auth.headers_for(owner))
+        except (DavError, PlainError) as exc:
+            log.warning("describing %s for its group's members: %s", collection, exc)
+            kinds = [s.kind for s in self.store.shares_of_collection(self.name, collection)]
+            return CollectionInfo(
+                kinds[0] if kinds else "collection",
+                unquote(collection.rstrip("/").split("/")[-1]),
+                (),
+            )
+
+    def _invite(self, share: Share, info: CollectionFacts, access: str) -> None:
         """Write (or overwrite: coalesced per collection and sharee) the invitation."""
         body = {
             "dtstamp": now_stamp(),
@@ -308,7 +341,7 @@ class Sharing:
             json.dumps(body),
         )  # fmt: skip
 
-    def _revoke(self, share: Share, info: CollectionInfo | None) -> None:
+    def _revoke(self, share: Share, info: CollectionFacts | None) -> None:
         if share.status == "accepted":
             # Tell an accepted sharee their copy is gone (share-access no-access).
             self._invite(share, info or self.info_of(share), "no-access")
@@ -317,7 +350,7 @@ class Sharing:
             self.store.notification_delete(self.name, share.sharee, invite_name(share.invite_uid))
         self.store.share_delete(share.id)
 
-    def info_of(self, share: Share) -> CollectionInfo:
+    def info_of(self, share: Share) -> CollectionFacts:
         name = unquote(share.collection.rstrip("/").split("/")[-1])
         return CollectionInfo(share.kind, name, ())
 
@@ -464,10 +497,10 @@ class Sharing:
         """The owner deleted a collection (or a parent of one): every share of it ends."""
         collection = canonical(slash(rest))
         shares = [s for s in self.store.shares_under(self.name, collection) if s.owner == owner]
+        with self.store.transaction():
+            self.groups.collection_gone(collection)  # an empty group's share too
+            for share in shares:
+                self._revoke(share, None)
         if not shares:
             return
-        with self.store.transaction():
-            for share in shares:
-                if share.owner == owner:
-                    self._revoke(share, None)
         log.info("%s deleted %s: %d share(s) ended", owner, collection, len(shares))

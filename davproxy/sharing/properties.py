@@ -9,12 +9,15 @@ caldav-sharing-01 §5, CalendarServer caldav-sharing §5.2).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from lxml import etree
 
 from davproxy.dav import davxml
 from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href, privilege_set
 from davproxy.dav.errors import DavError
 from davproxy.dav.paths import canonical
+from davproxy.sharing.group_store import GroupShare
 from davproxy.store.records import Share
 from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
@@ -48,6 +51,8 @@ class SharingProperties:
         self.upstream = upstream
         self.directory = directory
         self.name = upstream.name
+        # the groups a collection is shared with, and their names (sharing/groups.py)
+        self.group_entries: Callable[[str], list[tuple[GroupShare, str]]] = lambda _: []
 
     def copy_props(self, share: Share) -> dict[str, etree._Element]:
         """Properties of a sharee's copy: its sharing state and the sharee's own values."""
@@ -91,8 +96,9 @@ class SharingProperties:
         when nobody is, or is no longer, invited), the rest as the sharing state is."""
         rest = canonical(rest)
         shares = self.store.shares_of_collection(self.name, rest)
+        groups = self.group_entries(rest)
         modes = element(f"{{{CS}}}allowed-sharing-modes", element(f"{{{CS}}}can-be-shared"))
-        if not shares:
+        if not shares and not groups:
             return {
                 f"{{{DAV}}}share-access": element(
                     f"{{{DAV}}}share-access", element(f"{{{DAV}}}not-shared")
@@ -101,16 +107,17 @@ class SharingProperties:
                 f"{{{CS}}}allowed-sharing-modes": modes,
                 SUPPORTED_PRIVILEGES: supported_privilege_set(),
             }
+        owner = shares[0].owner if shares else groups[0][0].owner
         return {
             SUPPORTED_PRIVILEGES: supported_privilege_set(),
             f"{{{CS}}}allowed-sharing-modes": modes,
-            f"{{{CS}}}invite": self._cs_invite_property(rest, shares[0].owner, True),
+            f"{{{CS}}}invite": self._cs_invite_property(rest, owner, True),
             f"{{{DAV}}}share-access": element(
                 f"{{{DAV}}}share-access", element(f"{{{DAV}}}shared-owner")
             ),
-            f"{{{DAV}}}invite": self._invite_property(rest, shares[0].owner, sharer=False),
+            f"{{{DAV}}}invite": self._invite_property(rest, owner, sharer=False),
             f"{{{DAV}}}share-resource-uri": element(
-                f"{{{DAV}}}share-resource-uri", href(self._resource_uri(shares[0]))
+                f"{{{DAV}}}share-resource-uri", href(self.upstream.paths.public + rest)
             ),
         }
 
@@ -125,24 +132,23 @@ class SharingProperties:
                     element(f"{{{CS}}}common-name", text=self.directory.display_name(owner)),
                 )
             )
+        for group, group_name in self.group_entries(collection):  # groups first, as CCS
+            node.append(
+                _cs_user(
+                    f"group:{group.group_id}" if with_uid else None,
+                    group.href, group_name, "accepted", group.access, group.comment,
+                )
+            )  # fmt: skip
         for share in self.store.shares_of_collection(self.name, collection):
-            user = element(f"{{{CS}}}user")
-            if with_uid:
-                user.append(element(f"{{{CS}}}uid", text=share.invite_uid))
             name = share.sharee_name or (
                 self.directory.display_name(share.sharee) if share.status != "invalid" else ""
             )
-            user.extend(
-                [
-                    href(share.sharee_href),
-                    element(f"{{{CS}}}common-name", text=name),
-                    element(f"{{{CS}}}invite-{share.status}"),
-                    element(f"{{{CS}}}access", element(f"{{{CS}}}{share.access}")),
-                ]
-            )
-            if share.comment:
-                user.append(element(f"{{{CS}}}summary", text=share.comment))
-            node.append(user)
+            node.append(
+                _cs_user(
+                    share.invite_uid if with_uid else None,
+                    share.sharee_href, name, share.status, share.access, share.comment,
+                )
+            )  # fmt: skip
         return node
 
     def _resource_uri(self, share: Share) -> str:
@@ -162,6 +168,16 @@ class SharingProperties:
                         davxml.PROP,
                         element(f"{{{DAV}}}displayname", text=self.directory.display_name(owner)),
                     ),
+                )
+            )
+        for group, group_name in self.group_entries(collection):
+            node.append(
+                element(
+                    f"{{{DAV}}}sharee",
+                    href(group.href),
+                    element(f"{{{DAV}}}invite-accepted"),
+                    element(f"{{{DAV}}}share-access", element(f"{{{DAV}}}{group.access}")),
+                    element(davxml.PROP, element(f"{{{DAV}}}displayname", text=group_name)),
                 )
             )
         for share in self.store.shares_of_collection(self.name, collection):
@@ -216,9 +232,32 @@ class SharingProperties:
         on a collection its owner shares, ``CS:shared`` on a sharee's copy."""
         if role == "copy":
             return f"{{{CS}}}shared"
-        if role == "owned" and self.store.shares_of_collection(self.name, canonical(rest)):
+        if role == "owned" and (
+            self.store.shares_of_collection(self.name, canonical(rest))
+            or self.group_entries(canonical(rest))
+        ):
             return f"{{{CS}}}shared-owner"
         return None
+
+
+def _cs_user(
+    uid: str | None, target: str, name: str, status: str, access: str, comment: str
+) -> etree._Element:
+    """One ``CS:user`` of ``CS:invite`` (``CS:uid`` on the owner's collection only)."""
+    user = element(f"{{{CS}}}user")
+    if uid is not None:
+        user.append(element(f"{{{CS}}}uid", text=uid))
+    user.extend(
+        [
+            href(target),
+            element(f"{{{CS}}}common-name", text=name),
+            element(f"{{{CS}}}invite-{status}"),
+            element(f"{{{CS}}}access", element(f"{{{CS}}}{access}")),
+        ]
+    )
+    if comment:
+        user.append(element(f"{{{CS}}}summary", text=comment))
+    return user
 
 
 SUPPORTED_PRIVILEGES = f"{{{DAV}}}supported-privilege-set"

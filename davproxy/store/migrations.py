@@ -188,6 +188,70 @@ def _m009_peruser_data(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO counters VALUES ('peruser', 0)")
 
 
+def _m010_groups(db: sqlite_utils.Database) -> None:
+    # Sharing with groups (davproxy/sharing/groups.py).  ``directory_groups`` is the
+    # group directory as last applied (a reload diffs the mapping file against it, and
+    # every process reads groups from here, so the server and `davproxy admin` agree);
+    # ``members`` are direct (users and groups), ``expanded`` the users through nesting.
+    # ``group_shares``: one row per (collection, group), the group's own access.
+    # Members are ordinary ``shares`` rows (their effective access); ``group_binds``
+    # marks those that exist (also) through a group, with the access the member was
+    # given individually, if any, so ending one route leaves the other.
+    db.execute(
+        """CREATE TABLE directory_groups (
+            upstream TEXT NOT NULL,
+            id TEXT NOT NULL,
+            display_name TEXT NOT NULL,
+            emails TEXT NOT NULL,
+            members TEXT NOT NULL,
+            expanded TEXT NOT NULL,
+            PRIMARY KEY (upstream, id)
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE group_shares (
+            upstream TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            group_id TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            href TEXT NOT NULL,
+            access TEXT NOT NULL CHECK (access IN ('read', 'read-write')),
+            comment TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            PRIMARY KEY (upstream, collection, group_id)
+        )"""
+    )
+    db.execute("CREATE INDEX group_shares_by_group ON group_shares (upstream, group_id)")
+    db.execute(
+        """CREATE TABLE group_binds (
+            share_id INTEGER PRIMARY KEY REFERENCES shares (id) ON DELETE CASCADE,
+            individual TEXT CHECK (individual IS NULL OR individual IN ('read', 'read-write'))
+        )"""
+    )
+
+
+def _m011_acl_entries(db: sqlite_utils.Database) -> None:
+    # The ACEs the acl access backend (access/acl.py) has written on upstream
+    # collections, one per (collection, sharee): an ACL has no room for a mark, so this
+    # is how davproxy tells its own ACEs from an administrator's.  A row is written before
+    # the ACL request and removed once the ACE is confirmed gone; ``neutral`` marks an
+    # ACE reduced to what every user holds (servers that cannot delete one, DAViCal).
+    db.execute(
+        """CREATE TABLE acl_entries (
+            upstream TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            sharee TEXT NOT NULL,
+            privileges TEXT NOT NULL,
+            neutral INTEGER NOT NULL DEFAULT 0,
+            written REAL NOT NULL,
+            PRIMARY KEY (upstream, collection, sharee)
+        )"""
+    )
+    db.execute("CREATE INDEX acl_entries_by_owner ON acl_entries (upstream, owner)")
+
+
 # Append only: a released migration is never edited, only followed by a new one.
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "meta", _m001_meta),
@@ -199,4 +263,6 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (7, "ended_copies_of_invitations", _m007_ended_copies_of_invitations),
     (8, "web_sessions", _m008_web_sessions),
     (9, "peruser_data", _m009_peruser_data),
+    (10, "groups", _m010_groups),
+    (11, "acl_entries", _m011_acl_entries),
 )

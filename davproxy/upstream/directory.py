@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import unquote
 
-from davproxy.config import UpstreamConfig
+from davproxy.config import DirectoryUser, UpstreamConfig
 from davproxy.dav.davxml import href_path
 from davproxy.dav.paths import PathRejected, resolve_path
 
@@ -20,12 +20,16 @@ class Directory:
     def __init__(self, config: UpstreamConfig, extra_users: Callable[[], set[str]]) -> None:
         self.config = config
         self._extra_users = extra_users
-        self._by_id = {user.id: user for user in config.users}
-        self._by_email = {email: user.id for user in config.users for email in user.emails}
+        self.update_users(config.users)
         template = re.escape(config.prefix + config.layout.principal).replace(
             re.escape("{user}"), "(?P<user>[^/]+)"
         )
         self._principal = re.compile(template + "?")
+
+    def update_users(self, users: tuple[DirectoryUser, ...]) -> None:
+        """Take the mapping file's ``[[users]]`` as read again (a reload)."""
+        self._by_id = {user.id: user for user in users}
+        self._by_email = {email: user.id for user in users for email in user.emails}
 
     def users(self) -> list[str]:
         """Every known user id, sorted (the web page's suggestions)."""

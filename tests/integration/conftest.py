@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from davproxy.ops import davical
 from davproxy.ops.embedded import ServerProcess, start_radicale, start_xandikos
 from tests.helpers import USERS, Endpoint, basic, start_proxy, write_htpasswd
 
@@ -35,12 +36,14 @@ def _pair(
     upstream: ServerProcess,
     direct_auth: dict[str, dict[str, str]],
     homes: tuple[str, str],
+    upstream_url: str | None = None,
     **proxy_options: object,
 ) -> Iterator[Pair]:
-    with start_proxy(folder / "davproxy", upstream_url=upstream.url, **proxy_options) as proxy:
+    url = upstream_url or upstream.url  # DAViCal: below /caldav.php/
+    with start_proxy(folder / "davproxy", upstream_url=url, **proxy_options) as proxy:
         yield Pair(
             flavour,
-            Endpoint(upstream.url, direct_auth),
+            Endpoint(url, direct_auth),
             Endpoint(proxy.url, {user: basic(user) for user in USERS}),
             *homes,
             upstream,
@@ -139,13 +142,66 @@ def radicale_service_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         )  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def davical_server() -> Iterator[davical.DavicalServer]:
+    """One DAViCal (Debian's package: PostgreSQL + Apache/mod_php, started here on
+    loopback) with the test users; skipped, saying why, where it cannot run."""
+    reason = davical.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with davical.start_davical(USERS, admin_password=DAVICAL_ADMIN_PASSWORD) as server:
+        yield server
+
+
+DAVICAL_ADMIN_PASSWORD = "admin-pw"
+
+
+@pytest.fixture(scope="session")
+def davical_pair(
+    tmp_path_factory: pytest.TempPathFactory, davical_server: davical.DavicalServer
+) -> Iterator[Pair]:
+    """DAViCal trusting X-Remote-User; davproxy proxy-auth, proxy-enforced shares."""
+    folder = tmp_path_factory.mktemp("davical")
+    server = davical_server
+    yield from _pair(
+        "davical", folder, server.apache, TRUSTED, ("/alice/", "/alice/"),
+        kind="davical", mode="proxy-auth", upstream_url=server.trusted_url,
+        htpasswd=write_htpasswd(folder / "users.htpasswd"),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def davical_acl_pair(
+    tmp_path_factory: pytest.TempPathFactory, davical_server: davical.DavicalServer
+) -> Iterator[Pair]:
+    """DAViCal checking its own passwords; davproxy upstream-basic with DAViCal's admin
+    as service account, shares enforced by DAViCal's ACL (the acl backend)."""
+    folder = tmp_path_factory.mktemp("davical-acl")
+    (folder / "service.pw").write_text(DAVICAL_ADMIN_PASSWORD + "\n")
+    server = davical_server
+    yield from _pair(
+        "davical-acl", folder, server.apache, {u: basic(u) for u in USERS},
+        ("/alice/", "/alice/"), kind="davical", mode="upstream-basic",
+        upstream_url=server.url,
+        mapping_extra=(
+            '[access]\nbackend = "acl"\nservice_user = "admin"\n'
+            f'service_password_file = "{folder / "service.pw"}"\n'
+        ),
+    )  # fmt: skip
+
+
 @pytest.fixture(params=["radicale", "xandikos"])
 def pair(request: pytest.FixtureRequest) -> Pair:
     return request.getfixturevalue(f"{request.param}_pair")
 
 
-@pytest.fixture(params=["radicale", "xandikos", "radicale_native", "radicale_service"])
+@pytest.fixture(
+    params=[
+        "radicale", "xandikos", "radicale_native", "radicale_service", "davical", "davical_acl"
+    ]
+)  # fmt: skip
 def sharing_pair(request: pytest.FixtureRequest) -> Pair:
     """Every access backend and identity mode: proxy-enforced (proxy-auth) on both
-    upstreams, Radicale-native, and upstream-basic with a service account."""
+    upstreams, Radicale-native, upstream-basic with a service account, and DAViCal
+    proxy-enforced (proxy-auth) and acl (upstream-basic, DAViCal's own passwords)."""
     return request.getfixturevalue(f"{request.param}_pair")

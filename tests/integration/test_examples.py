@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from davproxy.__main__ import main as davproxy_cli
+from davproxy.ops import davical
 from davproxy.ops.embedded import ServerProcess, _spawn, free_port, start_davproxy
 from davproxy.upstream.identity import Htpasswd
 from tests.helpers import Answer, Endpoint, basic, fetch, raw_session
@@ -375,3 +376,39 @@ def test_systemd_analyze_accepts_the_units() -> None:
         if line and "/opt/davproxy/venv/bin/" not in line
     ]
     assert not complaints, checked.stderr
+
+
+async def test_davical_example(tmp_path: Path, davical_server: davical.DavicalServer) -> None:
+    """examples/davical on the tests' DAViCal: its header trust is the very PHP the
+    embedded DAViCal runs, and a share goes round with DAViCal enforcing it (acl)."""
+    php = (EXAMPLES / "davical" / "davical-conf.php").read_text(encoding="utf-8")
+    basic = davical.php_config(davical_server.cluster, None)
+    trust = davical.php_config(davical_server.cluster, "X-Remote-User")[len(basic) :]
+
+    def statements(text: str) -> str:  # PHP without comments and white space
+        return "".join(re.sub(r"//[^\n]*", "", text).split())
+
+    assert trust and statements(trust) in statements(php), trust
+    apache = (EXAMPLES / "davical" / "apache-davical.conf").read_text(encoding="utf-8")
+    assert "Listen 127.0.0.1:8081" in apache and "ServerName 127.0.0.1:8081" in apache
+    port = free_port()
+    folder = copy_example(
+        "davical", tmp_path,
+        {DAVPROXY_PORT: f"port = {port}", "http://127.0.0.1:8081/caldav.php/": davical_server.trusted_url},
+        None,
+    )  # fmt: skip
+    with start_davproxy(folder / "davproxy.toml", port=port) as proxy:
+        direct = Endpoint(davical_server.trusted_url)
+        pair = Pair("davical", direct, Endpoint(proxy.url), "/alice/", "/alice/", proxy, proxy)
+        owner_cal, _ = await share_round(pair)
+        async with raw_session() as session:  # DAViCal itself lets bob write there
+            put = await fetch(
+                session, "PUT", direct.url(owner_cal + "direct.ics"),
+                {"X-Remote-User": "bob", "Content-Type": "text/calendar"}, event("direct"),
+            )  # fmt: skip
+            assert put.status == 201, put.body
+            put = await fetch(
+                session, "PUT", direct.url(owner_cal + "carol.ics"),
+                {"X-Remote-User": "carol", "Content-Type": "text/calendar"}, event("carol"),
+            )  # fmt: skip
+            assert put.status == 403

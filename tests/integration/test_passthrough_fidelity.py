@@ -184,7 +184,8 @@ async def test_discovery_is_identical(pair: Pair) -> None:
         proxied = await fetch(session, "OPTIONS", pair.proxy.url("/alice/"), pair.proxy.headers())
         assert proxied.header("DAV") == direct.header("DAV") + (
             ", resource-sharing, calendarserver-sharing, calendarserver-sharing-no-scheduling"
-            ", calendarserver-subscribed"
+            ", calendarserver-subscribed, calendarserver-principal-property-search"
+            ", calendarserver-principal-search, calendarserver-group-sharee"
         )
         proxied.headers["dav"] = direct.headers["dav"]
         assert_same(direct, proxied)

@@ -27,3 +27,17 @@ def test_xandikos_example_loads(tmp_path: Path) -> None:
     up = config.load(tmp_path / "main.toml").upstreams[0]
     assert up.identity.mode == "proxy-auth"
     assert up.layout.addressbook_home == "{user}/contacts/"
+
+
+def test_davical_example_loads(tmp_path: Path) -> None:
+    shutil.copy(CONFIG_DIR / "davical.mapping.example.toml", tmp_path / "d.toml")
+    secret = tmp_path / "admin.pw"
+    secret.write_text("pw\n")
+    text = (tmp_path / "d.toml").read_text().replace("/run/secrets/davical-admin", str(secret))
+    (tmp_path / "d.toml").write_text(text)
+    (tmp_path / "main.toml").write_text(
+        '[[upstream]]\nname = "d"\nurl = "http://127.0.0.1:8081/caldav.php/"\nmapping = "d.toml"\n'
+    )
+    up = config.load(tmp_path / "main.toml").upstreams[0]
+    assert up.access.backend == "acl" and up.access.acl_request == "own-aces"
+    assert up.layout.calendar_home == "{user}/" and up.href_mapping == "rewrite"

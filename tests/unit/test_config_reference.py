@@ -16,7 +16,7 @@ CONFIG_DIR = ROOT / "config"
 # Top-level keys that hold tables (main file and mapping files).
 TABLES = frozenset(
     {"server", "store", "logging", "monitoring", "feeds", "upstream"}
-    | {"layout", "identity", "access", "users"}
+    | {"layout", "identity", "access", "users", "groups"}
 )
 
 

@@ -46,3 +46,21 @@ def test_xml_content_types() -> None:
     assert davxml.is_xml_content_type("text/xml; charset=utf-8")
     assert davxml.is_xml_content_type("application/davsharing+xml")
     assert not davxml.is_xml_content_type("text/calendar")
+
+
+def test_augment_keeps_namespaces_when_the_upstream_uses_davproxys_prefixes_otherwise() -> None:
+    """DAViCal declares C for CalendarServer's namespace, davproxy's NSMAP for CalDAV's:
+    the added property must still read as CS:notification-URL."""
+    cs = "http://calendarserver.org/ns/"
+    body = (
+        b'<multistatus xmlns="DAV:" xmlns:C="http://calendarserver.org/ns/"><response>'
+        b"<href>/bob/</href><propstat><prop><C:notification-URL/></prop>"
+        b"<status>HTTP/1.1 404 Not Found</status></propstat></response></multistatus>"
+    )
+    name = f"{{{cs}}}notification-URL"
+    owned = davxml.element(name, davxml.href("/.davproxy/notifications/bob/"))
+    edited = davxml.augment(body, davxml.PropRequest("prop", (name,)), lambda _: {name: owned})
+    root = davxml.parse(edited)
+    found = root.find(f".//{{{cs}}}notification-URL/{{DAV:}}href")
+    assert found is not None and found.text == "/.davproxy/notifications/bob/"
+    assert root.find(".//{urn:ietf:params:xml:ns:caldav}notification-URL") is None
