@@ -22,8 +22,10 @@ from davproxy.dav.davxml import CS, DAV
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError
 from davproxy.dav.http import multistatus_response
 from davproxy.dav.paths import PathMap, PathRejected, canonical, resolve_path, within
+from davproxy.sharing import peruser_view
 from davproxy.sharing.model import READ_METHODS, WRITE_METHODS, Sharing
 from davproxy.store.records import Share
+from davproxy.upstream.proxy import Forward
 from davproxy.upstream.site import Context
 
 # Shared calendars cannot schedule through davproxy: said so, as CalendarServer does.
@@ -49,7 +51,11 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
             )
         if method in ("MKCOL", "MKCALENDAR", "PUT", "MOVE", "COPY"):
             raise DavError(403, NEED_PRIVILEGES, "a shared copy cannot be replaced or moved")
-    if share.access == "read" and method not in READ_METHODS:
+    if (
+        share.access == "read"
+        and method not in READ_METHODS
+        and not peruser_view.may_write(share, method, below)
+    ):
         raise DavError(403, NEED_PRIVILEGES, "this share is read-only")
     if method not in WRITE_METHODS | READ_METHODS:
         # requests under a copy may run as the owner: only methods whose effect is known
@@ -74,7 +80,7 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
     if sharing.access.upstream_serves_copies:
         # The upstream enforces this share itself: the request goes to the copy's own
         # path, as the sharee; davproxy only adds the sharing properties.
-        return await ctx.forward(replace(ctx.spec(), edit_xml=edit_xml))
+        return await _forward(ctx, sharing, share, below, replace(ctx.spec(), edit_xml=edit_xml))
 
     origin = ctx.origin
     copy = PathMap(copy_path, upstream.paths.public + share.collection)
@@ -112,6 +118,17 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
         edit_xml=edit_xml,
         dav_tokens=SHARING_TOKENS if method == "OPTIONS" else (),
     )
+    return await _forward(ctx, sharing, share, below, spec)
+
+
+async def _forward(
+    ctx: Context, sharing: Sharing, share: Share, below: str, spec: Forward
+) -> web.StreamResponse:
+    """The one place a request under a copy leaves: in a calendar, through the sharee's
+    per-user view (their own alarms and transparency, sharing/peruser_view.py)."""
+    if share.kind == "calendar":
+        copy_path = ctx.upstream.paths.public + (share.mount or "")
+        return await peruser_view.serve(ctx, sharing, share, below, spec, copy_path)
     return await ctx.forward(spec)
 
 
@@ -150,7 +167,10 @@ async def listing(
         None,
         _copy_marker(copy_path),
     )
-    return davxml.parse(edited).find(davxml.RESPONSE)
+    listed = davxml.parse(edited).find(davxml.RESPONSE)
+    if listed is not None:
+        peruser_view.listed(sharing.store, share, listed)  # the sharee's sync token, ctag
+    return listed
 
 
 def _copy_provider(
