@@ -23,7 +23,7 @@ from davproxy.dav.http import preferences
 from davproxy.dav.paths import PathRejected, canonical, resolve_path, slash
 from davproxy.edge.sites import Site
 from davproxy.feeds.views import ENHANCED
-from davproxy.sharing import copies
+from davproxy.sharing import copies, peruser_view
 from davproxy.sharing.copies import SHARING_TOKENS
 from davproxy.sharing.model import shareable_type
 from davproxy.sharing.notifications import collection_path
@@ -148,7 +148,7 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
             shared ones and copies carry Apple's resourcetype markers.  What the answer
             shows to be no shareable collection (an inbox, a principal ...) gets none of
             it, nor the properties ``provide`` adds (this runs first for each response)."""
-            rest, role, _ = role_of(path)
+            rest, role, share = role_of(path)
             types = davxml.resourcetypes(node)
             if role == "owned" and types is not None and not shareable_type(types):
                 roles[rest] = (None, None)
@@ -157,6 +157,8 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
             marker = sharing.properties.shared_marker(role, rest)
             if marker is not None:
                 changed = davxml.add_resourcetype(node, marker)
+            if role == "copy" and share is not None:  # listed by the upstream itself
+                changed = peruser_view.listed(sharing.store, share, node) or changed
             if role == "owned":
                 changed = davxml.add_privilege(node, f"{{{DAV}}}share") or changed
                 listed = davxml.found_prop(node, SUPPORTED_PRIVILEGES)
@@ -195,6 +197,11 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
 
         await sharing.delete_owned(user, ctx.rest, send)
         return answers[0]
+    elif method == "DELETE" and not ctx.rest.endswith("/"):
+        answer = await ctx.forward(spec)
+        if 200 <= answer.status < 300:  # the sharees' alarms of it go too
+            peruser_view.member_deleted(sharing, ctx.rest)
+        return answer
     return await ctx.forward(spec)
 
 

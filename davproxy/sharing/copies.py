@@ -23,8 +23,10 @@ from davproxy.dav.davxml import CS, DAV
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError
 from davproxy.dav.http import multistatus_response
 from davproxy.dav.paths import PathMap, PathRejected, canonical, resolve_path, slash, within
+from davproxy.sharing import peruser_view
 from davproxy.sharing.model import READ_METHODS, WRITE_METHODS, Sharing
 from davproxy.store.records import Share
+from davproxy.upstream.proxy import Forward
 from davproxy.upstream.site import Context
 
 # Shared calendars cannot schedule through davproxy: said so, as CalendarServer does.
@@ -50,7 +52,11 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
             )
         if method in ("MKCOL", "MKCALENDAR", "PUT", "MOVE", "COPY"):
             raise DavError(403, NEED_PRIVILEGES, "a shared copy cannot be replaced or moved")
-    if share.access == "read" and method not in READ_METHODS:
+    if (
+        share.access == "read"
+        and method not in READ_METHODS
+        and not peruser_view.may_write(share, method, below)
+    ):
         raise DavError(403, NEED_PRIVILEGES, "this share is read-only")
     if method not in WRITE_METHODS | READ_METHODS:
         # requests under a copy may run as the owner: only methods whose effect is known
@@ -77,7 +83,7 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
     if sharing.access.upstream_serves_copies:
         # The upstream enforces this share itself: the request goes to the copy's own
         # path, as the sharee; davproxy only adds the sharing properties.
-        return await ctx.forward(replace(ctx.spec(), edit_xml=edit_xml))
+        return await _forward(ctx, sharing, share, below, replace(ctx.spec(), edit_xml=edit_xml))
 
     origin = ctx.origin
     copy = PathMap(copy_path, upstream.paths.public + share.collection)
@@ -115,6 +121,17 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
         edit_xml=edit_xml,
         dav_tokens=SHARING_TOKENS if method == "OPTIONS" else (),
     )
+    return await _forward(ctx, sharing, share, below, spec)
+
+
+async def _forward(
+    ctx: Context, sharing: Sharing, share: Share, below: str, spec: Forward
+) -> web.StreamResponse:
+    """The one place a request under a copy leaves: in a calendar, through the sharee's
+    per-user view (their own alarms and transparency, sharing/peruser_view.py)."""
+    if share.kind == "calendar":
+        copy_path = ctx.upstream.paths.public + (share.mount or "")
+        return await peruser_view.serve(ctx, sharing, share, below, spec, copy_path)
     return await ctx.forward(spec)
 
 
@@ -162,7 +179,12 @@ async def listing(
     edited = davxml.augment(
         davxml.serialize(davxml.multistatus(*nodes)), wanted, provide, None, mark
     )
-    return davxml.parse(edited).findall(davxml.RESPONSE)
+    listed = davxml.parse(edited).findall(davxml.RESPONSE)
+    for node in listed:
+        listed_share = by_copy.get(canonical(node.findtext(davxml.HREF) or "").rstrip("/"))
+        if listed_share is not None:  # the sharee's sync token and ctag
+            peruser_view.listed(sharing.store, listed_share, node)
+    return listed
 
 
 async def _collections(

@@ -164,6 +164,30 @@ def _m008_web_sessions(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX web_sessions_by_user ON web_sessions (upstream, user)")
 
 
+def _m009_peruser_data(db: sqlite_utils.Database) -> None:
+    # A sharee's own alarms and transparency of each object in a shared calendar
+    # (sharing/peruser_store.py).  Rows belong to one share: they go with it (revoked:
+    # the cascade; declined, left or moved: the trigger), so nothing reaches a later
+    # sharee, whatever row id SQLite hands out again.
+    db.execute(
+        """CREATE TABLE peruser_data (
+            share_id INTEGER NOT NULL REFERENCES shares (id) ON DELETE CASCADE,
+            href TEXT NOT NULL,
+            uid TEXT NOT NULL,
+            data TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            PRIMARY KEY (share_id, href)
+        )"""
+    )
+    db.execute("CREATE INDEX peruser_data_by_revision ON peruser_data (share_id, revision)")
+    db.execute(
+        """CREATE TRIGGER peruser_data_share_ended AFTER UPDATE OF status, mount ON shares
+            WHEN NEW.status != 'accepted' OR NEW.mount IS NOT OLD.mount
+            BEGIN DELETE FROM peruser_data WHERE share_id = OLD.id; END"""
+    )
+    db.execute("INSERT INTO counters VALUES ('peruser', 0)")
+
+
 def _m010_groups(db: sqlite_utils.Database) -> None:
     # Sharing with groups (davproxy/sharing/groups.py).  ``directory_groups`` is the
     # group directory as last applied (a reload diffs the mapping file against it, and
@@ -238,6 +262,7 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (6, "upstream_removals", _m006_upstream_removals),
     (7, "ended_copies_of_invitations", _m007_ended_copies_of_invitations),
     (8, "web_sessions", _m008_web_sessions),
+    (9, "peruser_data", _m009_peruser_data),
     (10, "groups", _m010_groups),
     (11, "acl_entries", _m011_acl_entries),
 )
