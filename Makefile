@@ -67,8 +67,11 @@ soak: $(VENV)/.test-installed
 	$(BIN)/python bench/fuzz_atheris.py --runs 50000 --max-time 45
 
 bench: $(VENV)/.test-installed
+	$(BIN)/python bench/speed.py
 	$(BIN)/python bench/passthrough.py
+	$(BIN)/python bench/sharing_paths.py
 	$(BIN)/python bench/feeds.py
+	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/loop_stall.py
 	$(BIN)/python bench/xml_gate.py
 	$(BIN)/python bench/peruser.py

@@ -7,14 +7,13 @@ opened) end in one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 
 from davproxy import __version__
 from davproxy import config as config_mod
 from davproxy.edge import logs
-from davproxy.edge.server import StartupError, run_until_signal
+from davproxy.edge.server import StartupError, run, run_until_signal
 from davproxy.ops.admin import add_parser as add_admin_parser
 
 EXIT_CONFIG = 2
@@ -31,7 +30,7 @@ def _load(path: str) -> config_mod.Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     logs.setup(config.logging)
-    asyncio.run(run_until_signal(config))
+    run(run_until_signal(config))
     return 0
 
 

@@ -8,9 +8,11 @@ clear error instead of exhausting the process.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
@@ -158,6 +160,39 @@ def multistatus(*responses: etree._Element) -> etree._Element:
     return element(MULTISTATUS, *responses)
 
 
+class Mold:
+    """A response rendered once and stamped out for many resources that differ only in
+    a few text values (the href, an ETag): a listing of 10,000 members then costs a
+    string substitution each instead of a tree.  The model is built by the same code as
+    a single answer, with each placeholder where its value goes."""
+
+    __slots__ = ("_pieces", "_slots")
+
+    def __init__(self, model: etree._Element, placeholders: Sequence[str]) -> None:
+        text = serialize(multistatus(model)).decode("utf-8")
+        # inside the multistatus element, whose start tag declares the namespaces
+        inner = text[text.index(">", text.index("?>") + 2) + 1 : text.rindex("</")]
+        pattern = "(" + "|".join(re.escape(p) for p in placeholders) + ")"
+        pieces = re.split(pattern, inner)
+        self._pieces = pieces
+        self._slots = [(i, placeholders.index(piece)) for i, piece in enumerate(pieces) if i % 2]
+
+    def stamp(self, *values: str) -> str:
+        """The response with each placeholder's value (escaped as XML text)."""
+        pieces = self._pieces.copy()
+        for index, which in self._slots:
+            pieces[index] = escape(values[which])
+        return "".join(pieces)
+
+
+def multistatus_bytes(head: Sequence[etree._Element], stamped: Iterable[str]) -> bytes:
+    """A serialized multistatus of ``head`` responses followed by stamped ones."""
+    root = multistatus(*head)
+    root.append(etree.Comment("stamped"))
+    before, after = serialize(root).split(b"<!--stamped-->", 1)
+    return before + "".join(stamped).encode("utf-8") + after
+
+
 def status_response(path: str, code: int) -> etree._Element:
     """A response carrying a status instead of properties (sync deletions, 424s)."""
     return element(RESPONSE, href(path), status_line(code))
@@ -210,10 +245,29 @@ def href_path(value: str) -> str:
     return rest[slash:] if slash >= 0 else "/"
 
 
+class LazyProps(Mapping[str, etree._Element]):
+    """Properties whose names are known at once but whose values are built only when
+    asked for: a listing of 200 members that asks for none of them builds nothing."""
+
+    __slots__ = ("_factories",)
+
+    def __init__(self, factories: dict[str, Callable[[], etree._Element]]) -> None:
+        self._factories = factories
+
+    def __getitem__(self, name: str) -> etree._Element:
+        return self._factories[name]()  # a fresh element each time: lxml nodes have one parent
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._factories)
+
+    def __len__(self) -> int:
+        return len(self._factories)
+
+
 def augment(
     body: bytes,
     request: PropRequest,
-    provide: Callable[[str], dict[str, etree._Element] | None],
+    provide: Callable[[str], Mapping[str, etree._Element] | None],
     extra: list[etree._Element] | None = None,
     adjust: Callable[[str, etree._Element], bool] | None = None,
 ) -> bytes:

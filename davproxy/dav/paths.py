@@ -8,6 +8,7 @@ directions and the upstream sees the bytes the client sent.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, unquote_to_bytes
 
@@ -109,6 +110,7 @@ class PathRejected(ValueError):
     """A request path davproxy refuses to route (it could mean another resource upstream)."""
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked several times per request
 def resolve_path(raw_path: str) -> str:
     """The one form of a client's raw path that davproxy routes, checks and forwards.
 
@@ -169,6 +171,7 @@ def resolve_href(value: str) -> str:
     return origin + resolve_path(path) + sep + query
 
 
+@functools.lru_cache(maxsize=8192)  # pure, and asked several times per request
 def canonical(path: str) -> str:
     """One spelling per path, for matching (``%40`` and ``@``, ``%7E`` and ``~`` agree;
     empty segments collapse as in ``resolve_path``).

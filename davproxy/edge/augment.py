@@ -10,6 +10,7 @@ that holds shares ends them, crash-safe.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from aiohttp import web
@@ -83,13 +84,19 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
             # not ours to judge: the upstream answers a bad PROPFIND in its own words
             return await ctx.forward(replace(spec, body=body))
         depth = request.headers.get("Depth", "infinity").strip()
-        extra = await _listing_extras(ctx, site, user, wanted, body) if depth != "0" else []
+        extra, here = _listing_extras(site, user, ctx.rest, wanted) if depth != "0" else ([], [])
+        # the copies in a listed home are fetched while the upstream lists the home
+        fetching = (
+            asyncio.ensure_future(copies.listing(ctx, sharing, here, wanted, body))
+            if here
+            else None
+        )
         target = canonical(slash(ctx.rest))
         is_home = target in homes
         owned = sharing.owns_collection(user, target)
         shared = owned and bool(sharing.store.shares_of_collection(upstream.name, target))
         edits = (
-            bool(extra)
+            bool(extra or here)
             or wanted.wants_any(OWNED_PROPS)
             or (wanted.wants(PRIVILEGES) and (is_home or owned))
             or (wanted.wants(SUPPORTED_PRIVILEGES) and owned)
@@ -162,10 +169,17 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
                         changed = True
             return changed
 
-        def edit(answer: bytes) -> bytes:
-            return davxml.augment(answer, wanted, provide, extra, share_privilege)
+        async def edit(answer: bytes) -> bytes:
+            listed = extra + (await fetching if fetching is not None else [])
+            return davxml.augment(answer, wanted, provide, listed, share_privilege)
 
-        spec = replace(spec, body=body, edit_xml=edit)
+        try:
+            return await ctx.forward(replace(spec, body=body, edit_xml=edit))
+        finally:
+            if fetching is not None:  # done by now, unless the upstream's answer failed
+                fetching.cancel()
+                if fetching.done() and not fetching.cancelled():
+                    fetching.exception()  # seen: an unused failure is not logged as lost
     elif method == "PROPPATCH":
         body = await ctx.body()
         _refuse_shared_default_calendar(site, user, body)
@@ -220,13 +234,14 @@ def _refuse_shared_default_calendar(site: Site, user: str, body: bytes) -> None:
             )
 
 
-async def _listing_extras(
-    ctx: Context, site: Site, user: str, wanted: davxml.PropRequest, body: bytes
-) -> list[etree._Element]:
-    """Members davproxy adds to a Depth 1 listing of a home: the user's shared copies
-    that live in it, and (calendar home) the notification collection."""
+def _listing_extras(
+    site: Site, user: str, rest: str, wanted: davxml.PropRequest
+) -> tuple[list[etree._Element], list[Share]]:
+    """Members davproxy adds to a Depth 1 listing of a home: the notification collection
+    (calendar home) and subscriptions, built here, and the user's shared copies that
+    live in it, to be fetched from their owners (``copies.listing``)."""
     upstream, sharing = site.upstream, site.sharing
-    home = canonical(slash(ctx.rest))
+    home = canonical(slash(rest))
     extras: list[etree._Element] = []
     if home == canonical(upstream.rest_of(upstream.user_paths(user).calendar_home) or ""):
         path = collection_path(upstream, user)
@@ -234,13 +249,10 @@ async def _listing_extras(
         extras.append(davxml.answer(path, props, wanted, frozenset({f"{{{DAV}}}sync-token"})))
     extras += site.subscriptions.listing(user, home, wanted)
     if sharing.access.upstream_serves_copies:
-        return extras  # the upstream lists the user's copies itself (``provide`` adds ours)
-    for share in sharing.store.mounts_of(upstream.name, user):
-        mount = share.mount or ""
-        parent = mount.rstrip("/").rsplit("/", 1)[0] + "/"
-        if parent != home:
-            continue
-        node = await copies.listing(ctx, sharing, share, wanted, body)
-        if node is not None:
-            extras.append(node)
-    return extras
+        return extras, []  # the upstream lists the user's copies itself (``provide`` adds ours)
+    here = [
+        share
+        for share in sharing.store.mounts_of(upstream.name, user)
+        if (share.mount or "").rstrip("/").rsplit("/", 1)[0] + "/" == home
+    ]
+    return extras, here

@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -103,6 +104,7 @@ class Metrics:
             "davproxy_request_duration_seconds", "Time to answer a request", ["route"],
             registry=self.registry,
         )  # fmt: skip
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.upstream = Histogram(
             "davproxy_upstream_duration_seconds", "Time until the upstream's answer head",
             ["upstream"], registry=self.registry,
@@ -130,8 +132,14 @@ class Metrics:
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         known = method if method in _METHODS else "other"  # bounded label values
-        self.requests.labels(route, known, str(status)).inc()
-        self.duration.labels(route).observe(seconds)
+        key = (route, known, status)
+        children = self._request_children.get(key)
+        if children is None:  # labels() locks and builds its key: once per label set
+            counter = self.requests.labels(route, known, str(status))
+            children = (counter, self.duration.labels(route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 _METHODS = frozenset(

@@ -83,11 +83,12 @@ def prop_name(text: str) -> str:
     return m.group().strip().upper() if m else ""
 
 
-def lex(raw: bytes, warnings: list[FeedWarning]) -> list[Line]:
-    """Unfold physical lines (CRLF, LF or CR) into logical lines, decoding each one."""
+def lex(raw: bytes, warnings: list[FeedWarning], first_line: int = 1) -> list[Line]:
+    """Unfold physical lines (CRLF, LF or CR) into logical lines, decoding each one;
+    ``first_line``: the number of the first physical line (a part of a feed)."""
     physical = to_utf8_bytes(raw).splitlines()
     groups: list[tuple[int, list[bytes]]] = []
-    for no, line in enumerate(physical, 1):
+    for no, line in enumerate(physical, first_line):
         if line[:1] in (b" ", b"\t") and groups:
             groups[-1][1].append(line)
         elif line.strip():

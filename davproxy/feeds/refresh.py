@@ -17,10 +17,11 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from davproxy.config import FeedsConfig
 from davproxy.feeds.fetch import Fetcher, FetchResult
-from davproxy.feeds.split import FeedSplit, diff, plausible, split_feed
+from davproxy.feeds.split import FeedSplit, SplitMemo, diff, plausible, split_feed
 from davproxy.feeds.store import FeedSource, FeedStore
 
 log = logging.getLogger("davproxy.feeds")
@@ -71,6 +72,20 @@ def _meta_json(split: FeedSplit) -> str:
     )
 
 
+# Sources whose split memo is kept (a few MB for a 10,000-event feed); past that, the
+# least recently refreshed source's next refresh reads its whole feed again.
+_MEMOS = 64
+T = TypeVar("T")
+
+
+def _remember(memory: dict[int, T], source_id: int, value: T) -> None:
+    """Keep ``value`` for the source, forgetting the least recently refreshed past _MEMOS."""
+    memory.pop(source_id, None)
+    memory[source_id] = value
+    while len(memory) > _MEMOS:
+        del memory[next(iter(memory))]
+
+
 class Refresher:
     def __init__(
         self,
@@ -90,6 +105,10 @@ class Refresher:
         self._wake = asyncio.Event()
         self.on_report: Callable[[RefreshReport], None] | None = None  # metrics hook
         self.fetches = 0  # origin requests made (for tests and benchmarks)
+        # each source's last split memo (the next refresh re-reads only changed objects),
+        # and the fingerprints this process last recorded, with the source's revision then
+        self._memos: dict[int, SplitMemo] = {}
+        self._recorded: dict[int, tuple[int, dict[str, str]]] = {}
 
     # -- scheduling ----------------------------------------------------------------------
 
@@ -230,8 +249,11 @@ class Refresher:
             return self._still_current(source, "unchanged", validators)
         if not body.strip():
             return self.fail(source, "origin sent an empty body")
-        # splitting 10,000 events takes a few hundred ms: off the event loop
-        split = await asyncio.to_thread(split_feed, body)
+        # splitting 10,000 events takes a few hundred ms (tens when the memo of the last
+        # split knows all but a few): off the event loop
+        split = await asyncio.to_thread(split_feed, body, self._memos.get(source.id))
+        if split.memo is not None:
+            _remember(self._memos, source.id, split.memo)
         if not split.complete:
             return self.fail(source, "not a complete iCalendar document (truncated or garbage)")
         return await self.feeds.in_worker(
@@ -252,16 +274,20 @@ class Refresher:
         validators: Mapping[str, str | None],
     ) -> RefreshReport:
         """Record a parsed body as item changes, in one transaction (a worker thread)."""
-        content = _content_hash(split)
         with feeds.transaction():
             fresh = feeds.source(source.id)
             if fresh is None:
                 return RefreshReport(source.id, "failed", error="source no longer exists")
-            old = feeds.fingerprints(source.id)
+            recorded = self._recorded.get(source.id)
+            if recorded is not None and recorded[0] == fresh.revision:
+                old = recorded[1]  # what this process recorded last: the store holds it still
+            else:
+                old = feeds.fingerprints(source.id)
             new = split.fingerprints()
             changes = diff(old, new)
             interval = self.interval(fresh, split.meta.refresh_seconds)
             suspicious = confirm_losses and not plausible(len(old), len(new))
+            content = _content_hash(split) if suspicious else None
             if suspicious and fresh.suspect_hash != content:
                 # lost most of its objects: believe it only when the next fetch agrees
                 feeds.source_update(
@@ -300,6 +326,7 @@ class Refresher:
             current = feeds.source(source.id)
             assert current is not None
             feeds.prune_tombstones(current, now - self.settings.tombstone_days * 86400)
+        _remember(self._recorded, source.id, (revision, new))  # committed: true from now
         return RefreshReport(
             source.id,
             "changed" if not changes.empty else "unchanged",

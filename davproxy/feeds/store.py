@@ -344,8 +344,13 @@ class FeedStore:
         found = self._subscriptions("upstream = ? AND path = ?", (upstream, path))
         return found[0] if found else None
 
-    def subscriptions_of(self, upstream: str, owner: str) -> list[Subscription]:
-        return self._subscriptions("upstream = ? AND owner = ? ORDER BY path", (upstream, owner))
+    def subscriptions_of(self, upstream: str, owner: str) -> tuple[Subscription, ...]:
+        return self.store.remembered(
+            ("subscriptions_of", upstream, owner),
+            lambda: tuple(
+                self._subscriptions("upstream = ? AND owner = ? ORDER BY path", (upstream, owner))
+            ),
+        )
 
     def subscriptions(self) -> list[Subscription]:
         return self._subscriptions("1 ORDER BY upstream, path", ())

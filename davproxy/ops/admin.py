@@ -16,8 +16,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
-
 from davproxy import config as config_mod
 from davproxy.config.tables import MissingHtpasswd
 from davproxy.dav.errors import DavError, PlainError
@@ -29,7 +27,7 @@ from davproxy.sharing import upstream_rights
 from davproxy.sharing.requests import ShareeRequest
 from davproxy.store.records import Share
 from davproxy.store.sqlite import Store, StoreError
-from davproxy.upstream.client import Upstream
+from davproxy.upstream.client import Upstream, new_session
 
 
 def add_parser(sub: Any) -> None:
@@ -141,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store) -> int:
     parts = feed_parts(store, config)
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
+    async with new_session() as session:
         sites = {
             up.name: build_site(store, Upstream(up, config.server, session), parts)
             for up in config.upstreams

@@ -11,7 +11,6 @@ davproxy serves as a syncable subscription; edit the file and run
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import json
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from davproxy import config as config_mod
 from davproxy.edge import logs
-from davproxy.edge.server import StartupError, run_until_signal
+from davproxy.edge.server import StartupError, run, run_until_signal
 from davproxy.ops.embedded import EmbeddedError, start_radicale
 from davproxy.upstream.identity import hash_password, random_password
 
@@ -224,7 +223,7 @@ def run_demo(data: str, port: int, host: str) -> int:
             ]
             print("\n".join(lines), flush=True)
 
-        asyncio.run(run_until_signal(config, announce))
+        run(run_until_signal(config, announce))
     finally:
         origin.shutdown()
         radicale.stop()

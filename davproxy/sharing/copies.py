@@ -11,7 +11,8 @@ as the sharee.  The copy's own response in its parent's Depth 1 listing is built
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from aiohttp import web
@@ -21,7 +22,7 @@ from davproxy.dav import davxml
 from davproxy.dav.davxml import CS, DAV
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError
 from davproxy.dav.http import multistatus_response
-from davproxy.dav.paths import PathMap, PathRejected, canonical, resolve_path, within
+from davproxy.dav.paths import PathMap, PathRejected, canonical, resolve_path, slash, within
 from davproxy.sharing import peruser_view
 from davproxy.sharing.model import READ_METHODS, WRITE_METHODS, Sharing
 from davproxy.store.records import Share
@@ -68,7 +69,7 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
         if not destination.startswith(root + "/") or destination.rstrip("/") == root:
             raise DavError(403, NEED_PRIVILEGES, "objects cannot be moved out of a shared copy")
 
-    request_body = await ctx.body() if method == "PROPFIND" else None
+    request_body = await ctx.body() if method in ("PROPFIND", "REPORT") else None
 
     def edit(body: bytes) -> bytes:
         wanted = _wanted(method, request_body)
@@ -76,7 +77,9 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
             body, wanted, _copy_provider(sharing, share, copy_path), None, _copy_marker(copy_path)
         )
 
-    edit_xml = edit if method in ("PROPFIND", "REPORT") else None
+    edit_xml = None
+    if method == "PROPFIND" or (method == "REPORT" and _asks_privileges(request_body)):
+        edit_xml = edit
     if sharing.access.upstream_serves_copies:
         # The upstream enforces this share itself: the request goes to the copy's own
         # path, as the sharee; davproxy only adds the sharing properties.
@@ -133,52 +136,94 @@ async def _forward(
 
 
 async def listing(
-    ctx: Context, sharing: Sharing, share: Share, wanted: davxml.PropRequest, body: bytes
-) -> etree._Element | None:
-    """The copy's own response in a listing of its parent: the owner's collection,
-    fetched as the owner, shown under the copy's path with the sharee's properties."""
+    ctx: Context, sharing: Sharing, shares: list[Share], wanted: davxml.PropRequest, body: bytes
+) -> list[etree._Element]:
+    """The copies' own responses in a listing of their parent: each owner's collection,
+    fetched as the owner, shown under the copy's path with the sharee's properties.
+
+    Copies of one owner's collections that share a parent come from one Depth 1
+    PROPFIND of that parent (one round trip, not one per copy), and the owners are
+    asked at once; a collection that is gone is left out rather than failing the
+    listing."""
+    groups: dict[tuple[str, str], list[Share]] = {}
+    for share in shares:
+        parent = share.collection.rstrip("/").rsplit("/", 1)[0] + "/"
+        groups.setdefault((share.owner, parent), []).append(share)
+    found = await asyncio.gather(
+        *(
+            _collections(ctx, owner, parent, group, body)
+            for (owner, parent), group in groups.items()
+        )
+    )
     upstream = ctx.upstream
-    path, extra = upstream.target(share.collection)
+    nodes, by_copy = [], {}
+    for share, node in (pair for pairs in found for pair in pairs):
+        copy_path = upstream.paths.public + (share.mount or "")
+        link = node.find(davxml.HREF)
+        if link is not None:
+            link.text = copy_path
+        nodes.append(node)
+        by_copy[canonical(copy_path).rstrip("/")] = share
+    if not nodes:
+        return []
+
+    def provide(path: str) -> Mapping[str, etree._Element] | None:
+        share = by_copy.get(canonical(path).rstrip("/"))
+        return sharing.properties.copy_props(share) if share is not None else None
+
+    def mark(path: str, node: etree._Element) -> bool:
+        if canonical(path).rstrip("/") not in by_copy:
+            return False
+        return davxml.add_resourcetype(node, f"{{{CS}}}shared")
+
+    edited = davxml.augment(
+        davxml.serialize(davxml.multistatus(*nodes)), wanted, provide, None, mark
+    )
+    listed = davxml.parse(edited).findall(davxml.RESPONSE)
+    for node in listed:
+        listed_share = by_copy.get(canonical(node.findtext(davxml.HREF) or "").rstrip("/"))
+        if listed_share is not None:  # the sharee's sync token and ctag
+            peruser_view.listed(sharing.store, listed_share, node)
+    return listed
+
+
+async def _collections(
+    ctx: Context, owner: str, parent: str, shares: list[Share], body: bytes
+) -> list[tuple[Share, etree._Element]]:
+    """The upstream's responses for the owner's shared collections below ``parent``."""
+    upstream = ctx.upstream
+    single = len(shares) == 1
+    path, extra = upstream.target(shares[0].collection if single else parent)
     headers = {
-        **ctx.auth.headers_for(share.owner),
+        **ctx.auth.headers_for(owner),
         **extra,
-        "Depth": "0",
+        "Depth": "0" if single else "1",
         "Content-Type": "application/xml; charset=utf-8",
     }
     async with upstream.request("PROPFIND", path, headers, body) as answer:
         text = await answer.read()
         if answer.status != 207:
-            return None  # the owner's collection is gone: list nothing rather than fail
+            return []  # the owner's collection is gone: list nothing rather than fail
     try:
         root = davxml.parse(text)
     except davxml.XmlError:
-        return None
-    node = root.find(davxml.RESPONSE)
-    if node is None:
-        return None
-    copy_path = upstream.paths.public + (share.mount or "")
-    link = node.find(davxml.HREF)
-    if link is not None:
-        link.text = copy_path
-    edited = davxml.augment(
-        davxml.serialize(davxml.multistatus(node)),
-        wanted,
-        _copy_provider(sharing, share, copy_path),
-        None,
-        _copy_marker(copy_path),
-    )
-    listed = davxml.parse(edited).find(davxml.RESPONSE)
-    if listed is not None:
-        peruser_view.listed(sharing.store, share, listed)  # the sharee's sync token, ctag
-    return listed
+        return []
+    wanted = {canonical(share.collection): share for share in shares}
+    pairs = []
+    for node in root.iterfind(davxml.RESPONSE):
+        rest = upstream.rest_of(upstream.public_path(node.findtext(davxml.HREF) or ""))
+        share = wanted.get(canonical(slash(rest))) if rest is not None else None
+        if share is not None:
+            pairs.append((share, node))
+    return pairs
 
 
 def _copy_provider(
     sharing: Sharing, share: Share, copy_path: str
-) -> Callable[[str], dict[str, etree._Element] | None]:
+) -> Callable[[str], Mapping[str, etree._Element] | None]:
     copy_path = canonical(copy_path)
 
-    def provide(path: str) -> dict[str, etree._Element] | None:
+    def provide(path: str) -> Mapping[str, etree._Element] | None:
         path = canonical(path)
         if path.rstrip("/") == copy_path.rstrip("/"):
             return sharing.properties.copy_props(share)
@@ -198,6 +243,16 @@ def _copy_marker(copy_path: str) -> Callable[[str, etree._Element], bool]:
         return davxml.add_resourcetype(node, f"{{{CS}}}shared")
 
     return adjust
+
+
+def _asks_privileges(report: bytes | None) -> bool:
+    """Whether a REPORT asks for the privileges of what it lists: the upstream answers
+    them as the owner, so the sharee's replace them (nothing else of a report is ours)."""
+    try:
+        prop = davxml.parse(report or b"").find(davxml.PROP)
+    except davxml.XmlError:
+        return False  # the XML gate refuses it before it is forwarded
+    return prop is not None and prop.find(f"{{{DAV}}}current-user-privilege-set") is not None
 
 
 def _wanted(method: str, body: bytes | None) -> davxml.PropRequest:

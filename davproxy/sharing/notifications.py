@@ -39,6 +39,9 @@ SYNC_TOKEN_PREFIX = "urn:x-davproxy:notifications:sync:"
 _NOT_IN_ALLPROP = frozenset(
     {f"{{{DAV}}}notificationtype", f"{{{CS}}}notificationtype", f"{{{DAV}}}sync-token"}
 )
+# Placeholders of a listing's mold (davxml.Mold): never a notification's name or ETag.
+_HREF_SLOT = "\ue000href\ue000"
+_ETAG_SLOT = "\ue000etag\ue000"
 # Nothing may be written into a notification collection by a client (notifications-03 §3).
 _WRITES = frozenset(
     {"PUT", "MKCOL", "MKCALENDAR", "PROPPATCH", "COPY", "MOVE", "LOCK", "ACL", "PATCH"}
@@ -205,21 +208,19 @@ class Renderer:
     def render(self, note: Notification, media: str) -> bytes:
         return self.ietf(note) if media == IETF_MEDIA_TYPE else self.cs(note)
 
-    def notification_types(self, note: Notification) -> dict[str, etree._Element]:
-        """``D:notificationtype`` and ``CS:notificationtype``: empty copies of the type."""
-        ietf_name, cs_name = _TYPE_ELEMENTS.get(note.type, (None, None))
+    def notification_types(self, type_: str, kind: str) -> dict[str, etree._Element]:
+        """``D:notificationtype`` and ``CS:notificationtype``: empty copies of the type
+        (``kind``: the shared collection's, from the notification's body)."""
+        ietf_name, cs_name = _TYPE_ELEMENTS.get(type_, (None, None))
         result: dict[str, etree._Element] = {}
         if ietf_name is None or cs_name is None:
             return result
-        data = json.loads(note.body)
         result[f"{{{DAV}}}notificationtype"] = element(
             f"{{{DAV}}}notificationtype", element(ietf_name)
         )
         cs_type = element(cs_name)
-        if note.type == "share-invite":
-            cs_type.set(
-                "shared-type", "addressbook" if data["kind"] == "addressbook" else "calendar"
-            )
+        if type_ == "share-invite":
+            cs_type.set("shared-type", "addressbook" if kind == "addressbook" else "calendar")
         result[f"{{{CS}}}notificationtype"] = element(f"{{{CS}}}notificationtype", cs_type)
         return result
 
@@ -299,15 +300,27 @@ class NotificationCollection:
         if method == "PROPFIND":
             wanted = davxml.parse_propfind(await read_body(request, body_limit))
             depth = request.headers.get("Depth", "infinity").strip()
-            responses = [davxml.answer(base, self.collection_props(user), wanted, _NOT_IN_ALLPROP)]
-            if depth != "0":
-                for note in self.store.notifications(self.upstream.name, user):
-                    responses.append(
-                        davxml.answer(
-                            base + note.name, self._member_props(note), wanted, _NOT_IN_ALLPROP
-                        )
-                    )
-            return multistatus_response(davxml.multistatus(*responses))
+            itself = davxml.answer(base, self.collection_props(user), wanted, _NOT_IN_ALLPROP)
+            if depth == "0":
+                return multistatus_response(davxml.multistatus(itself))
+            # members differ only in name and ETag: one mold per type, stamped per member
+            molds: dict[tuple[str, str], davxml.Mold] = {}
+            members = []
+            for name, type_, etag, kind in self.store.notification_listing(
+                self.upstream.name, user
+            ):
+                mold = molds.get((type_, kind))
+                if mold is None:
+                    props = self._props(type_, kind, _ETAG_SLOT)
+                    model = davxml.answer(_HREF_SLOT, props, wanted, _NOT_IN_ALLPROP)
+                    mold = molds[(type_, kind)] = davxml.Mold(model, (_HREF_SLOT, _ETAG_SLOT))
+                members.append(mold.stamp(base + name, etag))
+            return web.Response(
+                status=207,
+                body=davxml.multistatus_bytes([itself], members),
+                content_type="application/xml",
+                charset="utf-8",
+            )
         if method == "REPORT":
             return self._sync_collection(request, user, base, await read_body(request, body_limit))
         raise DavError(403, NEED_PRIVILEGES, "the notification collection is managed by the server")
@@ -339,12 +352,16 @@ class NotificationCollection:
         }
 
     def _member_props(self, note: Notification) -> dict[str, etree._Element]:
+        kind = json.loads(note.body).get("kind", "") if note.body else ""
+        return self._props(note.type, kind, note.etag)
+
+    def _props(self, type_: str, kind: str, etag: str) -> dict[str, etree._Element]:
         props = {
             f"{{{DAV}}}resourcetype": element(f"{{{DAV}}}resourcetype"),
-            f"{{{DAV}}}getetag": element(f"{{{DAV}}}getetag", text=f'"{note.etag}"'),
+            f"{{{DAV}}}getetag": element(f"{{{DAV}}}getetag", text=f'"{etag}"'),
             f"{{{DAV}}}getcontenttype": element(f"{{{DAV}}}getcontenttype", text="application/xml"),
         }
-        props.update(self.renderer.notification_types(note))
+        props.update(self.renderer.notification_types(type_, kind))
         return props
 
     def _sync_collection(

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from davproxy.store.records import Share
 from davproxy.store.sqlite import Store
@@ -46,12 +48,18 @@ class PerUserStore:
         ).fetchone()
         return None if row is None else Entry(row[0], json.loads(row[1]), int(row[2]))
 
-    def entries(self, share: Share) -> dict[str, Entry]:
-        """All of a share's rows by member (one query for a whole REPORT answer)."""
-        rows = self.store.execute(
-            "SELECT href, uid, data, revision FROM peruser_data WHERE share_id = ?", (share.id,)
-        )
-        return {r[0]: Entry(r[1], json.loads(r[2]), int(r[3])) for r in rows}
+    def entries(self, share: Share) -> Mapping[str, Entry]:
+        """All of a share's rows by member (one query for a whole REPORT answer),
+        remembered until the store changes: a sharee's client asks again and again."""
+
+        def read() -> Mapping[str, Entry]:
+            rows = self.store.execute(
+                "SELECT href, uid, data, revision FROM peruser_data WHERE share_id = ?",
+                (share.id,),
+            )
+            return MappingProxyType({r[0]: Entry(r[1], json.loads(r[2]), int(r[3])) for r in rows})
+
+        return self.store.remembered(("peruser_entries", share.id), read)
 
     def changed_since(self, share: Share, revision: int) -> list[str]:
         rows = self.store.execute(

@@ -21,6 +21,7 @@ is stored upstream.  Under a sharee's copy:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -120,7 +121,7 @@ class View:
         if entry is None and not peruser.might_hold_personal(text):
             return text  # nothing anybody could own: the upstream's text as it is
         try:
-            obj = peruser.parse(text)
+            obj = _parsed(text)
         except (peruser.NotCalendarData, peruser.InjectedData):
             return text  # not one davproxy can split: as the upstream has it
         mine = None
@@ -134,7 +135,9 @@ class View:
         """Each member's ETag and calendar-data become the sharee's; the copy's sync
         token and ctag carry the per-user revision."""
         if self.spec.edit_xml is not None:
-            body = self.spec.edit_xml(body)
+            edited = self.spec.edit_xml(body)
+            assert isinstance(edited, bytes)  # a copy's own edit never awaits anything
+            body = edited
         root = davxml.parse(body)
         present = {node.findtext(davxml.HREF) for node in root.findall(davxml.RESPONSE)}
         token = root.find(SYNC_TOKEN)
@@ -165,6 +168,14 @@ class View:
 
     def _edit_collection(self, node: etree._Element) -> None:
         listed(self.store.store, self.share, node)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> peruser.CalendarObject:
+    """An upstream object as read for rendering (never changed: ``render`` only reads
+    it): a sharee's clients fetch the same objects again and again, and parsing was
+    half of what the per-user view costs a calendar-multiget."""
+    return peruser.parse(text)
 
 
 def _tag(share: Share) -> str:

@@ -14,7 +14,17 @@ from collections.abc import Callable
 from lxml import etree
 
 from davproxy.dav import davxml
-from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, ICAL, element, href, privilege_set
+from davproxy.dav.davxml import (
+    CALDAV,
+    CARDDAV,
+    CS,
+    DAV,
+    ICAL,
+    LazyProps,
+    element,
+    href,
+    privilege_set,
+)
 from davproxy.dav.errors import DavError
 from davproxy.dav.paths import canonical
 from davproxy.sharing.group_store import GroupShare
@@ -81,15 +91,19 @@ class SharingProperties:
             props[name] = element_from(name, value)
         return props
 
-    def member_props(self, share: Share) -> dict[str, etree._Element]:
-        return {
-            f"{{{DAV}}}current-user-privilege-set": privilege_set(*_PRIVILEGES[share.access]),
-            # the upstream answered as the owner; the client is the sharee
-            f"{{{DAV}}}current-user-principal": element(
-                f"{{{DAV}}}current-user-principal",
-                href(self.upstream.user_paths(share.sharee).principal),
-            ),
-        }
+    def member_props(self, share: Share) -> LazyProps:
+        principal = self.upstream.user_paths(share.sharee).principal
+        return LazyProps(
+            {
+                f"{{{DAV}}}current-user-privilege-set": lambda: privilege_set(
+                    *_PRIVILEGES[share.access]
+                ),
+                # the upstream answered as the owner; the client is the sharee
+                f"{{{DAV}}}current-user-principal": lambda: element(
+                    f"{{{DAV}}}current-user-principal", href(principal)
+                ),
+            }
+        )
 
     def owner_props(self, rest: str) -> dict[str, etree._Element] | None:
         """Properties of a collection its owner can share: ``D:invite`` always (empty

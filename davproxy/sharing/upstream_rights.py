@@ -43,6 +43,7 @@ async def reconcile(sharing: Sharing, *, dry_run: bool = False) -> list[str]:
 
 def owed(sharing: Sharing) -> bool:
     """Whether something failed that the server must retry."""
+    sharing.store.notice_changes()
     return sharing.access.unsettled() or bool(sharing.store.pending_deletions(sharing.name))
 
 

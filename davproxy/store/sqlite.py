@@ -38,6 +38,7 @@ from davproxy.store.records import NewShare, Notification, Share
 log = logging.getLogger("davproxy.store")
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -77,6 +78,10 @@ class Store:
         self.db = db
         self.path = path
         self._in_transaction = False
+        # lookups made on every request, kept until the database changes (remembered)
+        self._remembered: dict[tuple[object, ...], object] = {}
+        self._remembered_at = -1  # the connection's total_changes when they were made
+        self._data_version = -1
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -206,6 +211,35 @@ class Store:
             conn.execute("COMMIT")
         finally:
             self._in_transaction = False
+            self._remembered.clear()  # whatever was read inside may have been rolled back
+
+    # -- lookups made on every request ----------------------------------------------------
+
+    def remembered(self, key: tuple[object, ...], compute: Callable[[], T]) -> T:
+        """``compute()``, remembered until anything in the database changes.
+
+        A write on this connection shows in its ``total_changes``; another connection's
+        commit (the feed worker, ``davproxy admin``, another process) is noticed by
+        ``notice_changes`` at the start of each request, so a revocation committed
+        anywhere applies from the next request on.  Nothing is remembered inside a
+        transaction.  ``compute`` must return something immutable (a tuple)."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            return compute()
+        if conn.total_changes != self._remembered_at or len(self._remembered) > 10_000:
+            self._remembered.clear()
+            self._remembered_at = conn.total_changes
+        if key in self._remembered:
+            return self._remembered[key]  # type: ignore[return-value]
+        value = self._remembered[key] = compute()
+        return value
+
+    def notice_changes(self) -> None:
+        """Forget what is remembered if another connection has committed since."""
+        version = self.db.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self._remembered.clear()
 
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         """One SQL statement, for the store verbs of a feature that owns its tables
@@ -252,12 +286,16 @@ class Store:
             (upstream, owner, path),
         )
 
-    def pending_deletions(self, upstream: str) -> list[tuple[str, str]]:
+    def pending_deletions(self, upstream: str) -> tuple[tuple[str, str], ...]:
         """(owner, path) of deletions whose outcome davproxy never learned."""
-        rows = self.db.conn.execute(
-            "SELECT owner, path FROM pending_deletions WHERE upstream = ?", (upstream,)
-        )
-        return [(r[0], r[1]) for r in rows]
+
+        def read() -> tuple[tuple[str, str], ...]:
+            rows = self.db.conn.execute(
+                "SELECT owner, path FROM pending_deletions WHERE upstream = ?", (upstream,)
+            )
+            return tuple((r[0], r[1]) for r in rows)
+
+        return self.remembered(("pending_deletions", upstream), read)
 
     def all_shares(self) -> list[Share]:
         return self._shares("1 = 1 ORDER BY upstream, owner, collection, sharee", ())
@@ -278,12 +316,17 @@ class Store:
             (upstream, len(path), path),
         )
 
-    def mounts_of(self, upstream: str, sharee: str) -> list[Share]:
+    def mounts_of(self, upstream: str, sharee: str) -> tuple[Share, ...]:
         """The accepted shares a user has a copy of, with its path."""
-        return self._shares(
-            "upstream = ? AND sharee = ? AND status = 'accepted' AND mount IS NOT NULL"
-            " ORDER BY mount",
-            (upstream, sharee),
+        return self.remembered(
+            ("mounts_of", upstream, sharee),
+            lambda: tuple(
+                self._shares(
+                    "upstream = ? AND sharee = ? AND status = 'accepted' AND mount IS NOT NULL"
+                    " ORDER BY mount",
+                    (upstream, sharee),
+                )
+            ),
         )
 
     def mount_taken(self, upstream: str, mount: str) -> bool:
@@ -442,11 +485,17 @@ class Store:
 
     def ended_copy(self, upstream: str, sharee: str, path: str) -> str | None:
         """The path of an ended copy of ``sharee``'s that ``path`` lies in (or is)."""
-        rows = self.db.conn.execute(
-            "SELECT mount FROM ended_copies WHERE upstream = ? AND sharee = ?",
-            (upstream, sharee),
-        ).fetchall()
-        for (mount,) in rows:
+        mounts = self.remembered(
+            ("ended_copies", upstream, sharee),
+            lambda: tuple(
+                row[0]
+                for row in self.db.conn.execute(
+                    "SELECT mount FROM ended_copies WHERE upstream = ? AND sharee = ?",
+                    (upstream, sharee),
+                )
+            ),
+        )
+        for mount in mounts:
             if path.startswith(mount) or path + "/" == mount:
                 return str(mount)
         return None
@@ -518,6 +567,17 @@ class Store:
         return self._notifications(
             "upstream = ? AND user = ? AND deleted = 0 ORDER BY revision", (upstream, user)
         )
+
+    def notification_listing(self, upstream: str, user: str) -> list[tuple[str, str, str, str]]:
+        """(name, type, etag, kind) of each live notification, oldest first: what a listing
+        shows, without loading bodies (``kind`` is the shared collection's, or '')."""
+        rows = self.db.conn.execute(
+            "SELECT name, type, etag, COALESCE(json_extract(body, '$.kind'), '')"
+            " FROM notifications WHERE upstream = ? AND user = ? AND deleted = 0"
+            " ORDER BY revision",
+            (upstream, user),
+        )
+        return rows.fetchall()
 
     def notification_put(
         self, upstream: str, user: str, name: str, type_: str, body: str

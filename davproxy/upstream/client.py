@@ -34,6 +34,18 @@ log = logging.getLogger("davproxy.upstream")
 SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
+def new_session() -> aiohttp.ClientSession:
+    """The client session every Upstream of a process shares: no pool limit (each
+    upstream caps its own requests in flight, ``max_connections``), answers never
+    decompressed, no cookies kept, and none of the headers aiohttp would add."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must never keep cookies
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+    )
+
+
 class UpstreamError(PlainError):
     """The upstream could not be reached or did not answer properly (502/504)."""
 
@@ -201,8 +213,6 @@ class Upstream:
                 data=data,
                 allow_redirects=False,
                 timeout=self.timeout,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
-                auto_decompress=False,
             )
         except aiohttp.ConnectionTimeoutError:
             log.error(

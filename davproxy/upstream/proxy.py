@@ -10,10 +10,13 @@ prefix differs from the upstream's and the upstream cannot be told the public pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import inspect
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -73,6 +76,7 @@ def end_to_end(
 
 
 HrefMap = Callable[[str], str]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,8 @@ class Forward:
     drop_headers: frozenset[str] = frozenset()  # lower-case names
     request_hrefs: HrefMap | None = None  # client href -> upstream (Destination, REPORT)
     response_hrefs: HrefMap | None = None  # upstream href -> client (Location, XML bodies)
-    edit_xml: Callable[[bytes], bytes] | None = None  # on XML answers, after mapping
+    # on XML answers, after mapping; may await what it adds (fetched meanwhile)
+    edit_xml: Callable[[bytes], bytes | Awaitable[bytes]] | None = None
     body: bytes | None = None  # a request body the route has already read
     strict_bodies: bool = False  # a body whose hrefs cannot be mapped is refused (400)
     dav_tokens: tuple[str, ...] = ()  # feature tokens added to the DAV header
@@ -104,33 +109,27 @@ class Forward:
 
 def _trusted_peer(request: web.Request, allowed: tuple[str, ...]) -> bool:
     peer = request.remote
-    if not peer or not allowed:
-        return False
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
+    return bool(peer and allowed) and _in_networks(peer or "", allowed)
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(
+    allowed: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
     for entry in allowed:
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+        with contextlib.suppress(ValueError):
+            networks.append(ipaddress.ip_network(entry, strict=False))
+    return tuple(networks)
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of peers ask on every request
 def _in_networks(address: str, allowed: tuple[str, ...]) -> bool:
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:
         return False
-    for entry in allowed:
-        try:
-            if parsed in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    return any(parsed in network for network in _networks(allowed))
 
 
 def client_address(request: web.Request, allowed: tuple[str, ...]) -> str:
@@ -278,7 +277,8 @@ async def _relay(
         if spec.response_hrefs is not None:
             body = _map_body(body, spec.response_hrefs)
         if spec.edit_xml is not None and answer.status == 207:
-            body = spec.edit_xml(body)
+            edited = spec.edit_xml(body)
+            body = await edited if inspect.isawaitable(edited) else edited
 
     has_body = request.method != "HEAD" and answer.status not in (204, 304)
     counted = spec.upstream.on_bytes

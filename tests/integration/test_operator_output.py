@@ -65,4 +65,6 @@ def test_request_target_without_slash_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in log and "InvalidURLError" not in log, log[-3000:]
     refused = [line for line in log.splitlines() if "refused an unparsable request" in line]
     assert len(refused) >= 3 and all(" INFO aiohttp.server: " in line for line in refused)
-    assert "from 127.0.0.1 (400): abc" in log
+    # the line names what was refused (in the C parser's words: "Invalid characters in
+    # url: b'GET abc HTTP/1.1'")
+    assert any("from 127.0.0.1 (400): " in line and "abc" in line for line in refused), refused

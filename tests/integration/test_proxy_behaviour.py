@@ -227,6 +227,69 @@ async def test_unusual_status_and_extension_method_pass(upstream_server, proxy) 
     assert report["method"] == "ORDERPATCH" and report["raw_path"] == "/odd?x=%2F&y=1"
 
 
+async def _raw_exchange(port: int, *requests: bytes, together: bool = False) -> list[bytes]:
+    """Requests on one keep-alive connection (all in one write when ``together``); the
+    answers' bodies, read by Content-Length."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    bodies = []
+    try:
+        if together:
+            writer.write(b"".join(requests))
+        for request in requests:
+            if not together:
+                writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            status = int(head.split(b" ", 2)[1])
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            bodies.append(str(status).encode() + b" " + await reader.readexactly(length))
+    finally:
+        writer.close()
+    return bodies
+
+
+def _request(method: str, path: str, body: bytes = b"") -> bytes:
+    auth = basic("alice")["Authorization"]
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "pipelined"])
+async def test_extension_method_after_known_ones_on_one_connection(
+    upstream_server, proxy, together
+) -> None:
+    """The C parser refuses methods it does not know; the connection then switches to
+    the tolerant parser without losing a request before or after."""
+    base = await proxy(await upstream_server())
+    port = int(base.rsplit(":", 1)[1])
+    first, odd, after = await _raw_exchange(
+        port,
+        _request("PUT", "/alice/one", b"first"),
+        _request("ORDERPATCH", "/odd", b"<x/>"),
+        _request("GET", "/alice/two"),
+        together=together,
+    )
+    assert first.startswith(b"200 ") and seen(first[4:])["body"] == "first"
+    assert odd.startswith(b"299 ")
+    assert seen(odd[4:])["method"] == "ORDERPATCH" and seen(odd[4:])["body"] == "<x/>"
+    assert after.startswith(b"200 ") and seen(after[4:])["raw_path"] == "/alice/two"
+
+
+async def test_bad_method_token_still_refused(upstream_server, proxy) -> None:
+    base = await proxy(await upstream_server())
+    port = int(base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GE(T / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.read(100), 10)
+    writer.close()
+    assert head.split(b" ", 2)[1] == b"400"
+
+
 async def test_upstream_401_reaches_client_unchanged_in_upstream_basic(
     upstream_server, proxy
 ) -> None:

@@ -1,4 +1,5 @@
 import pytest
+from lxml import etree
 
 from davproxy.dav import davxml
 
@@ -46,6 +47,39 @@ def test_xml_content_types() -> None:
     assert davxml.is_xml_content_type("text/xml; charset=utf-8")
     assert davxml.is_xml_content_type("application/davsharing+xml")
     assert not davxml.is_xml_content_type("text/calendar")
+
+
+@pytest.mark.parametrize(
+    "propfind",
+    [
+        b'<D:propfind xmlns:D="DAV:"><D:prop><D:getetag/><D:displayname/></D:prop></D:propfind>',
+        b'<D:propfind xmlns:D="DAV:" xmlns:X="urn:x"><D:prop><X:odd/><D:getetag/>'
+        b"</D:prop></D:propfind>",
+        b'<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>',
+        b'<D:propfind xmlns:D="DAV:"><D:propname/></D:propfind>',
+    ],
+    ids=["prop", "foreign-namespace", "allprop", "propname"],
+)
+def test_mold_stamps_exactly_what_answer_builds(propfind: bytes) -> None:
+    """A listing stamped from a mold is the same XML as one answer per member, values
+    that need escaping included."""
+    wanted = davxml.parse_propfind(propfind)
+
+    def props(etag: str) -> dict[str, etree._Element]:
+        return {
+            "{DAV:}getetag": davxml.element("{DAV:}getetag", text=f'"{etag}"'),
+            "{DAV:}resourcetype": davxml.element("{DAV:}resourcetype"),
+        }
+
+    mold = davxml.Mold(davxml.answer("\ue000h", props("\ue000e"), wanted), ("\ue000h", "\ue000e"))
+    members = [("/n/a&b<c>.xml", "e1"), ("/n/plain.xml", "x&y")]
+    stamped = davxml.multistatus_bytes([], [mold.stamp(h, e) for h, e in members])
+    built = davxml.serialize(
+        davxml.multistatus(*(davxml.answer(h, props(e), wanted) for h, e in members))
+    )
+    assert etree.tostring(etree.fromstring(stamped), method="c14n") == etree.tostring(
+        etree.fromstring(built), method="c14n"
+    )
 
 
 def test_augment_keeps_namespaces_when_the_upstream_uses_davproxys_prefixes_otherwise() -> None:

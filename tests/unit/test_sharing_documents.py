@@ -83,7 +83,7 @@ def test_ietf_reply_notification_document_and_types() -> None:
     assert body.findtext("D:sharee/D:href", namespaces=NS) == "mailto:bob@example.org"
     assert body.find("D:sharee/D:invite-declined", NS) is not None
     assert body.findtext("D:href", namespaces=NS) == "/alice/work/"
-    types = renderer.notification_types(note("share-invite", INVITE))
+    types = renderer.notification_types("share-invite", "calendar")
     assert types["{DAV:}notificationtype"][0].tag == "{DAV:}share-invite-notification"
     cs = types["{http://calendarserver.org/ns/}notificationtype"][0]
     assert cs.tag == "{http://calendarserver.org/ns/}invite-notification"

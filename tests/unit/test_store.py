@@ -87,3 +87,39 @@ def test_an_ended_copy_remembers_its_invitation(
         store.ended_copy_clear("u", "bob/team/")  # bob made a calendar of his own there
     assert store.ended_copy_of(declined) is None
     store.close()
+
+
+def test_remembered_lookups_follow_every_change(tmp_path: Path) -> None:
+    """Per-request lookups are remembered, but a change on this connection, a commit on
+    another one (another process, ``davproxy admin``) once noticed, and a rollback
+    never leave a stale answer."""
+    from davproxy.store.records import NewShare
+
+    path = tmp_path / "s.sqlite3"
+    server, admin = Store.open(path), Store.open(path)
+    new = NewShare(upstream="u", owner="alice", collection="alice/cal/", kind="calendar",
+                   sharee="bob", sharee_href="/bob/", access="read", status="noresponse")  # fmt: skip
+    with server.transaction():
+        share, _ = server.share_upsert(new)
+        accepted = server.share_set_status(share, "accepted", "bob/cal/", expect="noresponse")
+    assert accepted is not None
+    server.notice_changes()
+    assert [s.mount for s in server.mounts_of("u", "bob")] == ["bob/cal/"]
+    # another connection revokes: seen once the server notices, as at each request
+    with admin.transaction():
+        admin.share_delete(accepted.id)
+    server.notice_changes()
+    assert server.mounts_of("u", "bob") == ()
+    # a change on the server's own connection is seen at once
+    with server.transaction():
+        again, _ = server.share_upsert(new)
+        server.share_set_status(again, "accepted", "bob/cal2/", expect="noresponse")
+    assert [s.mount for s in server.mounts_of("u", "bob")] == ["bob/cal2/"]
+    # what was read inside a transaction that rolled back is not remembered
+    with pytest.raises(RuntimeError), server.transaction():
+        server.share_delete(server.mounts_of("u", "bob")[0].id)
+        assert server.mounts_of("u", "bob") == ()
+        raise RuntimeError("rolled back")
+    assert [s.mount for s in server.mounts_of("u", "bob")] == ["bob/cal2/"]
+    server.close()
+    admin.close()
