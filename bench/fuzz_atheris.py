@@ -384,6 +384,7 @@ def load_targets(atheris: Any, name: str) -> dict[str, Target]:  # noqa: C901 - 
         from davproxy.dav.paths import PathMap, PathRejected, canonical, check_path, resolve_path
         from davproxy.feeds import caldav_query
         from davproxy.feeds import fetch as feed_fetch
+        from davproxy.feeds import normal as feed_normal
         from davproxy.feeds import split as feeds
         from davproxy.feeds import views as feed_views
         from davproxy.feeds.store import FeedItem, FeedSource
@@ -503,19 +504,19 @@ def load_targets(atheris: Any, name: str) -> dict[str, Target]:  # noqa: C901 - 
         for name in ("name", "description", "color", "timezone"):
             servable(getattr(meta, name), f"feed {name}")
         for uid, res in result.resources.items():
-            check(res.uid == uid and res.href == feeds.href_for(uid), f"href of {uid!r}")
+            check(res.uid == uid and res.href == feed_normal.href_for(uid), f"href of {uid!r}")
             check(res.text.startswith("BEGIN:VCALENDAR\r\n"), "resource does not start a VCALENDAR")
             check(res.text.endswith("END:VCALENDAR\r\n"), "resource does not end its VCALENDAR")
-            check(res.fingerprint == feeds.fingerprint(res.text), f"fingerprint of {uid!r}")
+            check(res.fingerprint == feed_normal.fingerprint(res.text), f"fingerprint of {uid!r}")
             servable(res.text, "calendar-data")
         for tzid, zone in result.timezones.items():
             servable(zone, f"VTIMEZONE {tzid!r}")
 
     def fingerprint(text: str) -> None:
-        check(len(feeds.fingerprint(text)) == 64, "digest length")
+        check(len(feed_normal.fingerprint(text)) == 64, "digest length")
 
     def duration(value: str) -> None:
-        feeds.parse_duration_seconds(value)
+        feed_normal.parse_duration_seconds(value)
 
     fixed = feeds.split_feed(ICS)
 

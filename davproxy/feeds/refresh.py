@@ -21,7 +21,8 @@ from typing import TypeVar
 
 from davproxy.config import FeedsConfig
 from davproxy.feeds.fetch import Fetcher, FetchResult
-from davproxy.feeds.split import FeedSplit, SplitMemo, diff, plausible, split_feed
+from davproxy.feeds.normal import diff, plausible
+from davproxy.feeds.split import FeedSplit, SplitMemo, split_feed
 from davproxy.feeds.store import FeedSource, FeedStore
 
 log = logging.getLogger("davproxy.feeds")

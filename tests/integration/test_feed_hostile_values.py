@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 from lxml import etree
 
-from davproxy.feeds.split import href_for
+from davproxy.feeds.normal import href_for
 from davproxy.ops.embedded import start_radicale
 from tests.feed_origin import FeedSite, Origin, calendar, event
 from tests.helpers import basic, fetch, raw_session, start_proxy, write_htpasswd

@@ -17,8 +17,9 @@ import pytest
 
 from davproxy.config import FeedsConfig
 from davproxy.feeds.fetch import Fetcher
+from davproxy.feeds.normal import href_for
 from davproxy.feeds.refresh import UPSTREAM_SOURCE, Bounds, Refresher, RefreshReport
-from davproxy.feeds.split import href_for, split_feed
+from davproxy.feeds.split import split_feed
 from davproxy.feeds.store import FeedSource, FeedStore, item_etag
 from davproxy.store.sqlite import Store
 from tests.feed_origin import Origin, calendar, event

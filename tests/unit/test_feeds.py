@@ -7,16 +7,16 @@ import re
 
 import pytest
 
-from davproxy.feeds.split import (
+from davproxy.feeds.lines import FeedWarning
+from davproxy.feeds.normal import (
     Diff,
-    FeedWarning,
     diff,
     fingerprint,
     href_for,
     parse_duration_seconds,
     plausible,
-    split_feed,
 )
+from davproxy.feeds.split import split_feed
 
 HEAD = ["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Example//Feed//EN"]
 TAIL = ["END:VCALENDAR"]

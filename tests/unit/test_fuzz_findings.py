@@ -16,7 +16,8 @@ from davproxy.dav.paths import PathMap
 from davproxy.dav.sync import positive_limit, token_revision
 from davproxy.feeds import caldav_query
 from davproxy.feeds.fetch import parse_retry_after
-from davproxy.feeds.split import fingerprint, split_feed
+from davproxy.feeds.normal import fingerprint
+from davproxy.feeds.split import split_feed
 from davproxy.feeds.store import FeedSource
 from davproxy.feeds.views import CALENDAR_DATA
 
