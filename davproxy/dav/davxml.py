@@ -93,6 +93,14 @@ def map_hrefs(body: bytes, mapper: Callable[[str], str]) -> bytes:
     whenever there is nothing to map.
     """
     root = parse(body)
+    if not map_tree_hrefs(root, mapper):
+        return body
+    declaration = body.lstrip().startswith(b"<?xml")
+    return etree.tostring(root, xml_declaration=declaration, encoding="utf-8")
+
+
+def map_tree_hrefs(root: etree._Element, mapper: Callable[[str], str]) -> bool:
+    """``map_hrefs`` on a parsed document; whether any href changed."""
     changed = False
     for element in root.iter(HREF):
         text = element.text
@@ -103,10 +111,7 @@ def map_hrefs(body: bytes, mapper: Callable[[str], str]) -> bytes:
         if mapped != stripped:
             element.text = mapped
             changed = True
-    if not changed:
-        return body
-    declaration = body.lstrip().startswith(b"<?xml")
-    return etree.tostring(root, xml_declaration=declaration, encoding="utf-8")
+    return changed
 
 
 # -- building and editing multistatus documents (RFC 4918 §14.16) ---------------------
@@ -249,19 +254,19 @@ class LazyProps(Mapping[str, etree._Element]):
     """Properties whose names are known at once but whose values are built only when
     asked for: a listing of 200 members that asks for none of them builds nothing."""
 
-    __slots__ = ("_factories",)
+    __slots__ = ("factories",)
 
     def __init__(self, factories: dict[str, Callable[[], etree._Element]]) -> None:
-        self._factories = factories
+        self.factories = factories
 
     def __getitem__(self, name: str) -> etree._Element:
-        return self._factories[name]()  # a fresh element each time: lxml nodes have one parent
+        return self.factories[name]()  # a fresh element each time: lxml nodes have one parent
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._factories)
+        return iter(self.factories)
 
     def __len__(self) -> int:
-        return len(self._factories)
+        return len(self.factories)
 
 
 def augment(

@@ -67,6 +67,8 @@ def _where(error: BaseException) -> str:
 
 
 def _record(refused: Refused, expected: bool) -> None:
+    if expected and not log.isEnabledFor(logging.DEBUG):
+        return  # documented bad input, not logged: no traceback walk for nothing
     error = refused.error
     where = _where(error)
     kind = (refused.library, type(error).__name__, where)

@@ -11,6 +11,7 @@ that holds shares ends them, crash-safe.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import replace
 
 from aiohttp import web
@@ -120,7 +121,7 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
                 roles[key] = sharing.role(user, key)
             return (key, *roles[key])
 
-        def provide(path: str) -> dict[str, etree._Element] | None:
+        def provide(path: str) -> Mapping[str, etree._Element] | None:
             if canonical(path) == principal:
                 return {
                     NOTIFICATION_URL: element(NOTIFICATION_URL, href(notification_url)),

@@ -139,6 +139,20 @@ class View:
             assert isinstance(edited, bytes)  # a copy's own edit never awaits anything
             body = edited
         root = davxml.parse(body)
+        self.edit_tree(root, extra, revision)
+        return davxml.serialize(root)
+
+    def spec_editing(self, extra: Sequence[etree._Element] = (), revision: int = 0) -> Forward:
+        """The forward with this view's edit: on the parsed answer (one parse with the
+        href mapping) unless the copy has an edit of its own on the bytes first."""
+        if self.spec.edit_xml is None:
+            return replace(self.spec, edit_tree=lambda root: self.edit_tree(root, extra, revision))
+        return replace(self.spec, edit_xml=lambda body: self.edit(body, extra, revision))
+
+    def edit_tree(
+        self, root: etree._Element, extra: Sequence[etree._Element] = (), revision: int = 0
+    ) -> None:
+        """``edit`` on a parsed answer, in place."""
         present = {node.findtext(davxml.HREF) for node in root.findall(davxml.RESPONSE)}
         token = root.find(SYNC_TOKEN)
         for node in extra:
@@ -164,7 +178,6 @@ class View:
                     prop.text = self.text(prop.text, entry)
         if token is not None and token.text:
             token.text = self.token(token.text.strip(), revision)
-        return davxml.serialize(root)
 
     def _edit_collection(self, node: etree._Element) -> None:
         listed(self.store.store, self.share, node)
@@ -226,7 +239,7 @@ async def serve(
     if method == "DELETE" and member is not None:
         return await _delete(view, member)
     if method == "PROPFIND":
-        return await ctx.forward(replace(spec, edit_xml=view.edit))
+        return await ctx.forward(view.spec_editing())
     if method == "REPORT":
         return await _report(view)
     return await ctx.forward(spec)
@@ -382,7 +395,7 @@ async def _report(view: View) -> web.StreamResponse:
         return await _query(view, root)
     if root.tag == peruser_time.FREE_BUSY_QUERY:
         return await peruser_time.serve(view, root)
-    return await ctx.forward(replace(view.spec, edit_xml=view.edit))
+    return await ctx.forward(view.spec_editing())
 
 
 async def _sync(view: View, root: etree._Element) -> web.StreamResponse:
@@ -397,10 +410,7 @@ async def _sync(view: View, root: etree._Element) -> web.StreamResponse:
     if changed:
         extra = await _multiget(view, changed, root.find(davxml.PROP))
 
-    def edit(answer: bytes) -> bytes:
-        return view.edit(answer, extra, revision)
-
-    spec = replace(view.spec, body=davxml.serialize(root), edit_xml=edit)
+    spec = replace(view.spec_editing(extra, revision), body=davxml.serialize(root))
     return await view.ctx.forward(spec)
 
 

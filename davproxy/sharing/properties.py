@@ -9,6 +9,7 @@ caldav-sharing-01 §5, CalendarServer caldav-sharing §5.2).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from lxml import etree
@@ -64,32 +65,35 @@ class SharingProperties:
         # the groups a collection is shared with, and their names (sharing/groups.py)
         self.group_entries: Callable[[str], list[tuple[GroupShare, str]]] = lambda _: []
 
-    def copy_props(self, share: Share) -> dict[str, etree._Element]:
-        """Properties of a sharee's copy: its sharing state and the sharee's own values."""
-        props: dict[str, etree._Element] = {
-            f"{{{DAV}}}share-access": element(
+    def copy_props(self, share: Share) -> LazyProps:
+        """Properties of a sharee's copy: its sharing state and the sharee's own values
+        (built only when asked for: a home listing of 50 copies asks for few of them)."""
+        uri = self._resource_uri(share)
+        owner = self.upstream.user_paths(share.owner).principal
+        factories: dict[str, Callable[[], etree._Element]] = {
+            f"{{{DAV}}}share-access": lambda: element(
                 f"{{{DAV}}}share-access", element(f"{{{DAV}}}{share.access}")
             ),
-            f"{{{DAV}}}share-resource-uri": element(
-                f"{{{DAV}}}share-resource-uri", href(self._resource_uri(share))
+            f"{{{DAV}}}share-resource-uri": lambda: element(
+                f"{{{DAV}}}share-resource-uri", href(uri)
             ),
-            f"{{{DAV}}}sharer-resource-uri": element(
-                f"{{{DAV}}}sharer-resource-uri", href(self._resource_uri(share))
+            f"{{{DAV}}}sharer-resource-uri": lambda: element(
+                f"{{{DAV}}}sharer-resource-uri", href(uri)
             ),
-            f"{{{DAV}}}invite": self._invite_property(share.collection, share.owner),
-            f"{{{DAV}}}current-user-privilege-set": privilege_set(*_PRIVILEGES[share.access]),
-            f"{{{DAV}}}owner": element(
-                f"{{{DAV}}}owner", href(self.upstream.user_paths(share.owner).principal)
+            f"{{{DAV}}}invite": lambda: self._invite_property(share.collection, share.owner),
+            f"{{{DAV}}}current-user-privilege-set": lambda: privilege_set(
+                *_PRIVILEGES[share.access]
             ),
+            f"{{{DAV}}}owner": lambda: element(f"{{{DAV}}}owner", href(owner)),
+            f"{{{CS}}}invite": lambda: self._cs_invite_property(
+                share.collection, share.owner, False
+            ),
+            f"{{{CS}}}shared-url": lambda: element(f"{{{CS}}}shared-url", href(uri)),
         }
-        props[f"{{{CS}}}invite"] = self._cs_invite_property(share.collection, share.owner, False)
-        props[f"{{{CS}}}shared-url"] = element(
-            f"{{{CS}}}shared-url", href(self._resource_uri(share))
-        )
-        props.update(self.member_props(share))
+        factories.update(self.member_props(share).factories)
         for name, value in self.store.instance_props(share.id).items():
-            props[name] = element_from(name, value)
-        return props
+            factories[name] = functools.partial(element_from, name, value)
+        return LazyProps(factories)
 
     def member_props(self, share: Share) -> LazyProps:
         principal = self.upstream.user_paths(share.sharee).principal
@@ -332,6 +336,8 @@ def inner_xml(prop: etree._Element) -> str:
 
 
 def element_from(name: str, value: str) -> etree._Element:
+    if not value.lstrip().startswith("<"):
+        return element(name, text=value)  # plain text (a display name, a colour)
     try:
         node = davxml.parse(value.encode())
         if node.tag == name:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from lxml import etree
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from davproxy.dav import davxml
@@ -96,6 +97,8 @@ class Forward:
     response_hrefs: HrefMap | None = None  # upstream href -> client (Location, XML bodies)
     # on XML answers, after mapping; may await what it adds (fetched meanwhile)
     edit_xml: Callable[[bytes], bytes | Awaitable[bytes]] | None = None
+    # an edit of a 207 answer as parsed, hrefs already mapped: parsed and written once
+    edit_tree: Callable[[etree._Element], None] | None = None
     body: bytes | None = None  # a request body the route has already read
     strict_bodies: bool = False  # a body whose hrefs cannot be mapped is refused (400)
     dav_tokens: tuple[str, ...] = ()  # feature tokens added to the DAV header
@@ -104,7 +107,11 @@ class Forward:
 
     @property
     def edits_answers(self) -> bool:
-        return self.response_hrefs is not None or self.edit_xml is not None
+        return (
+            self.response_hrefs is not None
+            or self.edit_xml is not None
+            or self.edit_tree is not None
+        )
 
 
 def _trusted_peer(request: web.Request, allowed: tuple[str, ...]) -> bool:
@@ -274,7 +281,9 @@ async def _relay(
                 MAX_MAPPED_RESPONSE,
             )
     if body is not None:
-        if spec.response_hrefs is not None:
+        if spec.edit_tree is not None and answer.status == 207:
+            body = _edit_tree(body, spec)
+        elif spec.response_hrefs is not None:
             body = _map_body(body, spec.response_hrefs)
         if spec.edit_xml is not None and answer.status == 207:
             edited = spec.edit_xml(body)
@@ -309,6 +318,20 @@ async def _relay(
         return response
     await response.write_eof()
     return response
+
+
+def _edit_tree(body: bytes, spec: Forward) -> bytes:
+    """Map hrefs and edit in one parse of the answer (not XML: passed on as it is)."""
+    assert spec.edit_tree is not None
+    try:
+        root = davxml.parse(body)
+    except davxml.XmlError:
+        return body  # not ours to judge: the upstream's answer as it is
+    if spec.response_hrefs is not None:
+        davxml.map_tree_hrefs(root, spec.response_hrefs)
+    spec.edit_tree(root)
+    declaration = body.lstrip().startswith(b"<?xml")
+    return etree.tostring(root, xml_declaration=declaration, encoding="utf-8")
 
 
 async def _read_capped(answer: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
