@@ -86,12 +86,6 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
             return await ctx.forward(replace(spec, body=body))
         depth = request.headers.get("Depth", "infinity").strip()
         extra, here = _listing_extras(site, user, ctx.rest, wanted) if depth != "0" else ([], [])
-        # the copies in a listed home are fetched while the upstream lists the home
-        fetching = (
-            asyncio.ensure_future(copies.listing(ctx, sharing, here, wanted, body))
-            if here
-            else None
-        )
         target = canonical(slash(ctx.rest))
         is_home = target in homes
         owned = sharing.owns_collection(user, target)
@@ -174,6 +168,10 @@ async def serve(ctx: Context, site: Site, user: str) -> web.StreamResponse:
             listed = extra + (await fetching if fetching is not None else [])
             return davxml.augment(answer, wanted, provide, listed, share_privilege)
 
+        # the copies in a listed home are fetched while the upstream lists the home
+        fetching = None
+        if here:
+            fetching = asyncio.ensure_future(copies.listing(ctx, sharing, here, wanted, body))
         try:
             return await ctx.forward(replace(spec, body=body, edit_xml=edit))
         finally:
