@@ -20,11 +20,14 @@ is stored upstream.  Under a sharee's copy:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import functools
 import hashlib
 import logging
-from collections.abc import Sequence
+import random
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
 from aiohttp import web
@@ -318,6 +321,38 @@ def _check_conditions(view: View, member: str, upstream_etag: str | None) -> Non
         raise DavError(412, None, "the object exists already")
 
 
+# How often a sharee's PUT is merged again when others keep writing the same object
+# (the owner directly, another davproxy process), waiting a little longer each time.
+_PUT_ATTEMPTS = 8
+_PUT_BACKOFF = 0.02  # seconds, times the attempt, jittered
+
+
+class _KeyedLocks:
+    """One lock per object: the read-merge-write of two sharee PUTs of the same object
+    through this process never race each other (only writers elsewhere can interleave,
+    and those are retried)."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, ...], tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: tuple[str, ...]) -> AsyncIterator[None]:
+        lock, users = self._held.get(key, (asyncio.Lock(), 0))
+        self._held[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._held[key]
+            if users == 1:
+                del self._held[key]
+            else:
+                self._held[key] = (lock, users - 1)
+
+
+_WRITING = _KeyedLocks()
+
+
 async def _put(view: View, member: str) -> web.StreamResponse:
     ctx, share = view.ctx, view.share
     body = await ctx.body()
@@ -330,15 +365,30 @@ async def _put(view: View, member: str) -> web.StreamResponse:
         if share.access == "read":
             raise DavError(403, NEED_PRIVILEGES, "this share is read-only") from None
         return await ctx.forward(view.spec)  # not calendar data: the upstream judges it
-    upstream_etag, old = await _current(view)
-    _check_conditions(view, member, upstream_etag)
-    write = peruser.split_write(new, old)
-    if write.shared_changed and share.access == "read":
-        raise DavError(
-            403, NEED_PRIVILEGES, "this share is read-only: only alarms and transparency"
-        )
-    created = upstream_etag is None
-    if write.shared_changed:
+    async with _WRITING.hold((share.upstream, share.collection, member)):
+        return await _merge_and_write(view, member, new)
+
+
+async def _merge_and_write(
+    view: View, member: str, new: peruser.CalendarObject
+) -> web.StreamResponse:
+    """Read, merge, write only if nothing changed meanwhile: when someone else wrote the
+    object in between (the upstream's 412 to davproxy's own If-Match), start again from
+    what is there now, the client's own conditions judged anew each time."""
+    ctx, share = view.ctx, view.share
+    for attempt in range(_PUT_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(random.uniform(0, _PUT_BACKOFF * attempt))
+        upstream_etag, old = await _current(view)
+        _check_conditions(view, member, upstream_etag)
+        write = peruser.split_write(new, old)
+        if write.shared_changed and share.access == "read":
+            raise DavError(
+                403, NEED_PRIVILEGES, "this share is read-only: only alarms and transparency"
+            )
+        created = upstream_etag is None
+        if not write.shared_changed:
+            break
         condition = {"If-None-Match": "*"} if created else {"If-Match": upstream_etag or "*"}
         sent = peruser.with_owner(write.shared, old).encode("utf-8")
         content_type = ctx.request.headers.get("Content-Type", "text/calendar; charset=utf-8")
@@ -346,12 +396,17 @@ async def _put(view: View, member: str) -> web.StreamResponse:
             "PUT", {**condition, "Content-Type": content_type}, sent
         )
         if status == 412:
-            raise DavError(412, None, "the object changed meanwhile")
+            continue  # changed by someone else since it was read
         if not 200 <= status < 300:
             return _relayed(status, headers, answer)
         upstream_etag = headers.get("ETag")
         if upstream_etag is None:
             upstream_etag, _ = await _current(view)
+        break
+    else:
+        log.warning("PUT by %s of %s%s: changed by others %d times in a row",
+                    share.sharee, share.collection, member, _PUT_ATTEMPTS)  # fmt: skip
+        raise PlainError(503, "The object keeps changing; try again", {"Retry-After": "1"})
     revision = view.store.put(share, member, new.uid, write.personal)
     result = web.Response(status=201 if created else 204)
     if upstream_etag is not None:
