@@ -24,9 +24,15 @@ NAMES = ["D:share-resource", "D:sharee", "D:href", "D:share-access", "D:read", "
          "D:no-access", "D:comment", "D:prop", "D:displayname", "CS:share", "CS:set",
          "CS:remove", "CS:read", "CS:read-write", "CS:summary", "CS:common-name", "D:all",
          "D:propfind", "D:allprop", "D:propname", "D:include", "X:other"]  # fmt: skip
-# Text XML can carry (control characters other than tab/newline are not XML at all).
+# Text XML can carry (control characters other than tab/newline are not XML at all, nor
+# are the noncharacters U+FFFE and U+FFFF: XML 1.0 §2.2).
 TEXT = st.text(
-    st.characters(blacklist_categories=("Cs", "Cc"), whitelist_characters="\t\n"), max_size=40
+    st.characters(
+        blacklist_categories=("Cs", "Cc"),
+        blacklist_characters="\ufffe\uffff",
+        whitelist_characters="\t\n",
+    ),
+    max_size=40,
 )
 
 
