@@ -29,11 +29,16 @@ for entry in (REPO, REPO / "bench"):
 
 import feeds as feed_bench  # noqa: E402
 from lxml import etree  # noqa: E402
-from sharing_paths import NOTE_PROPS, XML, cpu_seconds, sync_body  # noqa: E402
+from sharing_paths import (  # noqa: E402
+    NOTE_PROPS,
+    XML,
+    cpu_seconds,
+    radicale_behind_davproxy,
+    sync_body,
+)
 
-from davproxy.ops.embedded import start_radicale  # noqa: E402
 from davproxy.store.sqlite import Store  # noqa: E402
-from tests.helpers import basic, raw_session, start_proxy, write_htpasswd  # noqa: E402
+from tests.helpers import basic, raw_session  # noqa: E402
 
 INVITE = (
     '{"access": "read", "collection": "alice/cal/", "comment": "", "components": ["VEVENT"],'
@@ -51,16 +56,7 @@ async def notification_row(folder: Path, count: int) -> tuple[float, float]:
             store.notification_put("up", "bob", f"n{n:06d}.xml", "share-invite", INVITE)
     store.close()
     with ExitStack() as stack:
-        radicale = stack.enter_context(start_radicale(folder / "radicale", log_level="warning"))
-        proxy = stack.enter_context(
-            start_proxy(
-                folder / "davproxy",
-                upstream_url=radicale.url,
-                kind="radicale",
-                mode="proxy-auth",
-                htpasswd=write_htpasswd(folder / "users.htpasswd"),
-            )  # fmt: skip
-        )
+        proxy = radicale_behind_davproxy(folder, stack)
         url = proxy.url + "/.davproxy/notifications/bob/"
         async with raw_session() as session:
 

@@ -176,17 +176,23 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-async def run(folder: Path, stack: ExitStack, rounds: int) -> None:
+def radicale_behind_davproxy(folder: Path, stack: ExitStack) -> ServerProcess:
+    """A real Radicale and davproxy in front of it (proxy-auth, access log on), both
+    stopped with ``stack``; davproxy's store is ``folder/davproxy/store.sqlite3``."""
     radicale = stack.enter_context(start_radicale(folder / "radicale", log_level="warning"))
-    proxy = stack.enter_context(
+    return stack.enter_context(
         start_proxy(
             folder / "davproxy",
             upstream_url=radicale.url,
             kind="radicale",
             mode="proxy-auth",
             htpasswd=write_htpasswd(folder / "users.htpasswd"),
-        )  # fmt: skip
+        )
     )
+
+
+async def run(folder: Path, stack: ExitStack, rounds: int) -> None:
+    proxy = radicale_behind_davproxy(folder, stack)
     async with raw_session() as session:
         alice, bob = Client(session, proxy.url, "alice"), Client(session, proxy.url, "bob")
         copies = await seed(alice, bob)
