@@ -11,6 +11,7 @@ from yarl import URL
 
 from davproxy.ops.embedded import ServerProcess, free_port, start_davproxy
 from davproxy.upstream.identity import hash_password
+from tests import pg
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave@corp": "dave-pw"}
 
@@ -62,8 +63,9 @@ def write_config(
         f'kind = "{kind}"\n{mapping_extra}\n{identity}{users}', encoding="utf-8"
     )
     main = folder / "davproxy.toml"
+    store = f'url = "{pg.fresh_url()}"' if pg.use_postgres() else 'path = "store.sqlite3"'
     main.write_text(
-        f'[server]\nport = {port}\n{server_extra}\n[store]\npath = "store.sqlite3"\n'
+        f"[server]\nport = {port}\n{server_extra}\n[store]\n{store}\n"
         '[logging]\nlevel = "info"\n\n'
         f'[[upstream]]\nname = "{name}"\nprefix = "{prefix}"\nurl = "{upstream_url}"\n'
         f'mapping = "mapping.toml"\n{upstream_extra}\n',

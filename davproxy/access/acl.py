@@ -57,8 +57,8 @@ from davproxy.access.acl_document import (
 from davproxy.access.foreign import ForeignShare
 from davproxy.dav.davxml import DAV
 from davproxy.dav.errors import DavError, PlainError
+from davproxy.store import Store
 from davproxy.store.records import Share
-from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream, UpstreamError
 
 log = logging.getLogger("davproxy.sharing")

@@ -25,7 +25,7 @@ from davproxy.edge.routes import ROUTE, Router
 from davproxy.edge.sites import build_site, feed_parts, reload_directory
 from davproxy.feeds.refresh import Refresher
 from davproxy.sharing import upstream_rights
-from davproxy.store.sqlite import Store
+from davproxy.store import Store
 from davproxy.upstream.client import Upstream, new_session
 from davproxy.upstream.identity import parse_basic
 from davproxy.upstream.proxy import UPSTREAM_SECONDS, client_address, keep_upstream_headers
@@ -152,7 +152,7 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(keep_upstream_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = Store.open(config.store.path)
+        store = Store.open(config.store.location, config.store.reveal_password())
         session = new_session()
         parts = feed_parts(store, config)
         try:
