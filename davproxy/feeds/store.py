@@ -353,7 +353,7 @@ class FeedStore:
         )
 
     def subscriptions(self) -> list[Subscription]:
-        return self._subscriptions("1 ORDER BY upstream, path", ())
+        return self._subscriptions("1 = 1 ORDER BY upstream, path", ())
 
     def subscribers(self, source_id: int) -> int:
         row = self.store.execute(

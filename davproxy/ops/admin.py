@@ -133,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         raise StartupError(str(exc)) from None
     try:
         return asyncio.run(_run(args, config, store))
+    except StoreError as exc:  # the store failed mid-command (locked, connection lost)
+        raise StartupError(f"store {store.location}: {exc}") from None
     finally:
         store.close()
 
