@@ -66,7 +66,7 @@ from davproxy.ops.embedded import (  # noqa: E402
     start_davproxy,
     start_radicale,
 )
-from davproxy.store.sqlite import Store  # noqa: E402
+from davproxy.store import Store  # noqa: E402
 from davproxy.upstream.identity import hash_password  # noqa: E402
 from tests.helpers import basic, write_config  # noqa: E402
 

@@ -28,7 +28,7 @@ from davproxy.config import FeedsConfig  # noqa: E402
 from davproxy.feeds.fetch import Fetcher  # noqa: E402
 from davproxy.feeds.refresh import Refresher  # noqa: E402
 from davproxy.feeds.store import FeedStore  # noqa: E402
-from davproxy.store.sqlite import Store  # noqa: E402
+from davproxy.store import Store  # noqa: E402
 from tests.feed_origin import calendar, event  # noqa: E402
 
 T = TypeVar("T")

@@ -37,7 +37,7 @@ from sharing_paths import (  # noqa: E402
     sync_body,
 )
 
-from davproxy.store.sqlite import Store  # noqa: E402
+from davproxy.store import Store  # noqa: E402
 from tests.helpers import basic, raw_session  # noqa: E402
 
 INVITE = (

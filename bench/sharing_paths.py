@@ -268,7 +268,7 @@ async def notification_figures(
 ) -> list[tuple[str, float, float]]:
     """bob's notification collection grown to 10,000 invitations (written through
     davproxy's own store API, as the sharing code writes them), then listed and synced."""
-    from davproxy.store.sqlite import Store
+    from davproxy.store import Store
 
     store = Store.open(folder / "davproxy" / "store.sqlite3")
     model = next(n for n in store.notifications("up", "bob") if n.type == "share-invite")

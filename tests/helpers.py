@@ -9,8 +9,11 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
+from davproxy import config as config_mod
 from davproxy.ops.embedded import ServerProcess, free_port, start_davproxy
+from davproxy.store import Store
 from davproxy.upstream.identity import hash_password
+from tests import pg
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave@corp": "dave-pw"}
 
@@ -47,8 +50,11 @@ def write_config(
     mapping_extra: str = "",
     upstream_extra: str = "",
     name: str = "up",
+    store: str | None = None,
 ) -> tuple[Path, int]:
-    """A main file and one mapping file; returns (main file, port)."""
+    """A main file and one mapping file; returns (main file, port).  The store is a
+    SQLite file, or a fresh PostgreSQL database in the PostgreSQL pass
+    (``DAVPROXY_TEST_STORE``); ``store="sqlite"`` keeps it a file whatever the pass."""
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     identity = f'[identity]\nmode = "{mode}"\n'
@@ -62,14 +68,22 @@ def write_config(
         f'kind = "{kind}"\n{mapping_extra}\n{identity}{users}', encoding="utf-8"
     )
     main = folder / "davproxy.toml"
+    postgres = pg.use_postgres() if store is None else store == "postgresql"
+    where = f'url = "{pg.fresh_url()}"' if postgres else 'path = "store.sqlite3"'
     main.write_text(
-        f'[server]\nport = {port}\n{server_extra}\n[store]\npath = "store.sqlite3"\n'
+        f"[server]\nport = {port}\n{server_extra}\n[store]\n{where}\n"
         '[logging]\nlevel = "info"\n\n'
         f'[[upstream]]\nname = "{name}"\nprefix = "{prefix}"\nurl = "{upstream_url}"\n'
         f'mapping = "mapping.toml"\n{upstream_extra}\n',
         encoding="utf-8",
     )
     return main, port
+
+
+def open_store(main: Path) -> Store:
+    """The store a davproxy configuration names (SQLite file or PostgreSQL database)."""
+    store = config_mod.load(main).store
+    return Store.open(store.location, store.reveal_password())
 
 
 def start_proxy(folder: Path, **kwargs: object) -> ServerProcess:

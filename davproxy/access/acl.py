@@ -57,8 +57,8 @@ from davproxy.access.acl_document import (
 from davproxy.access.foreign import ForeignShare
 from davproxy.dav.davxml import DAV
 from davproxy.dav.errors import DavError, PlainError
+from davproxy.store import Store
 from davproxy.store.records import Share
-from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream, UpstreamError
 
 log = logging.getLogger("davproxy.sharing")
@@ -363,12 +363,13 @@ class AclBackend:
                 self._forget(collection, sharee)
 
     def _forget(self, collection: str, sharee: str | None = None) -> None:
+        sql = "DELETE FROM acl_entries WHERE upstream = ? AND collection = ?"
+        params: tuple[object, ...] = (self.upstream.name, collection)
+        if sharee is not None:
+            sql += " AND sharee = ?"
+            params += (sharee,)
         with self.store.transaction():
-            self.store.execute(
-                "DELETE FROM acl_entries WHERE upstream = ? AND collection = ?"
-                " AND (? IS NULL OR sharee = ?)",
-                (self.upstream.name, collection, sharee, sharee),
-            )
+            self.store.execute(sql, params)
 
     # -- whole reconciliations ------------------------------------------------------------
 

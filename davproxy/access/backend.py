@@ -24,8 +24,8 @@ from davproxy.access.foreign import ForeignShare
 from davproxy.access.proxy_enforced import ProxyEnforced
 from davproxy.access.radicale_api import RadicaleSharingApi
 from davproxy.access.radicale_native import RadicaleNative
+from davproxy.store import Store
 from davproxy.store.records import Share
-from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.identity import Authenticator
 

@@ -38,8 +38,8 @@ from davproxy.access.radicale_api import (
 )
 from davproxy.dav.errors import PlainError
 from davproxy.dav.paths import canonical
+from davproxy.store import Store
 from davproxy.store.records import Share
-from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
 
 log = logging.getLogger("davproxy.sharing")

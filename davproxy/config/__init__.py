@@ -21,6 +21,7 @@ from typing import Any, Literal
 from yarl import URL
 
 from davproxy.config.groups import DirectoryGroup, load_groups
+from davproxy.config.store import StoreConfig, load_store
 from davproxy.config.tables import (
     REQUIRED,
     ConfigError,
@@ -95,11 +96,6 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     forwarded_allow_ips: tuple[str, ...] = ()
     login_delay_max: float = 8.0  # longest wait after failed logins; 0: no delays
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    path: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,8 +261,7 @@ def load(path: str | Path) -> Config:
     server_t.finish()
 
     store_t = root.table("store")
-    store = StoreConfig(path=resolve(source, store_t.text("path", "davproxy.sqlite3")))
-    store_t.finish()
+    store = load_store(store_t, source)
 
     log_t = root.table("logging")
     logging_cfg = LoggingConfig(

@@ -25,7 +25,7 @@ from davproxy.edge.routes import ROUTE, Router
 from davproxy.edge.sites import build_site, feed_parts, reload_directory
 from davproxy.feeds.refresh import Refresher
 from davproxy.sharing import upstream_rights
-from davproxy.store.sqlite import Store
+from davproxy.store import Store, StoreError
 from davproxy.upstream.client import Upstream, new_session
 from davproxy.upstream.identity import parse_basic
 from davproxy.upstream.proxy import UPSTREAM_SECONDS, client_address, keep_upstream_headers
@@ -82,6 +82,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except StoreError as exc:
+        # the store is down or locked: nothing is known about shares or revocations, so
+        # nothing is served that depends on them (never the upstream's answer unchecked)
+        status = 503
+        log.error("store unavailable on %s %s: %s", request.method, request.path, exc)
+        return PlainError(
+            503, "davproxy's store is unavailable; try again shortly", {"Retry-After": "5"}
+        ).to_response()
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return PlainError(500, "Internal error in davproxy (see its log)").to_response()
@@ -152,7 +160,7 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(keep_upstream_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = Store.open(config.store.path)
+        store = Store.open(config.store.location, config.store.reveal_password())
         session = new_session()
         parts = feed_parts(store, config)
         try:

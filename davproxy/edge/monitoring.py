@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from davproxy.config import MonitoringConfig
 from davproxy.edge.guard import LoginGuard
 from davproxy.feeds.refresh import RefreshReport
-from davproxy.store.sqlite import Store, StoreError
+from davproxy.store import Store, StoreError
 from davproxy.upstream.client import Upstream, UpstreamError
 
 PATHS = {

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from davproxy import config as config_mod
 from davproxy.edge.app import SetupError, create_app, listening, reload
-from davproxy.store.sqlite import StoreError
+from davproxy.store import StoreError
 
 log = logging.getLogger("davproxy")
 

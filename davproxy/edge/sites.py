@@ -20,7 +20,7 @@ from davproxy.feeds.subscriptions import Subscriptions
 from davproxy.feeds.views import FeedServer
 from davproxy.sharing.model import Sharing
 from davproxy.sharing.notifications import NotificationCollection, Renderer
-from davproxy.store.sqlite import Store
+from davproxy.store import Store
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.directory import Directory
 from davproxy.upstream.identity import Authenticator

@@ -6,10 +6,14 @@ in ``feeds/store.py``.
 
 from __future__ import annotations
 
-import sqlite_utils
+from typing import Protocol
 
 
-def feed_tables(db: sqlite_utils.Database) -> None:
+class _Schema(Protocol):  # store/migrations.py's Schema
+    def execute(self, sql: str) -> None: ...
+
+
+def feed_tables(db: _Schema) -> None:
     # One row per unique source URL, shared by every subscriber: one origin fetch each.
     # ``tag`` is random so a sync token of a deleted source never matches a new one.
     db.execute(

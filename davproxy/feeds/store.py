@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from davproxy.feeds.split import Resource
-from davproxy.store.sqlite import Store
+from davproxy.store import Store
 
 T = TypeVar("T")
 
@@ -128,7 +128,7 @@ class FeedStore:
         self._worker_lock = threading.Lock()
 
     async def in_worker(self, work: Callable[[FeedStore], T]) -> T:
-        """Run ``work`` in a worker thread, on a connection of its own to the same file.
+        """Run ``work`` in a worker thread, on a connection of its own to the same store.
 
         A whole-feed import writes thousands of rows: on the event loop's connection it
         would stall every request for as long (measured: ~1 s for 50,000 events).  In
@@ -139,7 +139,7 @@ class FeedStore:
         def run() -> T:
             with self._worker_lock:
                 if self._worker is None:
-                    self._worker = FeedStore(Store.open(self.store.path))
+                    self._worker = FeedStore(self.store.reopen())
                 return work(self._worker)
 
         return await asyncio.to_thread(run)
@@ -353,7 +353,7 @@ class FeedStore:
         )
 
     def subscriptions(self) -> list[Subscription]:
-        return self._subscriptions("1 ORDER BY upstream, path", ())
+        return self._subscriptions("1 = 1 ORDER BY upstream, path", ())
 
     def subscribers(self, source_id: int) -> int:
         row = self.store.execute(

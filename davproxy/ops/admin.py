@@ -25,8 +25,8 @@ from davproxy.edge.sites import FeedParts, Site, build_site, feed_parts, reload_
 from davproxy.ops import users
 from davproxy.sharing import upstream_rights
 from davproxy.sharing.requests import ShareeRequest
+from davproxy.store import Store, StoreError
 from davproxy.store.records import Share
-from davproxy.store.sqlite import Store, StoreError
 from davproxy.upstream.client import Upstream, new_session
 
 
@@ -128,11 +128,13 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "user":
         return users.run(args, config)
     try:
-        store = Store.open(config.store.path)
+        store = Store.open(config.store.location, config.store.reveal_password())
     except StoreError as exc:
         raise StartupError(str(exc)) from None
     try:
         return asyncio.run(_run(args, config, store))
+    except StoreError as exc:  # the store failed mid-command (locked, connection lost)
+        raise StartupError(f"store {store.location}: {exc}") from None
     finally:
         store.close()
 
@@ -362,9 +364,9 @@ def _check(args: argparse.Namespace, store: Store) -> int:
     info = store.info()
     ok = store.integrity_ok()
     report = {
-        "store": str(info.path),
+        "store": info.location,
         "schema_version": info.schema_version,
-        "journal_mode": info.journal_mode,
+        **info.details,
         "integrity": "ok" if ok else "FAILED",
         "shares": {f"{u}/{s}": n for u, s, n in store.share_counts()},
         "notifications": dict(store.notification_counts()),

@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from davproxy.store.sqlite import Store
+from davproxy.store import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,8 +38,8 @@ from davproxy.sharing.requests import (
     parse_cs_share,
     parse_share_resource,
 )
+from davproxy.store import Store, StoreConflict
 from davproxy.store.records import NewShare, Notification, Share
-from davproxy.store.sqlite import Store, StoreConflict
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.directory import Directory
 from davproxy.upstream.identity import Authenticator

@@ -26,8 +26,8 @@ from davproxy.dav.davxml import CALDAV, CARDDAV, CS, DAV, element, href, privile
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError
 from davproxy.dav.http import multistatus_response, read_body
 from davproxy.dav.paths import quote_segment
+from davproxy.store import Store
 from davproxy.store.records import Notification
-from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
 
 COLLECTION_SEGMENT = "notifications"

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from davproxy.store import Store
 from davproxy.store.records import Share
-from davproxy.store.sqlite import Store
 
 
 @dataclass(frozen=True, slots=True)

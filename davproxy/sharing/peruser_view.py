@@ -42,8 +42,8 @@ from davproxy.feeds import caldav_query
 from davproxy.sharing import peruser, peruser_time
 from davproxy.sharing.model import Sharing
 from davproxy.sharing.peruser_store import Entry, PerUserStore, sharee_etag
+from davproxy.store import Store
 from davproxy.store.records import Share
-from davproxy.store.sqlite import Store
 from davproxy.upstream.proxy import Forward, end_to_end
 from davproxy.upstream.site import Context
 

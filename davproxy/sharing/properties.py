@@ -29,8 +29,8 @@ from davproxy.dav.davxml import (
 from davproxy.dav.errors import DavError
 from davproxy.dav.paths import canonical
 from davproxy.sharing.group_store import GroupShare
+from davproxy.store import Store
 from davproxy.store.records import Share
-from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.directory import Directory
 

@@ -27,8 +27,8 @@ from davproxy.dav.paths import PathRejected, canonical, resolve_path, slash
 from davproxy.sharing.notifications import invite_name
 from davproxy.sharing.properties import copy_name, inner_xml
 from davproxy.sharing.requests import INVALID_SHARE, INVITE_REPLY, VALID_REQUEST
+from davproxy.store import Store, StoreConflict
 from davproxy.store.records import Notification, Share
-from davproxy.store.sqlite import Store, StoreConflict
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.directory import Directory
 from davproxy.upstream.identity import Authenticator

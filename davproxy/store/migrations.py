@@ -11,20 +11,36 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-import sqlite_utils
-
 from davproxy.feeds.schema import feed_tables
-
-Migration = Callable[[sqlite_utils.Database], None]
-
-
-def _m001_meta(db: sqlite_utils.Database) -> None:
-    meta = db.table("meta")
-    meta.create({"key": str, "value": str}, pk="key")
-    meta.insert({"key": "instance_id", "value": str(uuid.uuid4())})
+from davproxy.store.engines import Engine, Params, postgres_ddl
 
 
-def _m002_sharing(db: sqlite_utils.Database) -> None:
+class Schema:
+    """What a migration writes with: SQLite's DDL, made PostgreSQL's where needed
+    (``postgres_ddl``: 64-bit integers, double-precision times, identity ids)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+
+    def execute(self, sql: str, params: Params | None = None) -> None:
+        if params is not None:  # a data statement: the store's own SQL
+            self.engine.execute(sql, params)
+        elif self.dialect == "postgresql":
+            self.engine.script(postgres_ddl(sql))
+        else:
+            self.engine.script(sql)
+
+
+Migration = Callable[[Schema], None]
+
+
+def _m001_meta(db: Schema) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("instance_id", str(uuid.uuid4())))
+
+
+def _m002_sharing(db: Schema) -> None:
     # One row per sharee instance of a shared collection (sabre's model): the owner's
     # collection and everything the sharee's copy needs.  Paths are below the
     # upstream root, so a change of public prefix keeps them valid.
@@ -85,7 +101,7 @@ def _m002_sharing(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO counters VALUES ('revision', 0)")
 
 
-def _m003_pending_deletions(db: sqlite_utils.Database) -> None:
+def _m003_pending_deletions(db: Schema) -> None:
     # An owner's DELETE of something that holds shares, recorded before it is sent:
     # if davproxy dies before it learns the outcome, start-up settles it, and copies of
     # what may be gone are not served meanwhile.
@@ -100,7 +116,7 @@ def _m003_pending_deletions(db: sqlite_utils.Database) -> None:
     )
 
 
-def _m005_ended_copies(db: sqlite_utils.Database) -> None:
+def _m005_ended_copies(db: Schema) -> None:
     # Where a sharee's copy was, once its share ended (revoked, declined, removed): the
     # path then answers 404 from davproxy itself, not the upstream's view of a path it
     # never had, until the sharee creates something of their own there.
@@ -116,7 +132,7 @@ def _m005_ended_copies(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX ended_copies_by_sharee ON ended_copies (upstream, sharee)")
 
 
-def _m006_upstream_removals(db: sqlite_utils.Database) -> None:
+def _m006_upstream_removals(db: Schema) -> None:
     # radicale-native: a copy the store has ended but the upstream may still serve (its
     # map share not yet confirmed removed).  Written in the transaction that ends the
     # share, removed once the upstream's maps of that owner match the store, so a
@@ -135,7 +151,7 @@ def _m006_upstream_removals(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX upstream_removals_by_owner ON upstream_removals (upstream, owner)")
 
 
-def _m007_ended_copies_of_invitations(db: sqlite_utils.Database) -> None:
+def _m007_ended_copies_of_invitations(db: Schema) -> None:
     # Which invitation an ended copy was made for: a sharee who declines after accepting
     # and then accepts again gets the copy back where it was (CalendarServer keeps the
     # binding's name), whatever name it had.  NULL for copies that ended before.
@@ -143,7 +159,7 @@ def _m007_ended_copies_of_invitations(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX ended_copies_by_invitation ON ended_copies (upstream, invite_uid)")
 
 
-def _m008_web_sessions(db: sqlite_utils.Database) -> None:
+def _m008_web_sessions(db: Schema) -> None:
     # Sessions of the sharing web page (davproxy/web/sessions.py).  The key is a hash
     # of the random id the browser holds in its cookie, so a copy of the store hands out
     # no session; no password is ever written here.  ``binding`` ties a proxy-auth
@@ -164,7 +180,7 @@ def _m008_web_sessions(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX web_sessions_by_user ON web_sessions (upstream, user)")
 
 
-def _m009_peruser_data(db: sqlite_utils.Database) -> None:
+def _m009_peruser_data(db: Schema) -> None:
     # A sharee's own alarms and transparency of each object in a shared calendar
     # (sharing/peruser_store.py).  Rows belong to one share: they go with it (revoked:
     # the cascade; declined, left or moved: the trigger), so nothing reaches a later
@@ -180,15 +196,26 @@ def _m009_peruser_data(db: sqlite_utils.Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX peruser_data_by_revision ON peruser_data (share_id, revision)")
-    db.execute(
-        """CREATE TRIGGER peruser_data_share_ended AFTER UPDATE OF status, mount ON shares
+    if db.dialect == "postgresql":
+        db.execute(
+            """CREATE FUNCTION peruser_data_share_ended() RETURNS trigger LANGUAGE plpgsql
+            AS $$ BEGIN DELETE FROM peruser_data WHERE share_id = OLD.id; RETURN NULL; END $$"""
+        )
+        db.execute(
+            """CREATE TRIGGER peruser_data_share_ended AFTER UPDATE OF status, mount ON shares
+            FOR EACH ROW WHEN (NEW.status != 'accepted' OR NEW.mount IS DISTINCT FROM OLD.mount)
+            EXECUTE FUNCTION peruser_data_share_ended()"""
+        )
+    else:
+        db.execute(
+            """CREATE TRIGGER peruser_data_share_ended AFTER UPDATE OF status, mount ON shares
             WHEN NEW.status != 'accepted' OR NEW.mount IS NOT OLD.mount
             BEGIN DELETE FROM peruser_data WHERE share_id = OLD.id; END"""
-    )
+        )
     db.execute("INSERT INTO counters VALUES ('peruser', 0)")
 
 
-def _m010_groups(db: sqlite_utils.Database) -> None:
+def _m010_groups(db: Schema) -> None:
     # Sharing with groups (davproxy/sharing/groups.py).  ``directory_groups`` is the
     # group directory as last applied (a reload diffs the mapping file against it, and
     # every process reads groups from here, so the server and `davproxy admin` agree);
@@ -231,7 +258,7 @@ def _m010_groups(db: sqlite_utils.Database) -> None:
     )
 
 
-def _m011_acl_entries(db: sqlite_utils.Database) -> None:
+def _m011_acl_entries(db: Schema) -> None:
     # The ACEs the acl access backend (access/acl.py) has written on upstream
     # collections, one per (collection, sharee): an ACL has no room for a mark, so this
     # is how davproxy tells its own ACEs from an administrator's.  A row is written before

@@ -6,8 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 
-import sqlite_utils
-
+from davproxy.store.engines import Cursor, Params
 from davproxy.store.records import Notification
 
 _NOTIFICATION_COLUMNS = "id, upstream, user, name, type, body, etag, revision, created, deleted"
@@ -16,13 +15,14 @@ _NOTIFICATION_COLUMNS = "id, upstream, user, name, type, body, etag, revision, c
 class NotificationRows:
     """Mixed into ``Store``, which gives it its connection and revision counter."""
 
-    db: sqlite_utils.Database
+    def execute(self, sql: str, params: Params = ()) -> Cursor:
+        raise NotImplementedError
 
     def _next_revision(self) -> int:
         raise NotImplementedError
 
     def _notifications(self, where: str, params: tuple[object, ...]) -> list[Notification]:
-        rows = self.db.conn.execute(
+        rows = self.execute(
             f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE {where}", params
         )
         return [
@@ -55,7 +55,7 @@ class NotificationRows:
     def notification_listing(self, upstream: str, user: str) -> list[tuple[str, str, str, str]]:
         """(name, type, etag, kind) of each live notification, oldest first: what a listing
         shows, without loading bodies (``kind`` is the shared collection's, or '')."""
-        rows = self.db.conn.execute(
+        rows = self.execute(
             "SELECT name, type, etag, COALESCE(json_extract(body, '$.kind'), '')"
             " FROM notifications WHERE upstream = ? AND user = ? AND deleted = 0"
             " ORDER BY revision",
@@ -69,7 +69,7 @@ class NotificationRows:
         """Create or overwrite (coalesce) one notification; a new revision either way."""
         revision = self._next_revision()
         etag = hashlib.sha256(f"{revision}\0{body}".encode()).hexdigest()[:32]
-        self.db.conn.execute(
+        self.execute(
             "INSERT INTO notifications (upstream, user, name, type, body, etag, revision,"
             " deleted, created) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)"
             " ON CONFLICT (upstream, user, name) DO UPDATE SET type = excluded.type,"
@@ -85,7 +85,7 @@ class NotificationRows:
         """Turn a notification into a tombstone; False if there was none."""
         if self.notification(upstream, user, name) is None:
             return False
-        self.db.conn.execute(
+        self.execute(
             "UPDATE notifications SET deleted = 1, revision = ?, body = '', etag = ''"
             " WHERE upstream = ? AND user = ? AND name = ?",
             (self._next_revision(), upstream, user, name),
@@ -94,7 +94,7 @@ class NotificationRows:
 
     def notification_revision(self, upstream: str, user: str) -> int:
         """The newest revision in a user's collection (0 when it never had anything)."""
-        row = self.db.conn.execute(
+        row = self.execute(
             "SELECT MAX(revision) FROM notifications WHERE upstream = ? AND user = ?",
             (upstream, user),
         ).fetchone()

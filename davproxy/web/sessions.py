@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from davproxy.store.sqlite import Store
+from davproxy.store import Store
 
 IDLE_SECONDS = 2 * 3600.0
 MAX_SECONDS = 12 * 3600.0
@@ -79,12 +79,12 @@ class WebSessions:
                 " last_seen) VALUES (?, ?, ?, ?, ?, '', ?, ?)",
                 (session.key, self.upstream, user, session.csrf, binding, now, now),
             )
-            rows = self.store.execute(
-                "SELECT key FROM web_sessions WHERE upstream = ? AND user = ?"
-                " ORDER BY created DESC, rowid DESC LIMIT -1 OFFSET ?",
-                (self.upstream, user, PER_USER),
+            others = self.store.execute(  # the new one stays, with the newest others
+                "SELECT key FROM web_sessions WHERE upstream = ? AND user = ? AND key != ?"
+                " ORDER BY created DESC, last_seen DESC",
+                (self.upstream, user, session.key),
             ).fetchall()
-            for (old,) in rows:
+            for (old,) in others[PER_USER - 1 :]:
                 self._delete(old)
         if authorization is not None:
             self._credentials[session.key] = authorization

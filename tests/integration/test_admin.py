@@ -10,6 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from tests import pg
 from tests.helpers import fetch, raw_session, start_proxy, write_htpasswd
 
 from .conftest import Pair
@@ -65,11 +66,11 @@ async def test_admin_lists_checks_and_revokes(radicale_pair: Pair) -> None:
 
         checked = admin(pair, "--json", "check")
         report = json.loads(checked.stdout)
-        assert (
-            checked.returncode == 0
-            and report["integrity"] == "ok"
-            and report["journal_mode"] == "wal"
-        )
+        assert checked.returncode == 0 and report["integrity"] == "ok"
+        if pg.use_postgres():
+            assert report["backend"] == "postgresql" and "***" not in report["store"]
+        else:
+            assert report["backend"] == "sqlite" and report["journal_mode"] == "wal"
 
         notes = admin(pair, "--json", "notifications", "--user", "alice")
         assert any(n["type"] == "share-reply" for n in json.loads(notes.stdout))

@@ -142,7 +142,7 @@ def _errors_only(stderr: str) -> str:
 
 
 def test_sigterm_stops_gracefully(tmp_path: Path) -> None:
-    main = config(tmp_path)
+    main = config(tmp_path, store="sqlite")
     port = int(main.read_text().split("port = ")[1].split("\n")[0])
     process = subprocess.Popen(
         [sys.executable, "-m", "davproxy", "serve", "--config", str(main)],
@@ -255,13 +255,33 @@ def test_demo_serves_radicale_with_demo_users(tmp_path: Path) -> None:
 
 
 def test_unusable_store_is_one_clear_line(tmp_path: Path) -> None:
-    main = config(tmp_path)
+    main = config(tmp_path, store="sqlite")
     (tmp_path / "store.sqlite3").write_bytes(b"definitely not a database" * 50)
     result = run_cli("serve", "--config", str(main))
     assert result.returncode == 1
     line = one_line_error(result.__class__(result.args, 1, "", _errors_only(result.stderr)))
     assert line.startswith("davproxy: ") and "store.sqlite3" in line
     assert (tmp_path / "store.sqlite3").read_bytes().startswith(b"definitely")  # left as it was
+
+
+def test_unreachable_postgresql_is_one_clear_line(tmp_path: Path) -> None:
+    """A PostgreSQL store that cannot be reached: one line naming it (never its password)
+    and a non-zero exit, from serve and admin alike."""
+    (tmp_path / "store.pw").write_text("s3cret-pw\n")
+    main = config(tmp_path, store="sqlite")
+    main.write_text(
+        main.read_text().replace(
+            'path = "store.sqlite3"',
+            f'url = "postgresql://davproxy@127.0.0.1:{free_port()}/davproxy"\n'
+            'password_file = "store.pw"',
+        )
+    )
+    for argv in (("serve", "--config", str(main)), ("admin", "-c", str(main), "check")):
+        result = run_cli(*argv)
+        assert result.returncode != 0
+        line = one_line_error(result.__class__(result.args, 1, "", _errors_only(result.stderr)))
+        assert line.startswith("davproxy: cannot open store postgresql://davproxy@127.0.0.1:")
+        assert "s3cret" not in result.stderr + result.stdout
 
 
 def test_version_is_the_package_version() -> None:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from lxml import etree
 
 from davproxy.ops import davical
 from davproxy.ops.embedded import free_port, start_davproxy
-from tests.helpers import Endpoint, basic, fetch, raw_session, write_config
+from tests.helpers import Endpoint, basic, fetch, open_store, raw_session, write_config
 
 from .conftest import DAVICAL_ADMIN_PASSWORD, Pair
 from .test_native_reconcile import admin
@@ -226,7 +225,7 @@ async def test_revocation_the_acl_request_missed_is_repaired_at_start(
 
         revoked = admin(down, "revoke", "--collection", cal, "--sharee", "bob")
         assert revoked.returncode == 1 and "ended in the store" in revoked.stderr
-        store = sqlite3.connect(folder / "store.sqlite3")
+        store = open_store(down)
         assert (
             store.execute("SELECT count(*) FROM shares WHERE status = 'accepted'").fetchone()[0]
             == 0
@@ -295,7 +294,7 @@ async def test_an_acl_the_upstream_refuses_records_nothing(
             assert "/caldav.php/bob/" not in await aces(session, pair, cal)
         log = proxy.log_tail(200)
     assert "refused the ACL" in log and "need-privileges" in log
-    store = sqlite3.connect(folder / "store.sqlite3")
+    store = open_store(main)
     try:
         assert store.execute("SELECT status FROM shares").fetchall() == [("noresponse",)]
         assert store.execute("SELECT count(*) FROM acl_entries").fetchone() == (0,)

@@ -14,7 +14,6 @@ is remembered.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import pytest
 
 from davproxy.ops.embedded import start_radicale
 from tests.feed_origin import FeedSite, Origin, calendar, event
-from tests.helpers import fetch, raw_session, start_proxy, write_htpasswd
+from tests.helpers import fetch, open_store, raw_session, start_proxy, write_htpasswd
 
 FEEDS = "/.davproxy/feeds/"
 MAX_BYTES = 64 * 1024
@@ -162,7 +161,7 @@ async def test_hostile_origins_keep_the_last_good_data(faults: Faults) -> None:
     assert status == 200 and b"moved one v3" in body
 
     # 503 + Retry-After: the next scheduled fetch waits at least that long
-    store = sqlite3.connect(str(faults.config.parent / "store.sqlite3"))
+    store = open_store(faults.config)
     try:
         row = store.execute(
             "SELECT next_fetch, last_attempt FROM feed_sources WHERE url LIKE '%/busy.ics'"

@@ -21,7 +21,7 @@ from davproxy.feeds.normal import href_for
 from davproxy.feeds.refresh import UPSTREAM_SOURCE, Bounds, Refresher, RefreshReport
 from davproxy.feeds.split import split_feed
 from davproxy.feeds.store import FeedSource, FeedStore, item_etag
-from davproxy.store.sqlite import Store
+from davproxy.store import Store
 from tests.feed_origin import Origin, calendar, event
 
 SETTINGS = FeedsConfig(allow_networks=("127.0.0.0/8",), fetch_timeout=5.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 from davproxy.feeds.split import split_feed
 from davproxy.feeds.store import FeedStore
 from davproxy.feeds.views import FeedServer
-from davproxy.store.sqlite import Store
+from davproxy.store import Store
 from tests.feed_origin import calendar, event
 
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from davproxy.sharing import peruser as P
 from davproxy.sharing.peruser_store import PerUserStore, sharee_etag
+from davproxy.store import Store
 from davproxy.store.records import NewShare
-from davproxy.store.sqlite import Store
 
 HEAD = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n"
 TAIL = "END:VCALENDAR\r\n"

@@ -24,8 +24,8 @@ from davproxy import config
 from davproxy.dav.paths import resolve_path
 from davproxy.edge.routes import ROUTES, Place, classify, route_for
 from davproxy.edge.sites import Site, build_site, feed_parts
+from davproxy.store import Store
 from davproxy.store.records import NewShare
-from davproxy.store.sqlite import Store
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.site import Context, Limits
 

@@ -21,7 +21,7 @@ from davproxy.feeds.split import split_feed
 from davproxy.feeds.store import FeedStore
 from davproxy.feeds.views import FeedLog
 from davproxy.sharing.notifications import NotificationLog
-from davproxy.store.sqlite import Store
+from davproxy.store import Store
 from tests.feed_origin import calendar, event
 
 NS = {"D": "DAV:"}

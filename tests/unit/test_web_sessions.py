@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from davproxy import config
-from davproxy.store.sqlite import Store
+from davproxy.store import Store
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.directory import Directory
 from davproxy.web import people
@@ -63,7 +63,10 @@ def test_idle_and_absolute_expiry_logout_and_the_per_user_cap(store: Store) -> N
     cookie, session = sessions.open("alice", "", None)
     sessions.end(session)
     assert sessions.find(cookie) is None
-    cookies = [sessions.open("bob", "", None)[0] for _ in range(PER_USER + 2)]
+    cookies = []
+    for _ in range(PER_USER + 2):  # a second apart: the oldest by time are the ones ended
+        cookies.append(sessions.open("bob", "", None)[0])
+        clock.now += 1
     assert sessions.find(cookies[0]) is None and sessions.find(cookies[-1]) is not None
     assert sessions.end_user("bob") == PER_USER
 

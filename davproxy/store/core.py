@@ -1,216 +1,202 @@
-"""davproxy's own state: one SQLite file through sqlite-utils, in WAL mode.
+"""davproxy's own state: share records, notifications and what they need, in SQLite
+(the embedded default) or PostgreSQL (several processes or hosts), behind one set of
+verbs (store/engines.py runs the SQL on either).
 
-All SQL lives in this module (and, for subscriptions, in feeds/store.py), behind verbs
-that return plain values, so handlers never see a cursor and a server-grade backend can
-replace this one without touching them; errors leave as ``StoreError``/``StoreConflict``,
-never as sqlite3's.  The schema evolves by numbered migrations (store/migrations.py)
-applied in order, each in its own transaction, recorded in ``schema_migrations``; a store
-written by a newer davproxy is refused rather than damaged.
+All SQL lives in the store's modules (and, for subscriptions, feeds/store.py), behind
+verbs that return plain values, so handlers never see a cursor; errors leave as
+``StoreError``/``StoreConflict``, never as a driver's.  The schema evolves by numbered
+migrations (store/migrations.py) applied in order, each in its own transaction,
+recorded in ``schema_migrations``, one process at a time; a store written by a newer
+davproxy is refused rather than damaged.
 
 Blocking on the event loop is bounded by design: the verbs the request path calls are
 indexed lookups and small writes (a user's shares, one notification), and a transaction
 never spans an ``await``, so within one process no request waits for another's lock.
-The one bulk writer, a whole-feed import, runs in a worker thread on its own connection
-(``FeedStore.in_worker``; ``bench/loop_stall.py`` measures what remains).  Another
-process holding the write lock (``davproxy admin``) can make a write wait up to the
-5 s ``busy_timeout``.
+Write transactions exclude each other across processes too (``Engine.begin``), which
+keeps revisions in commit order.  The one bulk writer, a whole-feed import, runs in a
+worker thread on its own connection (``FeedStore.in_worker``; ``bench/loop_stall.py``
+measures what remains).  Another process's writer can make a write wait up to 5 s
+(SQLite's busy_timeout, PostgreSQL's lock_timeout), then the write fails.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TypeVar
 
-import sqlite_utils
-
-from davproxy.store.migrations import MIGRATIONS
+from davproxy.store.engines import (
+    Cursor,
+    Engine,
+    Params,
+    StoreConflict,
+    StoreError,
+    open_engine,
+)
+from davproxy.store.migrations import MIGRATIONS, Schema
 from davproxy.store.notification_rows import NotificationRows
 from davproxy.store.records import NewShare, Share
 
+__all__ = ["Store", "StoreConflict", "StoreError", "StoreInfo"]
+
 log = logging.getLogger("davproxy.store")
-P = ParamSpec("P")
-R = TypeVar("R")
 T = TypeVar("T")
-
-
-class StoreError(Exception):
-    """The store cannot be opened, is not one this davproxy can use, or failed a call.
-
-    No ``sqlite3`` exception leaves this package: callers see ``StoreError`` (and
-    ``StoreConflict``), which a server-grade store raises too."""
-
-
-class StoreConflict(StoreError):
-    """A write broke a uniqueness rule: a racing request took the same name first."""
-
-
-def _translated(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn sqlite3's exceptions into StoreError (a busy store for a metrics scrape)."""
-
-    @functools.wraps(method)
-    def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
-
-    return call
 
 
 @dataclass(frozen=True, slots=True)
 class StoreInfo:
-    path: Path
+    location: str  # a path, or a URL without its password
     schema_version: int
     instance_id: str
-    journal_mode: str
+    details: dict[str, str]  # backend, journal mode or server version
 
 
 class Store(NotificationRows):
-    def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
-        self.db = db
-        self.path = path
-        self._in_transaction = False
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.location = engine.location
         # lookups made on every request, kept until the database changes (remembered)
         self._remembered: dict[tuple[object, ...], object] = {}
-        self._remembered_at = -1  # the connection's total_changes when they were made
-        self._data_version = -1
+        self._remembered_at = -1  # the engine's local_writes when they were made
 
     @classmethod
-    def open(cls, path: Path) -> Store:
+    def open(cls, location: str | Path, password: str | None = None) -> Store:
+        """The store at a path (SQLite) or a ``postgresql://`` URL, migrated."""
+        store = cls(open_engine(location, password))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 5000")
-            conn.execute("PRAGMA foreign_keys = ON")
-            db = sqlite_utils.Database(conn)
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                log.warning("store %s: journal mode is %s, not WAL", path, mode)
-            conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: no corruption on crash
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open store {path}: {exc}") from None
-        store = cls(db, path)
-        store.migrate()
+            store.migrate()
+        except BaseException:
+            store.close()
+            raise
         return store
 
+    def reopen(self) -> Store:
+        """Another connection to the same store (for a worker thread)."""
+        return Store(self.engine.reopen())
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect
+
     def migrate(self) -> int:
-        conn = self.db.conn
+        engine = self.engine
+        schema = Schema(engine)
+        engine.migration_lock()
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"store {self.path} is not a usable SQLite database: {exc}") from None
-        known = {version for version, _, _ in MIGRATIONS}
-        if applied - known:
-            raise StoreError(
-                f"store {self.path} has schema version {max(applied)}, newer than this "
-                f"davproxy knows ({max(known)}); upgrade davproxy or use another store"
-            )
-        for version, name, migration in MIGRATIONS:
-            if version in applied:
-                continue
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                migration(self.db)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (version, name, time.time()),
+                schema.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL,"
+                    " applied_at REAL NOT NULL)"
                 )
-                conn.execute("COMMIT")
-            except Exception:
-                conn.execute("ROLLBACK")
-                raise
-            log.info("store %s: applied migration %03d %s", self.path, version, name)
+                applied = {r[0] for r in engine.execute("SELECT version FROM schema_migrations")}
+            except StoreError as exc:
+                raise StoreError(
+                    f"store {self.location} is not a usable {engine.dialect} database: {exc}"
+                ) from None
+            known = {version for version, _, _ in MIGRATIONS}
+            if applied - known:
+                raise StoreError(
+                    f"store {self.location} has schema version {max(applied)}, newer than "
+                    f"this davproxy knows ({max(known)}); upgrade davproxy or use another store"
+                )
+            for version, name, migration in MIGRATIONS:
+                if version in applied:
+                    continue
+                engine.begin()
+                try:
+                    # another process may have applied it since we looked
+                    done = engine.execute(
+                        "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
+                    ).fetchone()
+                    if done is None:
+                        migration(schema)
+                        engine.execute(
+                            "INSERT INTO schema_migrations (version, name, applied_at)"
+                            " VALUES (?, ?, ?)",
+                            (version, name, time.time()),
+                        )
+                except BaseException:
+                    engine.rollback()
+                    raise
+                engine.commit()
+                if done is None:
+                    log.info("store %s: applied migration %03d %s", self.location, version, name)
+        finally:
+            engine.migration_unlock()
         return self.schema_version()
 
     def schema_version(self) -> int:
-        row = self.db.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        row = self.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
 
     def info(self) -> StoreInfo:
-        conn = self.db.conn
-        instance = conn.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        return StoreInfo(self.path, self.schema_version(), instance[0], mode)
+        instance = self.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()
+        return StoreInfo(self.location, self.schema_version(), instance[0], self.engine.describe())
 
     def check_writable(self) -> None:
         """Raise StoreError unless the store can take its write lock right now."""
-        if self._in_transaction:
+        if self.engine.in_transaction:
             return
-        conn = self.db.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
+        self.engine.begin()
+        self.engine.rollback()
 
-    @_translated
     def share_counts(self) -> list[tuple[str, str, int]]:
-        rows = self.db.conn.execute(
+        rows = self.execute(
             "SELECT upstream, status, COUNT(*) FROM shares GROUP BY upstream, status"
         )
         return [(r[0], r[1], int(r[2])) for r in rows]
 
-    @_translated
     def notification_counts(self) -> list[tuple[str, int]]:
-        rows = self.db.conn.execute(
+        rows = self.execute(
             "SELECT upstream, COUNT(*) FROM notifications WHERE deleted = 0 GROUP BY upstream"
         )
         return [(r[0], int(r[1])) for r in rows]
 
-    @_translated
     def feed_counts(self) -> list[tuple[str, int]]:
-        rows = self.db.conn.execute(
+        rows = self.execute(
             "SELECT status, COUNT(*) FROM feed_sources WHERE url NOT LIKE 'upstream:%'"
             " GROUP BY status"
         )
         return [(r[0], int(r[1])) for r in rows]
 
-    @_translated
     def subscription_count(self) -> int:
-        row = self.db.conn.execute("SELECT COUNT(*) FROM feed_subscriptions").fetchone()
+        row = self.execute("SELECT COUNT(*) FROM feed_subscriptions").fetchone()
         return int(row[0])
 
     def integrity_ok(self) -> bool:
-        return bool(self.db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+        return self.engine.integrity_ok()
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.engine.close()
 
     # -- transactions ---------------------------------------------------------------
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """All-or-nothing: a share and its notifications land together or not at all."""
-        if self._in_transaction:
+        engine = self.engine
+        if engine.in_transaction:
             yield
             return
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        self._in_transaction = True
+        engine.begin()
         try:
             yield
-        except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK")
-            raise StoreConflict(str(exc)) from exc
         except BaseException:
-            conn.execute("ROLLBACK")
+            engine.rollback()
             raise
         else:
-            conn.execute("COMMIT")
+            try:
+                engine.commit()
+            except BaseException:
+                engine.rollback()
+                raise
         finally:
-            self._in_transaction = False
             self._remembered.clear()  # whatever was read inside may have been rolled back
 
     # -- lookups made on every request ----------------------------------------------------
@@ -218,17 +204,17 @@ class Store(NotificationRows):
     def remembered(self, key: tuple[object, ...], compute: Callable[[], T]) -> T:
         """``compute()``, remembered until anything in the database changes.
 
-        A write on this connection shows in its ``total_changes``; another connection's
-        commit (the feed worker, ``davproxy admin``, another process) is noticed by
-        ``notice_changes`` at the start of each request, so a revocation committed
-        anywhere applies from the next request on.  Nothing is remembered inside a
-        transaction.  ``compute`` must return something immutable (a tuple)."""
-        conn = self.db.conn
-        if conn.in_transaction:
+        A write on this connection counts in the engine's ``local_writes``; another
+        connection's commit (the feed worker, ``davproxy admin``, another process or
+        host) is noticed by ``notice_changes`` at the start of each request, so a
+        revocation committed anywhere applies from the next request on.  Nothing is
+        remembered inside a transaction.  ``compute`` must return something immutable."""
+        engine = self.engine
+        if engine.in_transaction:
             return compute()
-        if conn.total_changes != self._remembered_at or len(self._remembered) > 10_000:
+        if engine.local_writes != self._remembered_at or len(self._remembered) > 10_000:
             self._remembered.clear()
-            self._remembered_at = conn.total_changes
+            self._remembered_at = engine.local_writes
         if key in self._remembered:
             return self._remembered[key]  # type: ignore[return-value]
         value = self._remembered[key] = compute()
@@ -236,25 +222,24 @@ class Store(NotificationRows):
 
     def notice_changes(self) -> None:
         """Forget what is remembered if another connection has committed since."""
-        version = self.db.conn.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._data_version:
-            self._data_version = version
+        if self.engine.others_wrote():
             self._remembered.clear()
 
-    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
-        """One SQL statement, for the store verbs of a feature that owns its tables
-        (feeds/store.py); everything else uses the verbs below."""
-        return self.db.conn.execute(sql, params)
+    def execute(self, sql: str, params: Params = ()) -> Cursor:
+        """One SQL statement (SQLite's dialect, as engines.py describes), for the store
+        verbs of a feature that owns its tables (feeds/store.py, ...)."""
+        return self.engine.execute(sql, params)
 
     def _next_revision(self) -> int:
-        conn = self.db.conn
-        conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'revision'")
-        return int(conn.execute("SELECT value FROM counters WHERE name = 'revision'").fetchone()[0])
+        row = self.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value"
+        ).fetchall()  # all: SQLite finishes the statement only once its rows are read
+        return int(row[0][0])
 
     # -- shares -----------------------------------------------------------------------
 
     def _shares(self, where: str, params: tuple[object, ...]) -> list[Share]:
-        rows = self.db.conn.execute(f"SELECT {_SHARE_COLUMNS} FROM shares WHERE {where}", params)
+        rows = self.execute(f"SELECT {_SHARE_COLUMNS} FROM shares WHERE {where}", params)
         return [Share(*row) for row in rows]
 
     def share(self, share_id: int) -> Share | None:
@@ -275,13 +260,14 @@ class Store(NotificationRows):
         return self._shares("upstream = ? AND collection = ? ORDER BY id", (upstream, collection))
 
     def deletion_begin(self, upstream: str, owner: str, path: str) -> None:
-        self.db.conn.execute(
-            "INSERT OR REPLACE INTO pending_deletions VALUES (?, ?, ?, ?)",
+        self.execute(
+            "INSERT INTO pending_deletions (upstream, owner, path, created) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (upstream, owner, path) DO UPDATE SET created = excluded.created",
             (upstream, owner, path, time.time()),
         )
 
     def deletion_end(self, upstream: str, owner: str, path: str) -> None:
-        self.db.conn.execute(
+        self.execute(
             "DELETE FROM pending_deletions WHERE upstream = ? AND owner = ? AND path = ?",
             (upstream, owner, path),
         )
@@ -290,7 +276,7 @@ class Store(NotificationRows):
         """(owner, path) of deletions whose outcome davproxy never learned."""
 
         def read() -> tuple[tuple[str, str], ...]:
-            rows = self.db.conn.execute(
+            rows = self.execute(
                 "SELECT owner, path FROM pending_deletions WHERE upstream = ?", (upstream,)
             )
             return tuple((r[0], r[1]) for r in rows)
@@ -304,9 +290,7 @@ class Store(NotificationRows):
         return self._shares("upstream = ? AND owner = ? ORDER BY id", (upstream, owner))
 
     def share_owners(self, upstream: str) -> set[str]:
-        rows = self.db.conn.execute(
-            "SELECT DISTINCT owner FROM shares WHERE upstream = ?", (upstream,)
-        )
+        rows = self.execute("SELECT DISTINCT owner FROM shares WHERE upstream = ?", (upstream,))
         return {row[0] for row in rows}
 
     def shares_under(self, upstream: str, path: str) -> list[Share]:
@@ -331,7 +315,7 @@ class Store(NotificationRows):
 
     def mount_taken(self, upstream: str, mount: str) -> bool:
         """A share's copy is there, or was and the upstream may still serve it."""
-        row = self.db.conn.execute(
+        row = self.execute(
             "SELECT 1 FROM shares WHERE upstream = ? AND mount = ?"
             " UNION ALL SELECT 1 FROM upstream_removals WHERE upstream = ? AND mount = ?",
             (upstream, mount, upstream, mount),
@@ -340,7 +324,7 @@ class Store(NotificationRows):
 
     def share_users(self, upstream: str) -> set[str]:
         """Every owner and (valid) sharee of a share on this upstream."""
-        rows = self.db.conn.execute(
+        rows = self.execute(
             "SELECT owner FROM shares WHERE upstream = ?"
             " UNION SELECT sharee FROM shares WHERE upstream = ? AND status != 'invalid'",
             (upstream, upstream),
@@ -351,14 +335,16 @@ class Store(NotificationRows):
 
     def removal_add(self, upstream: str, owner: str, sharee: str, mount: str) -> None:
         """Record, with the change that ended a share, that its copy must still go upstream."""
-        self.db.conn.execute(
-            "INSERT OR REPLACE INTO upstream_removals VALUES (?, ?, ?, ?, ?)",
+        self.execute(
+            "INSERT INTO upstream_removals (upstream, owner, sharee, mount, created)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (upstream, sharee, mount)"
+            " DO UPDATE SET owner = excluded.owner, created = excluded.created",
             (upstream, owner, sharee, mount, time.time()),
         )
 
     def removals(self, upstream: str) -> list[tuple[str, str, str]]:
         """(owner, sharee, mount) of ended copies the upstream has not confirmed gone."""
-        rows = self.db.conn.execute(
+        rows = self.execute(
             "SELECT owner, sharee, mount FROM upstream_removals WHERE upstream = ?"
             " ORDER BY owner, sharee, mount",
             (upstream,),
@@ -366,7 +352,7 @@ class Store(NotificationRows):
         return [(r[0], r[1], r[2]) for r in rows]
 
     def removals_of_sharee(self, upstream: str, sharee: str) -> list[str]:
-        rows = self.db.conn.execute(
+        rows = self.execute(
             "SELECT mount FROM upstream_removals WHERE upstream = ? AND sharee = ?",
             (upstream, sharee),
         )
@@ -375,7 +361,7 @@ class Store(NotificationRows):
     def removals_done(self, upstream: str, owner: str, before: float) -> int:
         """The upstream now matches the store for ``owner`` as it stood at ``before``:
         removals recorded until then are done (later ones wait for the next apply)."""
-        cursor = self.db.conn.execute(
+        cursor = self.execute(
             "DELETE FROM upstream_removals WHERE upstream = ? AND owner = ? AND created <= ?",
             (upstream, owner, before),
         )
@@ -383,7 +369,7 @@ class Store(NotificationRows):
 
     def removal_cancel(self, upstream: str, sharee: str, mount: str) -> None:
         """The copy at ``mount`` is the sharee's again (granted anew): nothing to remove."""
-        self.db.conn.execute(
+        self.execute(
             "DELETE FROM upstream_removals WHERE upstream = ? AND sharee = ? AND mount = ?",
             (upstream, sharee, mount),
         )
@@ -391,11 +377,11 @@ class Store(NotificationRows):
     # -- small settings ------------------------------------------------------------------
 
     def setting(self, key: str) -> str | None:
-        row = self.db.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def set_setting(self, key: str, value: str) -> None:
-        self.db.conn.execute(
+        self.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
@@ -405,9 +391,8 @@ class Store(NotificationRows):
         """Create or update the sharee's instance; returns (share, created)."""
         now = time.time()
         existing = self.share_for(new.upstream, new.collection, new.sharee)
-        conn = self.db.conn
         if existing is None:
-            conn.execute(
+            self.execute(
                 "INSERT INTO shares (upstream, owner, collection, kind, sharee, sharee_href,"
                 " access, status, invite_uid, comment, sharee_name, summary, created, updated)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -424,7 +409,7 @@ class Store(NotificationRows):
         # §4.4), except that an invalid sharee stays invalid and a declined one is
         # invited again.
         status = existing.status if existing.status in ("accepted", "noresponse") else new.status
-        conn.execute(
+        self.execute(
             "UPDATE shares SET access = ?, status = ?, comment = ?, sharee_name = ?,"
             " summary = ?, sharee_href = ?, kind = ?, updated = ? WHERE id = ?",
             (
@@ -452,7 +437,7 @@ class Store(NotificationRows):
             query += " AND status = ?"
             params += (expect,)
         before = self.share(share.id)
-        if self.db.conn.execute(query, params).rowcount != 1:
+        if self.execute(query, params).rowcount != 1:
             return None
         if before is not None and before.mount and before.mount != mount:
             self._copy_ended(before)
@@ -469,13 +454,13 @@ class Store(NotificationRows):
         share = self.share(share_id)
         if share is not None and share.mount:
             self._copy_ended(share)
-        self.db.conn.execute("DELETE FROM shares WHERE id = ?", (share_id,))
+        self.execute("DELETE FROM shares WHERE id = ?", (share_id,))
 
     # -- where copies were --------------------------------------------------------------
 
     def _copy_ended(self, share: Share) -> None:
         assert share.mount is not None
-        self.db.conn.execute(
+        self.execute(
             "INSERT INTO ended_copies (upstream, sharee, mount, ended, invite_uid)"
             " VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (upstream, mount) DO UPDATE SET sharee = excluded.sharee,"
@@ -489,7 +474,7 @@ class Store(NotificationRows):
             ("ended_copies", upstream, sharee),
             lambda: tuple(
                 row[0]
-                for row in self.db.conn.execute(
+                for row in self.execute(
                     "SELECT mount FROM ended_copies WHERE upstream = ? AND sharee = ?",
                     (upstream, sharee),
                 )
@@ -502,7 +487,7 @@ class Store(NotificationRows):
 
     def ended_copy_of(self, share: Share) -> str | None:
         """Where this invitation's copy was, if it ended and nothing stands there since."""
-        row = self.db.conn.execute(
+        row = self.execute(
             "SELECT mount FROM ended_copies WHERE upstream = ? AND invite_uid = ? AND sharee = ?"
             " ORDER BY ended DESC LIMIT 1",
             (share.upstream, share.invite_uid, share.sharee),
@@ -511,25 +496,23 @@ class Store(NotificationRows):
 
     def ended_copy_clear(self, upstream: str, mount: str) -> None:
         """Something new stands at ``mount`` (a new copy, or the sharee's own collection)."""
-        self.db.conn.execute(
-            "DELETE FROM ended_copies WHERE upstream = ? AND mount = ?", (upstream, mount)
-        )
+        self.execute("DELETE FROM ended_copies WHERE upstream = ? AND mount = ?", (upstream, mount))
 
     # -- per-sharee properties ------------------------------------------------------------
 
     def instance_props(self, share_id: int) -> dict[str, str]:
-        rows = self.db.conn.execute(
+        rows = self.execute(
             "SELECT name, value FROM instance_props WHERE share_id = ?", (share_id,)
         )
         return dict(rows.fetchall())
 
     def set_instance_prop(self, share_id: int, name: str, value: str | None) -> None:
         if value is None:
-            self.db.conn.execute(
+            self.execute(
                 "DELETE FROM instance_props WHERE share_id = ? AND name = ?", (share_id, name)
             )
         else:
-            self.db.conn.execute(
+            self.execute(
                 "INSERT INTO instance_props (share_id, name, value) VALUES (?, ?, ?)"
                 " ON CONFLICT (share_id, name) DO UPDATE SET value = excluded.value",
                 (share_id, name, value),
