@@ -1,21 +1,25 @@
 """Editing a multistatus answer (RFC 4918 §14.16) on its text, without walking a tree.
 
 The rewrite outcome maps every ``D:href`` of an answer and edits a few property values
-of each response (a sharee's ETags and calendar-data, ``sharing/peruser_view.py``).
-On an lxml tree, touching each element from Python costs several times what parsing
-and writing the whole document cost; here one regular expression finds the hrefs and
-the edited properties in document order, only their texts are replaced, and the rest
-of the document is copied as it came.  The result means what the tree edit's result
-means (the same elements, the same texts): ``tests/unit/test_textedit.py`` checks it
-against the tree path on generated documents.
+of each response (a sharee's ETags, ``sharing/peruser_view.py``).  On an lxml tree,
+touching each element from Python costs several times what parsing and writing the
+whole document cost.  Where the edit of a property does not depend on the response it
+is in (a sharee's ETag where nobody has per-user data) and every href maps by one
+prefix, it is done here on the text: the hrefs' prefix replaced by one regular
+expression with a constant, each edited property's text by its function, everything
+else copied as it came.  The result means what the tree edit's result means (the same
+elements, the same texts): ``tests/unit/test_textedit.py`` checks it against the tree
+path on generated documents.
 
 Only a plain subset is edited this way, checked on the tree the caller has parsed
 (with the hardened parser: the text is well-formed) by one XPath in C: a
-``D:multistatus`` whose responses each begin with one ``D:href`` holding text, no
-other ``D:href`` anywhere, no response-level ``D:status``, every edited property a
-text-only ``response/propstat/prop/*``; and on the text: UTF-8, every namespace
-declared on the root element, no comments, CDATA sections, doctype or processing
-instructions.  Anything else raises ``Unsupported``, and the caller edits the tree.
+``D:multistatus`` whose responses each begin with their one ``D:href``, no other
+``D:href`` anywhere, no response-level ``D:status``, every edited property a
+``response/propstat/prop/*``, at most one sync token; and on the text: UTF-8, every
+namespace declared on the root element, no comments, CDATA sections, doctype,
+processing instructions or character references, every href the prefix and a plain
+member name, every edited property text only.  Anything else raises ``Unsupported``,
+and the caller edits the tree.
 """
 
 from __future__ import annotations
