@@ -206,14 +206,8 @@ class View:
         new = hrefs(old + "x")[:-1]
         if not old.endswith("/") or self.member_of(new + "x") != "x":
             raise textedit.Unsupported("not a collection whose members map by prefix")
-        return textedit.edit(
-            root,
-            body,
-            old,
-            new,
-            {GETETAG: lambda etag: _bare_etag(etag.strip())},
-            lambda token: self.token(token, revision),
-        )
+        etags = {GETETAG: lambda etag: _bare_etag(etag.strip())}
+        return textedit.edit(root, body, old, new, etags, lambda t: self.token(t, revision))
 
     def _edit_collection(self, node: etree._Element) -> None:
         listed(self.store.store, self.share, node)
@@ -224,13 +218,8 @@ def _is_property(node: etree._Element, response: etree._Element) -> bool:
     nested inside one."""
     prop = node.getparent()
     propstat = prop.getparent() if prop is not None else None
-    return (
-        prop is not None
-        and prop.tag == davxml.PROP
-        and propstat is not None
-        and propstat.tag == davxml.PROPSTAT
-        and propstat.getparent() is response
-    )
+    owner = propstat.getparent() if propstat is not None else None
+    return owner is response and (prop.tag, propstat.tag) == (davxml.PROP, davxml.PROPSTAT)  # type: ignore[union-attr]
 
 
 @functools.lru_cache(maxsize=4096)
