@@ -84,6 +84,7 @@ SHARED_EVENTS = 200
 IMPORT_MAX_BYTES = 256 * 1024 * 1024
 TARGET_RATIO = 1 / 1000  # bytes for one change vs. the whole feed
 TARGET_UNCHANGED_MS = 50.0  # CPU of a refresh that got the very same bytes
+TARGET_IMPORT_MEMORY = 3.0  # issue 17: a first import's peak, times the feed's size
 CHANGED_INDEX = FEED_EVENTS // 2 + 42  # the event that changes at the origin
 REQUEST_TIMEOUT = 120.0
 WAIT_IMPORT = 120.0  # seconds davproxy may take for its first import of the feed
@@ -968,6 +969,16 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             f" ({FEED_EVENTS:,} events)",
             "value": f"{unchanged['cpu_ms_median']:.1f} ms median",
             "pass": unchanged["cpu_ms_median"] < TARGET_UNCHANGED_MS,
+        }
+    )
+    first = next(r for r in results["imports"] if r["events"] == FEED_EVENTS)
+    ratio = first["tracemalloc_peak_mb"] / first["feed_mb"]
+    found.append(
+        {
+            "target": f"first import peak memory <= {TARGET_IMPORT_MEMORY:g}x the feed"
+            f" ({FEED_EVENTS:,} events)",
+            "value": f"{ratio:.1f}x ({first['tracemalloc_peak_mb']} MB for {first['feed_mb']} MB)",
+            "pass": ratio <= TARGET_IMPORT_MEMORY,
         }
     )
     s = results["subscribers"]

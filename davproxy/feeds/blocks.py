@@ -20,6 +20,7 @@ from dataclasses import dataclass
 # (RFC 5545 §3.1: names are case-insensitive).  What is inside is checked by the line
 # reader when the component is lexed, exactly as in a whole-feed read.
 _KINDS = rb"VEVENT|VTODO|VJOURNAL|VFREEBUSY|VAVAILABILITY|VTIMEZONE"
+_KIND_NAMES = {kind: kind.decode("ascii") for kind in _KINDS.split(b"|")}  # one str each
 _COMPONENT = re.compile(
     rb"^BEGIN:(" + _KINDS + rb")[ \t]*\r?\n.*?^END:\1[ \t]*(?:\r?\n|\Z)",
     re.MULTILINE | re.DOTALL | re.IGNORECASE,
@@ -34,7 +35,8 @@ _BOUNDARY = re.compile(
 class Block:
     kind: str  # upper case: VEVENT, VTIMEZONE ...
     first_line: int  # 1-based physical line of its BEGIN
-    data: memoryview  # a view into the feed: no copy of it
+    start: int  # where it is in the feed (offsets, not a view: a view is 184 bytes)
+    end: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class Frame:
     #: BEGIN/END:VCALENDAR and the calendar properties: (first line, bytes) pieces in order
     calendar: tuple[tuple[int, bytes], ...]
     blocks: tuple[Block, ...]
+    data: bytes  # the feed the blocks are in
 
 
 class _Lines:
@@ -63,7 +66,6 @@ def segment(data: bytes) -> Frame | None:
     if b"\r" in data.replace(b"\r\n", b""):
         return None  # bare CR line ends: only the line-based reader splits those
     lines = _Lines(data)
-    view = memoryview(data)
     calendar: list[tuple[int, bytes]] = []
     blocks: list[Block] = []
     bounds: list[tuple[int, bytes]] = []  # (piece, BEGIN/END) of VCALENDAR lines
@@ -72,8 +74,8 @@ def segment(data: bytes) -> Frame | None:
         start = match.start()
         if start > outside and not _calendar_text(data, outside, start, calendar, bounds, lines):
             return None
-        kind = match.group(1).upper().decode("ascii")
-        blocks.append(Block(kind, lines.at(start), view[start : match.end()]))
+        kind = _KIND_NAMES[match.group(1).upper()]
+        blocks.append(Block(kind, lines.at(start), start, match.end()))
         outside = match.end()
     if not _calendar_text(data, outside, len(data), calendar, bounds, lines):
         return None
@@ -85,7 +87,7 @@ def segment(data: bytes) -> Frame | None:
         or data[data.rindex(b":") :].strip(b": \t\r\n").upper() != b"VCALENDAR"
     ):
         return None  # anything before the BEGIN or after the END line
-    return Frame(tuple(calendar), tuple(blocks))
+    return Frame(tuple(calendar), tuple(blocks), data)
 
 
 def _calendar_text(

@@ -301,7 +301,8 @@ class Refresher:
                 return RefreshReport(
                     source.id, "suspect", revision=fresh.revision, error="needs confirmation"
                 )
-            resources = [split.resources[uid] for uid in (*changes.added, *changes.changed)]
+            # built one at a time as they are written (a big feed's are not all held)
+            resources = (split.resources[uid] for uid in (*changes.added, *changes.changed))
             revision = feeds.record_changes(fresh, resources, changes.removed, now)
             meta = _meta_json(split)
             timezones = json.dumps(dict(split.timezones), sort_keys=True)

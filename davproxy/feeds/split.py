@@ -23,6 +23,7 @@ import contextlib
 import gc
 import hashlib
 import re
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -228,14 +229,20 @@ class _Part:
     facts: _Facts
     lineno: int
     digest: bytes | None = None  # None: read by the line-based path (no memo)
-    data: bytes | memoryview = b""
+    feed: bytes = b""  # the feed its bytes are in, from ``start`` to ``end``
+    start: int = 0
+    end: int = 0
     comp: _Comp | None = None
+
+    @property
+    def data(self) -> bytes:
+        return self.feed[self.start : self.end]
 
     def lines(self, keep: bool = False) -> list[Line]:
         """Its lines; lexed (again) if they were not kept, and kept if ``keep``."""
         if self.comp is not None:
             return self.comp.lines
-        comps, _, _ = _components(lex(bytes(self.data), [], self.lineno), [])
+        comps, _, _ = _components(lex(self.data, [], self.lineno), [])
         comp = comps[0]  # the same bytes gave one component before
         if self.facts.synthetic:
             _add_uid(comp, self.facts.uid)
@@ -244,13 +251,16 @@ class _Part:
         return comp.lines
 
 
+_NO_OVERRIDES: dict[str, _Part] = {}  # shared by every group without overrides: never written
+
+
 class _Group:
     __slots__ = ("kind", "synthetic", "master", "overrides")
 
     def __init__(self, kind: str, synthetic: bool) -> None:
         self.kind, self.synthetic = kind, synthetic
         self.master: _Part | None = None
-        self.overrides: dict[str, _Part] = {}
+        self.overrides: dict[str, _Part] = _NO_OVERRIDES  # its own dict once it has one
 
     def members(self) -> list[_Part]:
         return ([self.master] if self.master else []) + list(self.overrides.values())
@@ -264,6 +274,13 @@ class _Group:
 
 def _add_uid(comp: _Comp, uid: str) -> None:
     comp.lines.insert(1, Line("UID", f"UID:{uid}", f"UID:{uid}", comp.lineno))
+
+
+_shared_refs: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _shared(kind: str) -> str:
+    return sys.intern(kind) if len(kind) < 40 else kind
 
 
 def _facts_of(comp: _Comp, warnings: list[FeedWarning]) -> _Facts:
@@ -281,7 +298,11 @@ def _facts_of(comp: _Comp, warnings: list[FeedWarning]) -> _Facts:
         warnings.append(FeedWarning("synthetic-uid", comp.lineno, uid))
     rid_line = _first(comp, "RECURRENCE-ID")
     rid = rid_line.text[len("RECURRENCE-ID") :] if rid_line is not None else None
-    return _Facts(comp.kind, uid, synthetic, rid, tuple(_tzid_refs([comp])))
+    refs = tuple(_tzid_refs([comp]))
+    # kept for every component in a memo: one string and one tuple for all that share them
+    if len(_shared_refs) < 4096:  # a bounded cache: any feed may name any zones
+        refs = _shared_refs.setdefault(refs, refs)
+    return _Facts(_shared(comp.kind), uid, synthetic, rid, refs)
 
 
 def _parts(
@@ -314,14 +335,17 @@ def _octet_parts(
         return None
     parts = [_Part(_facts_of(c, warnings), c.lineno, comp=c) for c in others]
     known = memo.facts if memo is not None else {}
-    keep_lines = sum(len(block.data) for block in frame.blocks) < _KEEP_LINES_BELOW
+    keep_lines = sum(b.end - b.start for b in frame.blocks) < _KEEP_LINES_BELOW
+    feed = frame.data
+    view = memoryview(feed)
     for block in frame.blocks:
-        digest = hashlib.blake2b(block.data, digest_size=16).digest()
+        start, end = block.start, block.end
+        digest = hashlib.blake2b(view[start:end], digest_size=16).digest()
         facts = known.get(digest)
         if facts is not None:
-            parts.append(_Part(facts, block.first_line, digest, block.data))
+            parts.append(_Part(facts, block.first_line, digest, feed, start, end))
             continue
-        comps, _, _ = _components(lex(bytes(block.data), said, block.first_line), said)
+        comps, _, _ = _components(lex(feed[start:end], said, block.first_line), said)
         if said or len(comps) != 1 or comps[0].kind != block.kind:
             return None  # something a whole read reports in its own words
         comp = comps[0]
@@ -329,7 +353,7 @@ def _octet_parts(
         # a big feed's lines are read again when its resource is built (they take
         # about fifteen times the feed's size); a small feed's are kept
         kept = comp if keep_lines else None
-        parts.append(_Part(facts, comp.lineno, digest, block.data, kept))
+        parts.append(_Part(facts, comp.lineno, digest, feed, start, end, kept))
     return parts, cal_lines, complete, warnings
 
 
@@ -353,13 +377,19 @@ class _Resources(Mapping[str, Resource]):
         self.built: dict[str, Resource] = {}
         self.later: set[str] = set()
 
-    def build(self, uid: str) -> Resource:
+    def build(self, uid: str, keep: bool = True) -> Resource:
+        """The resource of ``uid``; kept for later reads if ``keep``, else built again
+        when read (a big feed's resources are written one by one as they are built:
+        holding all their texts at once took several times the feed's size)."""
         group = self.groups[uid]
         refs = group.refs()
         used, missing, _ = self.zone_sets[refs]
         resource = _resource(uid, group, self.meta, self.head, used, refs, missing)
-        self.built[uid] = resource
-        self.later.discard(uid)
+        if keep:
+            self.built[uid] = resource
+            self.later.discard(uid)
+        else:
+            self.later.add(uid)
         return resource
 
     def __getitem__(self, uid: str) -> Resource:
@@ -367,7 +397,7 @@ class _Resources(Mapping[str, Resource]):
         if found is None:
             if uid not in self.later:
                 raise KeyError(uid)
-            found = self.build(uid)
+            found = self.build(uid, keep=False)
         return found
 
     def __iter__(self) -> Iterator[str]:
@@ -455,6 +485,8 @@ def _split(raw: bytes, memo: SplitMemo | None) -> FeedSplit:
                 warnings.append(FeedWarning("duplicate-master", part.lineno, uid))
             group.master = part
         else:
+            if group.overrides is _NO_OVERRIDES:
+                group.overrides = {}
             if group.overrides.pop(facts.rid, None) is not None:
                 warnings.append(
                     FeedWarning("duplicate-override", part.lineno, f"{uid} {facts.rid}")
@@ -471,6 +503,8 @@ def _split(raw: bytes, memo: SplitMemo | None) -> FeedSplit:
     next_memo = SplitMemo({p.digest: p.facts for p in parts if p.digest is not None})
     known = memo.fingerprints if memo is not None else {}
     missing_seen: set[str] = set()
+    # a small feed's resources are kept as built; a big one's are built again when read
+    small = sum(p.end - p.start for p in parts) < _KEEP_LINES_BELOW
     # what a set of referenced TZIDs brings: the zones (feed order), the missing ones, and
     # the start of the signature of a resource that references them (few distinct sets)
     for uid, group in groups.items():
@@ -489,7 +523,7 @@ def _split(raw: bytes, memo: SplitMemo | None) -> FeedSplit:
         signature = _signature(start, group)
         fingerprint = known.get(signature) if signature is not None else None
         if fingerprint is None:
-            fingerprint = resources.build(uid).fingerprint
+            fingerprint = resources.build(uid, keep=small).fingerprint
         else:
             resources.later.add(uid)
         fingerprints[uid] = fingerprint

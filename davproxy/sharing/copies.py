@@ -78,7 +78,7 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
         )
 
     edit_xml = None
-    if method == "PROPFIND" or (method == "REPORT" and _asks_privileges(request_body)):
+    if method == "PROPFIND" or (method == "REPORT" and await _asks_privileges(ctx)):
         edit_xml = edit
     if sharing.access.upstream_serves_copies:
         # The upstream enforces this share itself: the request goes to the copy's own
@@ -245,11 +245,11 @@ def _copy_marker(copy_path: str) -> Callable[[str, etree._Element], bool]:
     return adjust
 
 
-def _asks_privileges(report: bytes | None) -> bool:
+async def _asks_privileges(ctx: Context) -> bool:
     """Whether a REPORT asks for the privileges of what it lists: the upstream answers
     them as the owner, so the sharee's replace them (nothing else of a report is ours)."""
     try:
-        prop = davxml.parse(report or b"").find(davxml.PROP)
+        prop = (await ctx.xml()).find(davxml.PROP)
     except davxml.XmlError:
         return False  # the XML gate refuses it before it is forwarded
     return prop is not None and prop.find(f"{{{DAV}}}current-user-privilege-set") is not None

@@ -94,8 +94,12 @@ class CalendarObject:
         return {c.rid: CRLF.join(c.personal) for c in self.components if c.personal}
 
 
-def might_hold_personal(text: str) -> bool:
-    """Cheap test before splitting: text without any personal marker has nothing to strip."""
+def might_hold_personal(text: str | bytes) -> bool:
+    """Cheap test before splitting: text without any personal marker has nothing to strip
+    (bytes: a whole answer, any object in it)."""
+    if isinstance(text, bytes):
+        upper_bytes = text.upper()
+        return any(marker.encode() in upper_bytes for marker in _CHEAP_MARKERS)
     upper = text.upper()
     return any(marker in upper for marker in _CHEAP_MARKERS)
 

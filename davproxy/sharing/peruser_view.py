@@ -34,7 +34,7 @@ from aiohttp import web
 from lxml import etree
 from multidict import CIMultiDictProxy
 
-from davproxy.dav import davxml
+from davproxy.dav import davxml, textedit
 from davproxy.dav.davxml import CALDAV, CS, DAV
 from davproxy.dav.errors import NEED_PRIVILEGES, VALID_SYNC_TOKEN, DavError, PlainError
 from davproxy.dav.paths import canonical, within
@@ -149,20 +149,30 @@ class View:
         """The forward with this view's edit: on the parsed answer (one parse with the
         href mapping) unless the copy has an edit of its own on the bytes first."""
         if self.spec.edit_xml is None:
-            return replace(self.spec, edit_tree=lambda root: self.edit_tree(root, extra, revision))
+
+            def text(root: etree._Element, body: bytes) -> bytes:
+                return self.edit_text(root, body, revision)
+
+            return replace(
+                self.spec,
+                edit_tree=lambda root: self.edit_tree(root, extra, revision),
+                edit_text=None if extra else text,
+            )
         return replace(self.spec, edit_xml=lambda body: self.edit(body, extra, revision))
 
     def edit_tree(
         self, root: etree._Element, extra: Sequence[etree._Element] = (), revision: int = 0
     ) -> None:
-        """``edit`` on a parsed answer, in place."""
-        present = {node.findtext(davxml.HREF) for node in root.findall(davxml.RESPONSE)}
+        """``edit`` on a parsed answer, in place: one pass over the responses, each
+        member's ETag and calendar-data found by tag (not by path)."""
         token = root.find(SYNC_TOKEN)
-        for node in extra:
-            if node.findtext(davxml.HREF) not in present:
-                (token.addprevious if token is not None else root.append)(node)
+        if extra:
+            present = {node.findtext(davxml.HREF) for node in root.iterchildren(davxml.RESPONSE)}
+            for node in extra:
+                if node.findtext(davxml.HREF) not in present:
+                    (token.addprevious if token is not None else root.append)(node)
         entries = self.store.entries(self.share)
-        for node in root.findall(davxml.RESPONSE):
+        for node in root.iterchildren(davxml.RESPONSE):
             member = self.member_of(node.findtext(davxml.HREF) or "")
             if member is None:
                 continue
@@ -174,16 +184,48 @@ class View:
                 # reported gone (a sync): whoever deleted it, nobody's data of it stays
                 self.store.forget(self.share.upstream, self.share.collection, member)
                 continue
-            for prop in node.iterfind(f"{davxml.PROPSTAT}/{davxml.PROP}/*"):
-                if prop.tag == GETETAG and prop.text:
+            for prop in node.iter(GETETAG, CALENDAR_DATA):
+                if not prop.text or not _is_property(prop, node):
+                    continue
+                if prop.tag == GETETAG:
                     prop.text = self.etag(prop.text.strip(), entry)
-                elif prop.tag == CALENDAR_DATA and prop.text:
+                else:
                     prop.text = self.text(prop.text, entry)
         if token is not None and token.text:
             token.text = self.token(token.text.strip(), revision)
 
+    def edit_text(self, root: etree._Element, body: bytes, revision: int = 0) -> bytes:
+        """``edit_tree`` (hrefs mapped first) on the answer's text, ``root`` its parsed
+        tree, when nobody has data of this copy's objects and none of them holds
+        personal lines: then only the hrefs and ETags change, each ETag by itself
+        (dav/textedit.py).  ``textedit.Unsupported`` otherwise: the tree is edited."""
+        if self.store.entries(self.share) or peruser.might_hold_personal(body):
+            raise textedit.Unsupported("per-user data to show")
+        old = self.spec.path.partition("?")[0]
+        hrefs = self.spec.response_hrefs or (lambda href: href)
+        new = hrefs(old + "x")[:-1]
+        if not old.endswith("/") or self.member_of(new + "x") != "x":
+            raise textedit.Unsupported("not a collection whose members map by prefix")
+        etags = {GETETAG: lambda etag: _bare_etag(etag.strip())}
+        return textedit.edit(root, body, old, new, etags, lambda t: self.token(t, revision))
+
     def _edit_collection(self, node: etree._Element) -> None:
         listed(self.store.store, self.share, node)
+
+
+def _is_property(node: etree._Element, response: etree._Element) -> bool:
+    """Whether ``node`` is a property of the response (``propstat/prop/*``), not a value
+    nested inside one."""
+    prop = node.getparent()
+    propstat = prop.getparent() if prop is not None else None
+    owner = propstat.getparent() if propstat is not None else None
+    return owner is response and (prop.tag, propstat.tag) == (davxml.PROP, davxml.PROPSTAT)  # type: ignore[union-attr]
+
+
+@functools.lru_cache(maxsize=4096)
+def _bare_etag(upstream_etag: str) -> str:
+    """A sharee's ETag of an object nobody has data of (the same for every request)."""
+    return sharee_etag(upstream_etag, 0)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -439,13 +481,12 @@ async def _delete(view: View, member: str) -> web.StreamResponse:
 
 async def _report(view: View) -> web.StreamResponse:
     ctx = view.ctx
-    body = await ctx.body()
     try:
-        root = davxml.parse(body)
+        root = await ctx.xml()  # parsed once for the copy's checks, the view and the gate
     except davxml.XmlError:
         return await ctx.forward(view.spec)  # the XML gate answers it
     if root.tag == SYNC_COLLECTION:
-        return await _sync(view, root)
+        return await _sync(view, copy.deepcopy(root))  # its token is changed
     if root.tag == CALENDAR_QUERY and _personal_filter(root):
         return await _query(view, root)
     if root.tag == peruser_time.FREE_BUSY_QUERY:

@@ -24,7 +24,7 @@ from aiohttp import web
 from lxml import etree
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from davproxy.dav import davxml
+from davproxy.dav import davxml, textedit
 from davproxy.dav.errors import DavError, PlainError
 from davproxy.dav.http import CHUNK, read_body
 from davproxy.upstream.client import Upstream
@@ -99,6 +99,9 @@ class Forward:
     edit_xml: Callable[[bytes], bytes | Awaitable[bytes]] | None = None
     # an edit of a 207 answer as parsed, hrefs already mapped: parsed and written once
     edit_tree: Callable[[etree._Element], None] | None = None
+    # the same edit, href mapping included, on the text of an answer the parser accepted
+    # (dav/textedit.py); raises textedit.Unsupported outside its subset: then edit_tree
+    edit_text: Callable[[etree._Element, bytes], bytes] | None = None
     body: bytes | None = None  # a request body the route has already read
     strict_bodies: bool = False  # a body whose hrefs cannot be mapped is refused (400)
     dav_tokens: tuple[str, ...] = ()  # feature tokens added to the DAV header
@@ -321,12 +324,16 @@ async def _relay(
 
 
 def _edit_tree(body: bytes, spec: Forward) -> bytes:
-    """Map hrefs and edit in one parse of the answer (not XML: passed on as it is)."""
+    """Map hrefs and edit in one parse of the answer (not XML: passed on as it is); on
+    the text when the edit can be done there (no elements walked)."""
     assert spec.edit_tree is not None
     try:
         root = davxml.parse(body)
     except davxml.XmlError:
         return body  # not ours to judge: the upstream's answer as it is
+    if spec.edit_text is not None:
+        with contextlib.suppress(textedit.Unsupported):
+            return spec.edit_text(root, body)
     if spec.response_hrefs is not None:
         davxml.map_tree_hrefs(root, spec.response_hrefs)
     spec.edit_tree(root)

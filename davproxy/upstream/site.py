@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
+from lxml import etree
 
 from davproxy.dav import davxml
 from davproxy.dav.errors import DavError
@@ -55,6 +56,7 @@ class Context:
     # the Destination header resolved as the path is (dav/paths.py resolve_href)
     destination: str | None = None
     _body: bytes | None = field(default=None, repr=False)
+    _tree: etree._Element | None = field(default=None, repr=False)
     _verified: str | None = field(default=None, repr=False)
 
     @property
@@ -71,6 +73,14 @@ class Context:
         if self._body is None:
             self._body = await read_body(self.request, self.limits.max_body)
         return self._body
+
+    async def xml(self) -> etree._Element:
+        """The request body as davproxy's hardened parser reads it (``XmlError`` if it
+        cannot), parsed once however many steps look at it; callers only read it.  A
+        body parsed here has passed the XML gate too."""
+        if self._tree is None:
+            self._tree = davxml.parse(await self.body())
+        return self._tree
 
     @property
     def body_read(self) -> bytes | None:
@@ -162,6 +172,8 @@ class Context:
         excessive nesting, an unknown or lying encoding, invalid UTF-8, not XML."""
         if not body.strip():
             return  # an empty body (PROPFIND allprop) is the upstream's to read
+        if self._tree is not None and body is self._body:
+            return  # parsed by the same parser already (``xml``)
         try:
             davxml.parse(body)
         except davxml.XmlError as exc:
