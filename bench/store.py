@@ -45,9 +45,16 @@ def measure(store: Store, count: int) -> dict[str, tuple[float, float]]:
     for i in range(50):
         with store.transaction():
             share, _ = store.share_upsert(
-                NewShare(upstream="u", owner="alice", collection=f"alice/c{i}/",
-                         kind="calendar", sharee="bob", sharee_href="/bob/", access="read",
-                         status="noresponse")  # fmt: skip
+                NewShare(
+                    upstream="u",
+                    owner="alice",
+                    collection=f"alice/c{i}/",
+                    kind="calendar",
+                    sharee="bob",
+                    sharee_href="/bob/",
+                    access="read",
+                    status="noresponse",
+                )  # fmt: skip
             )
             store.share_set_status(share, "accepted", f"bob/c{i}/", expect="noresponse")
     counter = iter(range(10**9))

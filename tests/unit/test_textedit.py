@@ -24,8 +24,8 @@ from davproxy.dav import davxml, textedit
 from davproxy.dav.paths import PathMap
 from davproxy.sharing.peruser_store import PerUserStore
 from davproxy.sharing.peruser_view import View
+from davproxy.store import Store
 from davproxy.store.records import Share
-from davproxy.store.sqlite import Store
 from davproxy.upstream.proxy import Forward, _edit_tree
 
 CALDAV = "urn:ietf:params:xml:ns:caldav"
