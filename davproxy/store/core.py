@@ -21,6 +21,7 @@ measures what remains).  Another process's writer can make a write wait up to 5 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -86,7 +87,12 @@ class Store(NotificationRows):
     def migrate(self) -> int:
         engine = self.engine
         schema = Schema(engine)
-        engine.migration_lock()
+        try:
+            engine.migration_lock()
+        except StoreError as exc:
+            raise StoreError(
+                f"store {self.location} is not a usable {engine.dialect} database: {exc}"
+            ) from None
         try:
             try:
                 schema.execute(
@@ -121,6 +127,11 @@ class Store(NotificationRows):
                             " VALUES (?, ?, ?)",
                             (version, name, time.time()),
                         )
+                except StoreError as exc:
+                    engine.rollback()
+                    raise StoreError(
+                        f"store {self.location}: migration {version:03d} {name} failed: {exc}"
+                    ) from None
                 except BaseException:
                     engine.rollback()
                     raise
@@ -128,7 +139,8 @@ class Store(NotificationRows):
                 if done is None:
                     log.info("store %s: applied migration %03d %s", self.location, version, name)
         finally:
-            engine.migration_unlock()
+            with contextlib.suppress(StoreError):  # never hide why migrating failed
+                engine.migration_unlock()
         return self.schema_version()
 
     def schema_version(self) -> int:

@@ -268,3 +268,17 @@ def test_sqlite_store_readable_by_sqlite3(tmp_path: Path) -> None:
     store.close()
     with sqlite3.connect(tmp_path / "s.sqlite3") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_database_user_without_rights_is_told_which_store() -> None:
+    """An operator's database user who may not create tables: one line naming the store
+    and PostgreSQL's reason, not a bare driver message."""
+    import psycopg
+
+    url = pg.fresh_url()
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(pg.cluster().dsn(name), autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "visitor_{name}" LOGIN')  # roles are cluster-wide
+        admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    with pytest.raises(StoreError, match=f"store postgresql://visitor_{name}@.* is not a usable"):
+        Store.open(url.replace("postgres@", f"visitor_{name}@"))
