@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -25,6 +26,7 @@ from davproxy.edge.sites import FeedParts, Site, build_site, feed_parts, reload_
 from davproxy.ops import users
 from davproxy.sharing import upstream_rights
 from davproxy.sharing.requests import ShareeRequest
+from davproxy.store.leases import Leases, exclusive
 from davproxy.store.records import Share
 from davproxy.store.sqlite import Store, StoreError
 from davproxy.upstream.client import Upstream, new_session
@@ -162,7 +164,7 @@ async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store
         if verb == "check":
             return _check(args, store)
         if verb == "reload":  # what SIGHUP makes the server do, from this process
-            changed = await reload_directory(list(sites.values()), config)
+            changed = await reload_directory(list(sites.values()), config, Leases(store))
             print(json.dumps({"groups_changed": changed}) if args.json else
                   f"users and groups applied: {changed} group(s) changed")  # fmt: skip
             return 0
@@ -186,8 +188,14 @@ async def _reconcile(args: argparse.Namespace, chosen: list[Site]) -> int:
             if not args.json:
                 print(f"{name}: backend {access.name}, nothing to reconcile")
             continue
-        try:
-            changes = await upstream_rights.reconcile(site.sharing, dry_run=args.dry_run)
+        try:  # one reconciliation at a time with the servers' retries (the same lease)
+            _, done = await exclusive(
+                Leases(site.sharing.store),
+                upstream_rights.lease_name(site.sharing),
+                functools.partial(upstream_rights.reconcile, site.sharing, dry_run=args.dry_run),
+                wait=True,
+            )
+            changes = done or []
         except PlainError as exc:
             print(f"davproxy: {name}: {exc.message}", file=sys.stderr)
             failed += 1

@@ -126,13 +126,15 @@ async def exclusive(
     seconds: float = 60.0,
     wait: bool = False,
     done_since: float | None = None,
+    finished: Callable[[T], bool] | None = None,
     poll: float = 0.1,
 ) -> tuple[bool, T | None]:
     """Run ``work`` holding the lease ``name``, renewed every ``seconds / 3`` while it runs.
 
     Without ``wait``, a lease held elsewhere means (False, None) at once.  With it, the
     call waits for the lease (or its expiry).  ``done_since``: a run that began at or
-    after that time and finished makes ``work`` unnecessary: (False, None)."""
+    after that time and finished makes ``work`` unnecessary: (False, None); ``finished``
+    says from ``work``'s value whether its run counts as finished (default: it returned)."""
     delay = poll
     while True:
         if done_since is not None and leases.done_since(name, done_since):
@@ -148,7 +150,7 @@ async def exclusive(
     completed = False
     try:
         value = await work()
-        completed = True
+        completed = finished is None or finished(value)
         return True, value
     finally:
         renewing.cancel()
