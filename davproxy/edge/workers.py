@@ -15,9 +15,9 @@ The parent then only supervises:
 * SIGTERM/SIGINT are passed on (each child drains its requests in flight), SIGHUP too
   (each child reads the users again; the groups are applied once, see sites.py);
 * a child that fails while starting (the store cannot be opened, a port of its own in
-  use) ends the whole server at the first start, or after five failed starts in a row
-  later: the child's own one-line reason is shown, with exit code 2 for a configuration
-  error, else 1.
+  use) ends the whole server the first time that worker starts, or after five failed
+  starts in a row later: the child's own one-line reason is shown, with exit code 2
+  for a configuration error, else 1.
 
 The children tell the parent through a pipe each: ``ready`` once listening, or
 ``error <reason>`` when they cannot start.
@@ -78,7 +78,6 @@ class Supervisor:
     slots: dict[int, _Slot] = field(default_factory=dict)
     stopping: bool = False
     start_failures: int = 0
-    ever_ready: bool = False
     wake: tuple[int, int] = (-1, -1)  # the parent's signal wake-up pipe
 
     # -- the children --------------------------------------------------------------------
@@ -212,7 +211,6 @@ class Supervisor:
         for line in child.received.decode(errors="replace").splitlines():
             if line == "ready" and not child.ready:
                 child.ready = True
-                self.ever_ready = True
                 self.start_failures = 0
                 log.info("worker %d (pid %d) ready", child.index, child.pid)
             elif line.startswith("error "):
@@ -248,7 +246,7 @@ class Supervisor:
                 )
                 code = os.waitstatus_to_exitcode(status)
                 code = code if code in (1, 2) else 1
-                if not self.ever_ready or self.start_failures >= START_FAILURES_MAX:
+                if slot.lives == 1 or self.start_failures >= START_FAILURES_MAX:
                     return code, reason
                 log.error("worker %d (pid %d) could not start: %s", child.index, pid, reason)
             if lived >= HEALTHY_AFTER:

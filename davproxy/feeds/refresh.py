@@ -39,8 +39,9 @@ UPSTREAM_SOURCE = "upstream:"
 Clock = Callable[[], float]
 Wanted = Callable[[FeedSource], bool]
 
-#: How long a refresh's lease lasts without renewal (renewed every third of it).
-LEASE_SECONDS = 60.0
+#: A refresh's lease lasts twice the fetch timeout, at least this (renewed every third of
+#: it while the fetch and import run): a killed holder's source waits no longer than that.
+LEASE_SECONDS_MIN = 5.0
 #: How long the scheduler leaves a source alone that another process is refreshing.
 ELSEWHERE_SECONDS = 1.0
 
@@ -168,7 +169,10 @@ class Refresher:
                             self._elsewhere[report.source_id] = self.clock() + ELSEWHERE_SECONDS
                     continue
                 upcoming = self.feeds.next_due(UPSTREAM_SOURCE)
-                wait = 60.0 if upcoming is None else min(60.0, max(0.05, upcoming - now))
+                # a source added by another process (nothing wakes this one for it) is
+                # seen within a minute, or within the refresh floor if that is shorter
+                cap = min(60.0, float(self.settings.refresh_floor))
+                wait = cap if upcoming is None else min(cap, max(0.05, upcoming - now))
                 if self._elsewhere:
                     wait = max(wait, min(self._elsewhere.values()) - now)
             except asyncio.CancelledError:
@@ -205,7 +209,7 @@ class Refresher:
             self.leases,
             f"feed:{source_id}",
             lambda: self._refresh(source_id, wanted),
-            seconds=LEASE_SECONDS,
+            seconds=max(LEASE_SECONDS_MIN, 2 * self.settings.fetch_timeout),
             wait=wait,
         )
         if report is None:

@@ -80,6 +80,9 @@ def add_parser(sub: Any) -> None:
 
     verbs.add_parser("check", help="store integrity, schema version and counts")
     verbs.add_parser(
+        "leases", help="which process holds each fleet-wide job (feed refreshes, start-up...)"
+    )
+    verbs.add_parser(
         "reload",
         help="apply the mapping files' users and groups now (members are invited or told)",
     )
@@ -163,6 +166,8 @@ async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store
             return _notifications(args, store, _pick(sites, args.upstream))
         if verb == "check":
             return _check(args, store)
+        if verb == "leases":
+            return _leases(args, store)
         if verb == "reload":  # what SIGHUP makes the server do, from this process
             changed = await reload_directory(list(sites.values()), config, Leases(store))
             print(json.dumps({"groups_changed": changed}) if args.json else
@@ -383,6 +388,22 @@ def _check(args: argparse.Namespace, store: Store) -> int:
         for key, value in report.items():
             print(f"{key:15} {value}")
     return 0 if ok else 1
+
+
+def _leases(args: argparse.Namespace, store: Store) -> int:
+    """Each lease: who holds it (host:pid:random) and for how long, when a run finished."""
+    now = time.time()
+    rows = [
+        {
+            "name": state.name,
+            "holder": state.holder if state.expires > now else "-",
+            "expires_in": round(state.expires - now, 1) if state.expires > now else None,
+            "last_completed": _when(state.completed) if state.completed else "-",
+        }
+        for state in Leases(store).states()
+    ]
+    _emit(args, rows, ("name", "holder", "expires_in", "last_completed"))
+    return 0
 
 
 async def _revoke(args: argparse.Namespace, store: Store, site: Site) -> int:

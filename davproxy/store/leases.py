@@ -108,6 +108,12 @@ class Leases:
         ).fetchone()
         return None if row is None else LeaseState(*row)
 
+    def states(self) -> list[LeaseState]:
+        rows = self.store.execute(
+            "SELECT name, holder, expires, taken, completed FROM leases ORDER BY name"
+        )
+        return [LeaseState(*row) for row in rows]
+
     def held_elsewhere(self, name: str) -> bool:
         """Someone holds ``name`` now (a lease of this process counts too)."""
         state = self.state(name)
