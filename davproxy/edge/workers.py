@@ -79,6 +79,10 @@ class Supervisor:
     stopping: bool = False
     start_failures: int = 0
     wake: tuple[int, int] = (-1, -1)  # the parent's signal wake-up pipe
+    #: each child binds a socket of its own with SO_REUSEPORT (the kernel spreads new
+    #: connections by a hash); the parent's socket then only holds the port.  Measured
+    #: against the shared socket by bench/workers.py; not the default (README).
+    reuse_port: bool = False
 
     # -- the children --------------------------------------------------------------------
 
@@ -106,11 +110,16 @@ class Supervisor:
                 if other.child is not None:
                     os.close(other.child.pipe)
             slot = WorkerSlot(index, self.config.server.workers, since)
+            sock = self.sock
+            if self.reuse_port:
+                host, port = sock.getsockname()[:2]
+                sock.close()
+                sock = listen(host, port, reuse_port=True)
 
             def started(_port: int) -> None:
                 os.write(pipe, b"ready\n")
 
-            run(run_until_signal(self.config, started, sock=self.sock, slot=slot))
+            run(run_until_signal(self.config, started, sock=sock, slot=slot))
             code = 0
         except StartupError as exc:
             os.write(pipe, f"error {exc}\n".encode())
@@ -277,15 +286,19 @@ def _address(sock: socket.socket) -> str:
     return f"http://{host}:{port}/"
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The one listening socket every worker accepts on."""
+def listen(host: str, port: int, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+    """The one listening socket every worker accepts on (``reuse_port``: one of a group
+    bound with SO_REUSEPORT; ``backlog`` 0: bound only, not listening)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = infos[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        sock.listen(1024)
+        if backlog:
+            sock.listen(backlog)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if exc.errno == errno.EADDRINUSE:
@@ -296,11 +309,12 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(config: config_mod.Config) -> int:
+def serve(config: config_mod.Config, reuse_port: bool = False) -> int:
     """``davproxy serve`` with ``[server] workers`` > 1; the exit code."""
     try:  # migrated once, here, before any worker opens it; closed before forking
         Store.open(config.store.path).close()
     except StoreError as exc:
         raise StartupError(str(exc)) from None
-    sock = listen(config.server.host, config.server.port)
-    return Supervisor(config, sock).run()
+    host, port = config.server.host, config.server.port
+    sock = listen(host, port, reuse_port=reuse_port, backlog=0 if reuse_port else 1024)
+    return Supervisor(config, sock, reuse_port=reuse_port).run()

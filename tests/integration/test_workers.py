@@ -31,6 +31,7 @@ from tests.feed_origin import Origin, calendar, event
 from tests.helpers import USERS, Endpoint, basic, fetch, write_config, write_htpasswd
 
 from .conftest import TRUSTED, Pair
+from .test_peruser import CAL, alarm, alarms, recurring, share_three
 from .test_sharing import (
     NS,
     SHARING,
@@ -283,6 +284,39 @@ async def test_racing_replies_across_processes(fleet: Fleet) -> None:
             else:
                 assert status in ("accepted", "declined")
                 assert len(copies) == (1 if status == "accepted" else 0), (status, copies)
+
+
+async def test_a_sharee_writing_through_two_processes_is_merged_not_refused(
+    fleet: Fleet,
+) -> None:
+    """The per-object write lock of per-user data is per process: bob's writes through
+    both ports, racing alice's, are settled by the merge retry (no 412, no 503), and
+    each keeps only their own reminder."""
+    async with spreading() as session:
+        alice, carol = (Client(session, fleet.fleet, u) for u in ("alice", "carol"))
+        bobs = [Client(session, pair, "bob") for pair in (fleet.fleet, fleet.single)]
+        owner_cal, bob_cal, _ = await share_three(fleet.fleet, alice, bobs[0], carol)
+        uid = f"race-{uuid.uuid4().hex[:6]}"
+        assert (await alice("PUT", owner_cal + "r.ics", recurring(uid, "v0"), **CAL)).status == 201
+
+        async def owner_writes(n: int) -> int:
+            body = recurring(uid, f"alice {n}", alarm("alice", "-PT5M"))
+            return (await alice("PUT", owner_cal + "r.ics", body, **CAL)).status
+
+        async def sharee_writes(n: int) -> int:
+            body = recurring(uid, f"bob {n}", alarm("bob", "-PT10M"))
+            return (await bobs[n % 2]("PUT", bob_cal + "r.ics", body, **CAL)).status
+
+        statuses, owners = await asyncio.gather(
+            asyncio.gather(*(sharee_writes(n) for n in range(8))),
+            asyncio.gather(*(owner_writes(n) for n in range(8))),
+        )
+        assert all(200 <= s < 300 for s in (*statuses, *owners)), (statuses, owners)
+        for bob in bobs:
+            got = await bob("GET", bob_cal + "r.ics")
+            assert got.status == 200 and set(alarms(got.body.decode())) == {"bob"}
+        theirs = alarms((await alice("GET", owner_cal + "r.ics")).body.decode())
+        assert set(theirs) == {"alice"}, theirs
 
 
 async def test_sigkill_of_a_worker_during_share_operations_loses_nothing(fleet: Fleet) -> None:
