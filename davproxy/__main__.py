@@ -30,6 +30,10 @@ def _load(path: str) -> config_mod.Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     logs.setup(config.logging)
+    if config.server.workers > 1:
+        from davproxy.edge import workers  # forks: nothing of an event loop exists yet
+
+        return workers.serve(config)
     run(run_until_signal(config))
     return 0
 

@@ -77,10 +77,9 @@ class AccessBackend(Protocol):
         must still be removed upstream (kept until the upstream confirms)."""
         ...
 
-    @property
-    def needs_full(self) -> bool:
-        """No whole reconciliation has succeeded in this process yet."""
-        ...
+    #: No whole reconciliation has succeeded yet, in this process or (at start-up, see
+    #: edge/startup.py) in another process of the fleet since this one started.
+    needs_full: bool
 
     @property
     def adopting(self) -> bool:

@@ -96,6 +96,7 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     forwarded_allow_ips: tuple[str, ...] = ()
     login_delay_max: float = 8.0  # longest wait after failed logins; 0: no delays
+    workers: int = 1  # processes serving the port (edge/workers.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,7 @@ class MonitoringConfig:
 
     allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     token: Secret | None = None
+    worker_port: int = 0  # with workers > 1: worker i also answers monitoring on this + i - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +255,7 @@ def load(path: str | Path) -> Config:
         shutdown_timeout=server_t.number("shutdown_timeout", 10.0),
         forwarded_allow_ips=server_t.strings("forwarded_allow_ips"),
         login_delay_max=server_t.number("login_delay_max", 8.0, minimum=-1e-9),
+        workers=server_t.integer("workers", 1, 1, 64),
     )
     if server.login_delay_max > 60:
         raise server_t.error(
@@ -273,7 +276,11 @@ def load(path: str | Path) -> Config:
 
     mon_t = root.table("monitoring")
     allow = _networks(mon_t, "allow", MonitoringConfig().allow)
-    monitoring = MonitoringConfig(allow=allow, token=mon_t.secret("token"))
+    monitoring = MonitoringConfig(
+        allow=allow,
+        token=mon_t.secret("token"),
+        worker_port=mon_t.integer("worker_port", 0, 0, 65535),
+    )
     mon_t.finish()
 
     feeds = _load_feeds_settings(root.table("feeds"))

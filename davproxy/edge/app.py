@@ -20,12 +20,14 @@ from davproxy.dav.errors import DavError, PlainError
 from davproxy.edge import parser
 from davproxy.edge.guard import FORM_LOGIN, GUARD, LoginGuard
 from davproxy.edge.logs import log_access
-from davproxy.edge.monitoring import Metrics, Monitor
+from davproxy.edge.monitoring import Metrics, Monitor, WorkerSlot
 from davproxy.edge.routes import ROUTE, Router
 from davproxy.edge.sites import build_site, feed_parts, reload_directory
+from davproxy.edge.startup import start_up
 from davproxy.feeds.refresh import Refresher
 from davproxy.sharing import upstream_rights
 from davproxy.store import Store, StoreError
+from davproxy.store.leases import Leases
 from davproxy.upstream.client import Upstream, new_session
 from davproxy.upstream.identity import parse_basic
 from davproxy.upstream.proxy import UPSTREAM_SECONDS, client_address, keep_upstream_headers
@@ -44,6 +46,7 @@ ROUTER = web.AppKey("router", Router)
 METRICS = web.AppKey("metrics", Metrics)
 REFRESHER = web.AppKey("refresher", Refresher)
 LISTENING = web.AppKey("listening", asyncio.Event)
+LEASES = web.AppKey("leases", Leases)
 
 
 @web.middleware
@@ -146,10 +149,12 @@ async def reload(app: web.Application) -> None:
     except config_mod.ConfigError as exc:
         log.error("reload refused, nothing changed: %s", exc)
         return
-    await reload_directory(app[ROUTER].sites, fresh)
+    await reload_directory(app[ROUTER].sites, fresh, app[LEASES])
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, slot: WorkerSlot | None = None) -> web.Application:
+    """The application of one process (``slot``: which worker of a fleet it is)."""
+    slot = slot or WorkerSlot()
     app = web.Application(
         middlewares=[error_middleware],
         client_max_size=config.server.max_body_bytes,
@@ -172,28 +177,22 @@ def create_app(config: Config) -> web.Application:
             await session.close()
             store.close()
             raise SetupError(f"cannot read an htpasswd file: {exc}") from None
-        for site in sites:
-            site.subscriptions.sync_configured()
-            # the mapping file's groups as they are now: changes made while davproxy
-            # was stopped are applied (and members told) before anyone is served
-            await site.sharing.groups.apply_directory(site.upstream.config.groups)
-        for site in sites:
-            try:
-                await upstream_rights.reconcile(site.sharing)
-            except PlainError as exc:  # the upstream may still be starting: retried
-                log.error("start-up reconciliation with %s failed: %s", site.upstream.name, exc)
+        leases = Leases(store)
+        await start_up(sites, leases, slot.since)  # once for a fleet (edge/startup.py)
         app[LISTENING] = asyncio.Event()
         # Whatever fails later (the upstream down, a revocation by `davproxy admin`
         # meanwhile) is retried until the upstream confirms.
         retries = [
             asyncio.create_task(
-                _once_listening(app, functools.partial(upstream_rights.keep_in_line, site.sharing))
+                _once_listening(
+                    app, functools.partial(upstream_rights.keep_in_line, site.sharing, leases)
+                )
             )
             for site in sites
         ]
         app[STORE] = store
         app[SESSION] = session
-        metrics = Metrics(store, app[GUARD])
+        metrics = Metrics(store, app[GUARD], slot)
         for site in sites:
             site.upstream.on_answer = metrics.upstream.labels(site.upstream.name).observe
             site.upstream.on_bytes = metrics.relayed.labels(site.upstream.name).inc
@@ -202,6 +201,7 @@ def create_app(config: Config) -> web.Application:
             sites, Limits(config.server.max_body_bytes, config.server.forwarded_allow_ips)
         )
         app[ROUTER].monitor = Monitor(store, metrics, config.monitoring)
+        app[LEASES] = leases
         parts.refresher.on_report = metrics.observe_refresh
         app[REFRESHER] = parts.refresher
         scheduler = asyncio.create_task(

@@ -4,19 +4,27 @@ These live in davproxy's reserved namespace at the root, outside every upstream'
 space (user ids cannot start with a dot, so no collection can shadow them).  Health
 and readiness say nothing secret and are open; metrics are limited to the configured
 networks (loopback by default) or a bearer token.
+
+With ``[server] workers`` > 1 every process answers for itself: health names the process
+(worker index and pid), and every metric series carries a ``worker`` label, since a
+scrape through the shared port reaches whichever process accepts it.  To scrape each
+process, ``[monitoring] worker_port`` gives worker *i* a port of its own for these
+three paths (``edge/server.py``).  Gauges read from the store are the fleet's (global).
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from davproxy.config import MonitoringConfig
@@ -31,6 +39,36 @@ PATHS = {
     "/.davproxy/metrics": "metrics",
 }
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """Which process of a ``[server] workers`` fleet this is (index 0: a single process)."""
+
+    index: int = 0
+    count: int = 1
+    since: float = field(default_factory=time.time)  # when this process was started
+
+    def describe(self) -> str:
+        if self.count == 1:
+            return f"single process, pid {os.getpid()}"
+        return f"worker {self.index} of {self.count}, pid {os.getpid()}"
+
+
+class _Labelled:
+    """A registry's metrics with one more label on every sample (``worker``)."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, value: str) -> None:
+        self.registry, self.name, self.value = registry, name, value
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self.registry.collect():
+            labelled = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            labelled.samples = [
+                sample._replace(labels={**sample.labels, self.name: self.value})
+                for sample in metric.samples
+            ]
+            yield labelled
 
 
 class StoreCollector(Collector):
@@ -78,8 +116,11 @@ class StoreCollector(Collector):
 class Metrics:
     """One registry per application (tests run several apps in one process)."""
 
-    def __init__(self, store: Store, guard: LoginGuard | None = None) -> None:
+    def __init__(
+        self, store: Store, guard: LoginGuard | None = None, slot: WorkerSlot | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
+        self.slot = slot or WorkerSlot()
         self.login_failures = Counter(
             "davproxy_login_failures", "Requests whose Basic credentials were answered 401",
             registry=self.registry,
@@ -122,6 +163,12 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.registry.register(StoreCollector(store))
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets; with several workers every series names its worker."""
+        if self.slot.count == 1:
+            return generate_latest(self.registry)
+        return generate_latest(_Labelled(self.registry, "worker", str(self.slot.index)))  # type: ignore[arg-type]
 
     def observe_refresh(self, report: RefreshReport) -> None:
         self.refreshes.labels(report.outcome).inc()
@@ -169,15 +216,13 @@ class Monitor:
     async def answer(
         self, request: web.Request, which: str, upstreams: list[Upstream]
     ) -> web.Response:
-        if which == "healthz":
-            return web.Response(text="ok\n")
+        if which == "healthz":  # names the answering process
+            return web.Response(text=f"ok ({self.metrics.slot.describe()})\n")
         if which == "readyz":
             return await _ready(self.store, upstreams)
         if not _allowed(request, self.config):
             return web.Response(status=403, text="metrics are limited to configured networks\n")
-        return web.Response(
-            body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE}
-        )
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _ready(store: Store, upstreams: list[Upstream]) -> web.Response:

@@ -8,6 +8,7 @@ a source URL is fetched once however many upstreams' users subscribe to it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from davproxy.feeds.views import FeedServer
 from davproxy.sharing.model import Sharing
 from davproxy.sharing.notifications import NotificationCollection, Renderer
 from davproxy.store import Store
+from davproxy.store.leases import Leases, exclusive
 from davproxy.upstream.client import Upstream
 from davproxy.upstream.directory import Directory
 from davproxy.upstream.identity import Authenticator
@@ -57,7 +59,7 @@ def feed_parts(store: Store, config: Config) -> FeedParts:
     return FeedParts(
         feeds,
         fetcher,
-        Refresher(feeds, fetcher, config.feeds),
+        Refresher(feeds, fetcher, config.feeds, leases=Leases(store)),
         FeedServer(feeds, config.server.max_body_bytes),
     )
 
@@ -79,9 +81,12 @@ def build_site(store: Store, upstream: Upstream, parts: FeedParts) -> Site:
     return Site(upstream, auth, sharing, notifications, subscriptions, web)
 
 
-async def reload_directory(sites: list[Site], config: Config) -> int:
+async def reload_directory(sites: list[Site], config: Config, leases: Leases) -> int:
     """Apply the mapping files' users and groups as ``config`` (read again) has them:
-    SIGHUP and ``davproxy admin reload``.  Returns how many groups changed."""
+    SIGHUP and ``davproxy admin reload``.  Returns how many groups changed.  Every
+    process reads the users; the groups are applied to the shared store by one process
+    at a time (the lease ``directory:<upstream>``: after a SIGHUP to a fleet, the first
+    applies the change and tells the members, the others find nothing left to do)."""
     fresh = {upstream.name: upstream for upstream in config.upstreams}
     changed = 0
     for site in sites:
@@ -92,7 +97,14 @@ async def reload_directory(sites: list[Site], config: Config) -> int:
             )
             continue
         site.sharing.directory.update_users(new.users)
-        count = await site.sharing.groups.apply_directory(new.groups)
+        groups = site.sharing.groups
+        _, applied = await exclusive(
+            leases,
+            f"directory:{new.name}",
+            functools.partial(groups.apply_directory, new.groups),
+            wait=True,
+        )
+        count = applied or 0
         log.info("reload: %s: users and groups read again, %d group(s) changed", new.name, count)
         changed += count
     return changed

@@ -1,7 +1,12 @@
 """Keeping feed sources fresh: when to fetch, and turning a fetched body into changes.
 
 One refresh per source at a time (callers that arrive meanwhile share its outcome), so
-any number of subscribers cost one origin fetch.  A refresh never loses the last good
+any number of subscribers cost one origin fetch.  Across the processes of a fleet
+(``[server] workers``, or several hosts on one store) a refresh holds the lease
+``feed:<source id>`` (store/leases.py), renewed while a long import runs: the scheduler
+of every process sees the same due source, one claims it and the others skip it, and
+the winner re-reads the source after claiming, so a source refreshed meanwhile by
+another process is not fetched again.  A refresh never loses the last good
 data: a failed, truncated, empty or unparsable answer only records the error and backs
 off; a body that drops most objects is applied only when a second fetch confirms it.
 """
@@ -24,6 +29,7 @@ from davproxy.feeds.fetch import Fetcher, FetchResult
 from davproxy.feeds.normal import diff, plausible
 from davproxy.feeds.split import FeedSplit, SplitMemo, split_feed
 from davproxy.feeds.store import FeedSource, FeedStore
+from davproxy.store.leases import Leases, exclusive
 
 log = logging.getLogger("davproxy.feeds")
 
@@ -31,12 +37,21 @@ log = logging.getLogger("davproxy.feeds")
 UPSTREAM_SOURCE = "upstream:"
 
 Clock = Callable[[], float]
+Wanted = Callable[[FeedSource], bool]
+
+#: A refresh's lease lasts twice the fetch timeout, at least this (renewed every third of
+#: it while the fetch and import run): a killed holder's source waits no longer than that.
+LEASE_SECONDS_MIN = 5.0
+#: How long the scheduler leaves a source alone that another process is refreshing.
+ELSEWHERE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class RefreshReport:
     source_id: int
-    outcome: str  # unchanged | changed | not-modified | suspect | failed
+    # unchanged | changed | not-modified | suspect | failed; without a fetch: elsewhere
+    # (another process holds the source's lease) | skipped (no longer wanted: done meanwhile)
+    outcome: str
     added: int = 0
     changed: int = 0
     removed: int = 0
@@ -95,14 +110,17 @@ class Refresher:
         settings: FeedsConfig,
         clock: Clock = time.time,
         rng: Callable[[], float] = random.random,
+        leases: Leases | None = None,
     ) -> None:
         self.feeds = feeds
+        self.leases = leases  # None: this process is the only one (unit tests)
         self.fetcher = fetcher
         self.settings = settings
         self.clock = clock
         self.rng = rng
         self.bounds: dict[str, Bounds] = {}  # per source URL, from the operator's feeds
         self._inflight: dict[int, asyncio.Task[RefreshReport]] = {}
+        self._elsewhere: dict[int, float] = {}  # source id -> left to another process until
         self._wake = asyncio.Event()
         self.on_report: Callable[[RefreshReport], None] | None = None  # metrics hook
         self.fetches = 0  # origin requests made (for tests and benchmarks)
@@ -126,16 +144,37 @@ class Refresher:
     def wake(self) -> None:
         self._wake.set()
 
+    def _still_due(self, source: FeedSource) -> bool:
+        return source.next_fetch <= self.clock()
+
     async def run(self, concurrency: int = 4) -> None:
-        """Refresh due sources until cancelled; sleeps until the next one is due."""
+        """Refresh due sources until cancelled; sleeps until the next one is due.  A
+        source another process is refreshing is left alone for a moment (then it is no
+        longer due: that process has recorded its next fetch)."""
         while True:
             try:
-                due = self.feeds.due_sources(self.clock(), UPSTREAM_SOURCE)[:concurrency]
+                now = self.clock()
+                self._elsewhere = {k: t for k, t in self._elsewhere.items() if t > now}
+                due = [
+                    s
+                    for s in self.feeds.due_sources(now, UPSTREAM_SOURCE)
+                    if s.id not in self._elsewhere
+                ][:concurrency]
                 if due:
-                    await asyncio.gather(*(self.refresh(s.id) for s in due))
+                    reports = await asyncio.gather(
+                        *(self.refresh(s.id, self._still_due, wait=False) for s in due)
+                    )
+                    for report in reports:
+                        if report.outcome == "elsewhere":
+                            self._elsewhere[report.source_id] = self.clock() + ELSEWHERE_SECONDS
                     continue
                 upcoming = self.feeds.next_due(UPSTREAM_SOURCE)
-                wait = 60.0 if upcoming is None else min(60.0, max(0.05, upcoming - self.clock()))
+                # a source added by another process (nothing wakes this one for it) is
+                # seen within a minute, or within the refresh floor if that is shorter
+                cap = min(60.0, float(self.settings.refresh_floor))
+                wait = cap if upcoming is None else min(cap, max(0.05, upcoming - now))
+                if self._elsewhere:
+                    wait = max(wait, min(self._elsewhere.values()) - now)
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one bad source stop every refresh
@@ -147,20 +186,46 @@ class Refresher:
 
     # -- one refresh ---------------------------------------------------------------------
 
-    async def refresh(self, source_id: int) -> RefreshReport:
-        """Fetch and apply one source now; concurrent callers share the same refresh."""
+    async def refresh(
+        self, source_id: int, wanted: Wanted | None = None, wait: bool = True
+    ) -> RefreshReport:
+        """Fetch and apply one source now; concurrent callers share the same refresh.
+
+        ``wanted``: checked on the source as it stands once the lease is held (a source
+        another process refreshed meanwhile is not fetched again: "skipped").  ``wait``:
+        while another process holds the source, wait for it (then decide), else
+        "elsewhere" at once."""
         task = self._inflight.get(source_id)
         if task is None:
-            task = asyncio.ensure_future(self._refresh(source_id))
+            task = asyncio.ensure_future(self._leased(source_id, wanted, wait))
             self._inflight[source_id] = task
             task.add_done_callback(lambda _: self._inflight.pop(source_id, None))
         return await asyncio.shield(task)
 
-    async def _refresh(self, source_id: int) -> RefreshReport:
+    async def _leased(self, source_id: int, wanted: Wanted | None, wait: bool) -> RefreshReport:
+        if self.leases is None:
+            return await self._refresh(source_id, wanted)
+        ran, report = await exclusive(
+            self.leases,
+            f"feed:{source_id}",
+            lambda: self._refresh(source_id, wanted),
+            seconds=max(LEASE_SECONDS_MIN, 2 * self.settings.fetch_timeout),
+            wait=wait,
+        )
+        if report is None:
+            assert not ran
+            current = self.feeds.source(source_id)
+            revision = current.revision if current else 0
+            return RefreshReport(source_id, "elsewhere", revision=revision)
+        return report
+
+    async def _refresh(self, source_id: int, wanted: Wanted | None = None) -> RefreshReport:
         started = time.perf_counter()
         source = self.feeds.source(source_id)
         if source is None:
             return RefreshReport(source_id, "failed", error="source no longer exists")
+        if wanted is not None and not wanted(source):
+            return RefreshReport(source_id, "skipped", revision=source.revision)
         self.fetches += 1
         result = await self.fetcher.fetch(source.fetch_url, source.etag, source.last_modified)
         report = await self._settle(source, result)

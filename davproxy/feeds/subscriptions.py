@@ -89,16 +89,21 @@ class Subscriptions:
 
     # -- operator feeds ---------------------------------------------------------------------
 
+    def note_bounds(self) -> None:
+        """This process's refresher learns the operator feeds' refresh bounds."""
+        for feed in self.configured.values():
+            self.refresher.bounds[feed.url] = feed_bounds(feed, self.settings)
+
     def sync_configured(self) -> None:
         """Make the store's operator feeds match the mapping file (at start-up)."""
         name = self.upstream.name
+        self.note_bounds()
         with self.feeds.transaction():
             for feed in self.configured.values():
                 source = self.feeds.source_ensure(feed.url)
                 self.feeds.subscription_put(
                     name, "", f"{OWN_FEEDS}{feed.name}/", feed.name, source.id
                 )
-                self.refresher.bounds[feed.url] = feed_bounds(feed, self.settings)
             for sub in self.feeds.subscriptions_of(name, ""):
                 if sub.name not in self.configured:
                     self.feeds.subscription_delete(name, sub.path)
@@ -311,7 +316,8 @@ class Subscriptions:
             self.feeds.subscription_put(self.upstream.name, user, path, name, source.id, values)
         log.info("user %s subscribed %s to %s", user, path, url)
         if source.status == "new":
-            await self.refresher.refresh(source.id)  # the first listing shows the data
+            # the first listing shows the data (unless another process fetched it meanwhile)
+            await self.refresher.refresh(source.id, lambda s: s.status == "new")
         else:
             self.refresher.wake()
         return web.Response(status=201, headers={"Location": self.upstream.paths.public + path})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -26,6 +27,7 @@ from davproxy.ops import users
 from davproxy.sharing import upstream_rights
 from davproxy.sharing.requests import ShareeRequest
 from davproxy.store import Store, StoreError
+from davproxy.store.leases import Leases, exclusive
 from davproxy.store.records import Share
 from davproxy.upstream.client import Upstream, new_session
 
@@ -77,6 +79,9 @@ def add_parser(sub: Any) -> None:
     refresh.add_argument("names", nargs="*", help="feed names, subscription paths or URLs")
 
     verbs.add_parser("check", help="store integrity, schema version and counts")
+    verbs.add_parser(
+        "leases", help="which process holds each fleet-wide job (feed refreshes, start-up...)"
+    )
     verbs.add_parser(
         "reload",
         help="apply the mapping files' users and groups now (members are invited or told)",
@@ -163,8 +168,10 @@ async def _run(args: argparse.Namespace, config: config_mod.Config, store: Store
             return _notifications(args, store, _pick(sites, args.upstream))
         if verb == "check":
             return _check(args, store)
+        if verb == "leases":
+            return _leases(args, store)
         if verb == "reload":  # what SIGHUP makes the server do, from this process
-            changed = await reload_directory(list(sites.values()), config)
+            changed = await reload_directory(list(sites.values()), config, Leases(store))
             print(json.dumps({"groups_changed": changed}) if args.json else
                   f"users and groups applied: {changed} group(s) changed")  # fmt: skip
             return 0
@@ -188,8 +195,14 @@ async def _reconcile(args: argparse.Namespace, chosen: list[Site]) -> int:
             if not args.json:
                 print(f"{name}: backend {access.name}, nothing to reconcile")
             continue
-        try:
-            changes = await upstream_rights.reconcile(site.sharing, dry_run=args.dry_run)
+        try:  # one reconciliation at a time with the servers' retries (the same lease)
+            _, done = await exclusive(
+                Leases(site.sharing.store),
+                upstream_rights.lease_name(site.sharing),
+                functools.partial(upstream_rights.reconcile, site.sharing, dry_run=args.dry_run),
+                wait=True,
+            )
+            changes = done or []
         except PlainError as exc:
             print(f"davproxy: {name}: {exc.message}", file=sys.stderr)
             failed += 1
@@ -377,6 +390,22 @@ def _check(args: argparse.Namespace, store: Store) -> int:
         for key, value in report.items():
             print(f"{key:15} {value}")
     return 0 if ok else 1
+
+
+def _leases(args: argparse.Namespace, store: Store) -> int:
+    """Each lease: who holds it (host:pid:random) and for how long, when a run finished."""
+    now = time.time()
+    rows = [
+        {
+            "name": state.name,
+            "holder": state.holder if state.expires > now else "-",
+            "expires_in": round(state.expires - now, 1) if state.expires > now else None,
+            "last_completed": _when(state.completed) if state.completed else "-",
+        }
+        for state in Leases(store).states()
+    ]
+    _emit(args, rows, ("name", "holder", "expires_in", "last_completed"))
+    return 0
 
 
 async def _revoke(args: argparse.Namespace, store: Store, site: Site) -> int:

@@ -279,6 +279,23 @@ def _m011_acl_entries(db: Schema) -> None:
     db.execute("CREATE INDEX acl_entries_by_owner ON acl_entries (upstream, owner)")
 
 
+def _m012_leases(db: Schema) -> None:
+    # "Only one process at a time" for jobs every davproxy process would otherwise run
+    # (store/leases.py): a feed refresh (``feed:<source id>``), start-up's work on the
+    # shared store, the upstream retries.  ``holder`` is host, pid and a random part;
+    # ``expires`` is renewed while the job runs, so a holder killed mid-job loses the
+    # lease once it expires.  ``completed``: when the last run that finished had begun.
+    db.execute(
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires REAL NOT NULL,
+            taken REAL NOT NULL,
+            completed REAL NOT NULL
+        )"""
+    )
+
+
 # Append only: a released migration is never edited, only followed by a new one.
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "meta", _m001_meta),
@@ -292,4 +309,5 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (9, "peruser_data", _m009_peruser_data),
     (10, "groups", _m010_groups),
     (11, "acl_entries", _m011_acl_entries),
+    (12, "leases", _m012_leases),
 )
