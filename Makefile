@@ -75,6 +75,7 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/loop_stall.py
 	$(BIN)/python bench/xml_gate.py
 	$(BIN)/python bench/peruser.py
+	$(BIN)/python bench/workers.py
 
 # The newest releases pyproject.toml allows, installed in a scratch environment and
 # frozen; run make test and make soak before committing the new file.
