@@ -5,8 +5,9 @@
   listening socket, and 2 and 4 workers whose children each bind with SO_REUSEPORT:
   requests per second, the ratio to one worker, and how the requests were spread over
   the workers (each worker's own ``davproxy_requests_total``, from its monitoring port);
-* **sharee listing**: wrk PROPFINDs bob's home (Depth 1; 20 copies of alice's calendars
-  shared with him) through davproxy in front of Radicale, with 1, 2 and 4 workers;
+* **sharee listing**: wrk (4 connections) PROPFINDs bob's home (Depth 1; 20 copies of
+  alice's calendars shared with him) through davproxy in front of Radicale, with 1, 2
+  and 4 workers, and davproxy's CPU per request (all its processes, from /proc);
 * **one feed, 100 subscribers, 4 workers**: 100 users subscribe to one URL at once
   through the 4 workers, then the feed falls due every 2 s: origin fetches are counted.
 
@@ -115,10 +116,11 @@ def spread(monitor: int, workers: int) -> list[int]:
 
 
 def wrk(
-    url: str, seconds: float, script: Path | None = None, auth: str = AUTH
+    url: str, seconds: float, script: Path | None = None, auth: str = AUTH, connections: int = 16
 ) -> tuple[float, int]:
-    """(requests per second, requests) of wrk with 16 connections."""
-    argv = ["wrk", "-t2", "-c16", f"-d{max(1, round(seconds))}s", "-H", f"Authorization: {auth}"]
+    """(requests per second, requests) of wrk with ``connections`` connections."""
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+    argv += ["-H", f"Authorization: {auth}"]
     if script is not None:
         argv += ["-s", str(script)]
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
@@ -201,6 +203,7 @@ def listing(folder: Path, stack: ExitStack, seconds: float) -> None:
         folder / "davproxy", upstream_url=radicale.url, kind="radicale", mode="proxy-auth",
         htpasswd=write_htpasswd(folder / "users.htpasswd"),
         server_extra=f"workers = 1\n[monitoring]\nworker_port = {monitor}\n",
+        upstream_extra="max_connections = 16\n",
     )  # fmt: skip
     script = folder / "listing.lua"
     body = LISTING.replace('"', '\\"')
@@ -211,16 +214,19 @@ def listing(folder: Path, stack: ExitStack, seconds: float) -> None:
     with start_fleet(main, port, 1, monitor) as fleet:
         asyncio.run(seed_listing(fleet.url.rstrip("/"), main))
         fleet.stop()
-    print(f"\nsharee listing: bob's home PROPFIND Depth 1 ({COPIES} copies), wrk -c16")
+    # max_connections 16, not Radicale's default 2 per process: with 2, two listings at
+    # once in one process wait for each other for ever (each holds a slot for its forward
+    # and needs another for its copies' properties; found here, in main since issue 17)
+    print(f"\nsharee listing: bob's home PROPFIND Depth 1 ({COPIES} copies), wrk -c4")
     print(f"{'workers':<28} {'req/s':>8} {'vs 1':>6}  davproxy CPU/request")
     base = 0.0
     for workers in (1, 2, 4):
         with start_fleet(main, port, workers, monitor) as fleet:
             url = f"http://127.0.0.1:{port}/bob/"
-            wrk(url, 1, script, BOB)
+            wrk(url, 2, script, BOB, 4)
             pids = _family(fleet.process.pid)
             cpu = sum(_cpu(p) for p in pids)
-            rps, count = wrk(url, seconds, script, BOB)
+            rps, count = wrk(url, seconds, script, BOB, 4)
             used = sum(_cpu(p) for p in pids) - cpu
             fleet.stop()
         base = base or rps

@@ -21,6 +21,10 @@ access_log = logging.getLogger("davproxy.access")
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, worker: int = 0) -> None:
+        super().__init__()
+        self.worker = worker  # which of several workers writes (0: a single process)
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -29,6 +33,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker:
+            entry["worker"] = self.worker
         access = getattr(record, "access", None)
         if isinstance(access, tuple):
             entry.update(_access_fields(access))
@@ -54,6 +60,17 @@ class UnparsableRequests(logging.Filter):
         record.exc_info, record.exc_text = None, None
         record.levelno, record.levelname = logging.INFO, "INFO"
         return logging.getLogger("davproxy").isEnabledFor(logging.INFO)
+
+
+def name_worker(index: int) -> None:
+    """In a worker of ``[server] workers``: every line says which (``[worker 2]``, or a
+    ``worker`` field in JSON), since the workers share the parent's stderr."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(JsonFormatter(index))
+        else:
+            text = f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s"
+            handler.setFormatter(logging.Formatter(text))
 
 
 def setup(config: LoggingConfig) -> None:

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 
 from davproxy import config as config_mod
+from davproxy.edge import logs
 from davproxy.edge.monitoring import WorkerSlot
 from davproxy.edge.server import StartupError, run, run_until_signal
 from davproxy.store import Store, StoreError
@@ -109,6 +110,7 @@ class Supervisor:
             for other in self.slots.values():  # the siblings' pipes are the parent's
                 if other.child is not None:
                     os.close(other.child.pipe)
+            logs.name_worker(index)
             slot = WorkerSlot(index, self.config.server.workers, since)
             sock = self.sock
             if self.reuse_port:
