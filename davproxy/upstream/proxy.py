@@ -234,7 +234,39 @@ async def forward(
     started = time.perf_counter()
     async with upstream.request(request.method, spec.path, headers, data) as answer:
         request[UPSTREAM_SECONDS] = time.perf_counter() - started  # for the access line
-        return await _relay(request, answer, spec)
+        relayed = await _relay(request, answer, spec)
+    if isinstance(relayed, _Read):
+        # edited with the upstream's connection slot given back: an edit may ask the
+        # upstream again (a sharee's home lists its copies' owners), and waiting for a
+        # slot while holding one deadlocks as soon as the slots are all so held
+        return await _finish(relayed, spec)
+    return relayed
+
+
+@dataclass(slots=True)
+class _Read:
+    """An answer read whole inside the upstream's slot, to be finished outside it."""
+
+    status: int
+    reason: str | None
+    headers: CIMultiDict[str]
+    body: bytes
+    edit: bool  # read to be edited (else: small, sent as one write)
+
+
+async def _finish(read: _Read, spec: Forward) -> web.Response:
+    body = read.body
+    if read.edit:
+        if spec.edit_tree is not None and read.status == 207:
+            body = _edit_tree(body, spec)
+        elif spec.response_hrefs is not None:
+            body = _map_body(body, spec.response_hrefs)
+        if spec.edit_xml is not None and read.status == 207:
+            edited = spec.edit_xml(body)
+            body = await edited if inspect.isawaitable(edited) else edited
+    if spec.upstream.on_bytes is not None:
+        spec.upstream.on_bytes(len(body))
+    return web.Response(status=read.status, reason=read.reason, headers=read.headers, body=body)
 
 
 def _maps_body(request: web.Request, spec: Forward) -> bool:
@@ -254,7 +286,7 @@ def _map_body(body: bytes, mapper: HrefMap, strict: bool = False) -> bytes:
 
 async def _relay(
     request: web.Request, answer: aiohttp.ClientResponse, spec: Forward
-) -> web.StreamResponse:
+) -> web.StreamResponse | _Read:
     headers = end_to_end(answer.headers, frozenset({"content-length"}))
     request[UPSTREAM_HEADER_NAMES] = frozenset(name.lower() for name in headers)
     if spec.dav_tokens and "DAV" in headers:
@@ -284,29 +316,14 @@ async def _relay(
                 MAX_MAPPED_RESPONSE,
             )
     if body is not None:
-        if spec.edit_tree is not None and answer.status == 207:
-            body = _edit_tree(body, spec)
-        elif spec.response_hrefs is not None:
-            body = _map_body(body, spec.response_hrefs)
-        if spec.edit_xml is not None and answer.status == 207:
-            edited = spec.edit_xml(body)
-            body = await edited if inspect.isawaitable(edited) else edited
+        return _Read(answer.status, answer.reason, headers, body, edit=True)
 
     has_body = request.method != "HEAD" and answer.status not in (204, 304)
     counted = spec.upstream.on_bytes
-    if (
-        body is None
-        and has_body
-        and answer.content_length is not None
-        and answer.content_length <= SMALL_ANSWER
-    ):
+    if has_body and answer.content_length is not None and answer.content_length <= SMALL_ANSWER:
         # Small answers go out as one write (head and body together): fewer syscalls,
         # and a body the upstream breaks off still becomes a clean 502.
-        body = await _read_answer(answer)
-    if body is not None:
-        if counted is not None:
-            counted(len(body))
-        return web.Response(status=answer.status, reason=answer.reason, headers=headers, body=body)
+        return _Read(answer.status, answer.reason, headers, await _read_answer(answer), False)
 
     response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
     if answer.content_length is not None:

@@ -4,6 +4,7 @@ downgrade -> revoke, and the negative paths around them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -930,3 +931,32 @@ async def test_native_sharee_cut_off_at_commit_even_if_radicale_does_not_answer(
                 time.sleep(0.1)
         assert "start-up reconciliation with up failed" in log
         assert "reconciliation with up done" in log
+
+
+async def test_concurrent_home_listings_never_wait_on_each_other(radicale_pair: Pair) -> None:
+    """A sharee's home listing asks the upstream for the home and, meanwhile, for its
+    copies' owners: it must never hold one of the upstream's connection slots (two for
+    Radicale) while waiting for another.  Regression: with two listings at once each
+    held a slot for the home's answer while its copies waited for a free one — both
+    hung until the upstream timeout."""
+    pair = radicale_pair
+    owner_cal = f"{pair.calendar_home}slots-{uuid.uuid4().hex[:6]}/"
+    async with raw_session() as session:
+        alice, bob = Client(session, pair, "alice"), Client(session, pair, "bob")
+        await bob.hello()
+        assert (await alice("MKCALENDAR", owner_cal)).status == 201
+        shared = await alice(
+            "POST", owner_cal, share_body(("mailto:bob@example.org", "read")), **SHARING
+        )
+        assert shared.status == 204, shared.body
+        copy = await accept_latest(bob)
+        home = pair.calendar_home.replace("alice", "bob")
+
+        async def listing() -> Answer:
+            return await bob("PROPFIND", home, propfind("D:displayname"), Depth="1")
+
+        answers = await asyncio.wait_for(asyncio.gather(*(listing() for _ in range(6))), 20)
+        for answer in answers:
+            assert answer.status == 207
+            listed = {canonical(h.text or "") for h in xml(answer).iter("{DAV:}href")}
+            assert canonical(copy) in listed
