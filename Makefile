@@ -94,6 +94,8 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/xml_gate.py
 	$(BIN)/python bench/peruser.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/workers.py
+	$(BIN)/python bench/workers.py --store postgresql
 
 # The newest releases pyproject.toml allows, installed in a scratch environment and
 # frozen; run make test and make soak before committing the new file.

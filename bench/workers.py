@@ -15,7 +15,7 @@ Printed, never asserted.  nginx and wrk come from Debian's packages (installed w
 missing, as root).  The machine's cores are shared by wrk, the upstream and davproxy:
 the README says what the figures imply for a bigger host.
 
-    python bench/workers.py [--seconds 5]
+    python bench/workers.py [--seconds 5] [--store sqlite|postgresql]
 """
 
 from __future__ import annotations
@@ -302,12 +302,17 @@ def one_feed(folder: Path, stack: ExitStack) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--store", choices=("sqlite", "postgresql"), default="sqlite",
+        help="where every davproxy keeps its store (postgresql: a throwaway cluster)",
+    )  # fmt: skip
     args = parser.parse_args()
+    os.environ["DAVPROXY_TEST_STORE"] = args.store  # read by tests.helpers.write_config
     missing = ensure_tools()
     if missing:
         print(f"skipped: {' and '.join(missing)} not installed (Debian: apt-get install nginx wrk)")
         return 0
-    print(f"workers benchmark on {os.cpu_count()} cores")
+    print(f"workers benchmark on {os.cpu_count()} cores, {args.store} store")
     with tempfile.TemporaryDirectory() as tmp:
         for part, work in (
             ("pass", lambda f, s: passthrough(f, s, args.seconds)),
