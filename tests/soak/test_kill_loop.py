@@ -72,7 +72,7 @@ from lxml import etree
 from davproxy.access.radicale_api import RadicaleSharingApi
 from davproxy.feeds.store import CALENDAR_END, item_etag
 from davproxy.ops.embedded import ServerProcess, start_radicale
-from davproxy.store import MIGRATIONS
+from davproxy.store.migrations import MIGRATIONS
 from tests.feed_origin import Origin, calendar
 from tests.feed_origin import event as feed_event
 from tests.helpers import write_config, write_htpasswd
