@@ -371,6 +371,9 @@ class _Resources(Mapping[str, Resource]):
         found = self.built.get(uid)
         return found if found is not None else self.build(uid, keep=False)
 
+    def __contains__(self, uid: object) -> bool:
+        return uid in self.groups  # (Mapping's would build the resource)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.groups)
 
@@ -386,6 +389,9 @@ class _Fingerprints(Mapping[str, str]):
 
     def __getitem__(self, uid: str) -> str:
         return self.resources.fingerprint(uid)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self.resources.groups  # (Mapping's would fingerprint it)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.resources.groups)
