@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from davproxy.config import FeedsConfig
 from davproxy.feeds.fetch import Fetcher, FetchResult
+from davproxy.feeds.memo import recorded as memo_fingerprints
 from davproxy.feeds.normal import diff, plausible
 from davproxy.feeds.split import FeedSplit, SplitMemo, split_feed
 from davproxy.feeds.store import FeedSource, FeedStore
@@ -125,9 +126,10 @@ class Refresher:
         self.on_report: Callable[[RefreshReport], None] | None = None  # metrics hook
         self.fetches = 0  # origin requests made (for tests and benchmarks)
         # each source's last split memo (the next refresh re-reads only changed objects),
-        # and the fingerprints this process last recorded, with the source's revision then
+        # and the memo of the split this process last recorded, with the source's
+        # revision then (it knows every fingerprint recorded: no copy is kept)
         self._memos: dict[int, SplitMemo] = {}
-        self._recorded: dict[int, tuple[int, dict[str, str]]] = {}
+        self._recorded: dict[int, tuple[int, SplitMemo]] = {}
 
     # -- scheduling ----------------------------------------------------------------------
 
@@ -345,11 +347,14 @@ class Refresher:
             if fresh is None:
                 return RefreshReport(source.id, "failed", error="source no longer exists")
             recorded = self._recorded.get(source.id)
+            old = None
             if recorded is not None and recorded[0] == fresh.revision:
-                old = recorded[1]  # what this process recorded last: the store holds it still
-            else:
+                old = memo_fingerprints(recorded[1])  # what the store holds still
+            if old is None:
                 old = feeds.fingerprints(source.id)
-            new = split.fingerprints()
+            # fingerprinted when compared (a first import compares none: each resource
+            # is fingerprinted once, as it is built to be written)
+            new = split.fingerprint_map
             changes = diff(old, new)
             interval = self.interval(fresh, split.meta.refresh_seconds)
             suspicious = confirm_losses and not plausible(len(old), len(new))
@@ -393,7 +398,8 @@ class Refresher:
             current = feeds.source(source.id)
             assert current is not None
             feeds.prune_tombstones(current, now - self.settings.tombstone_days * 86400)
-        _remember(self._recorded, source.id, (revision, new))  # committed: true from now
+        if split.memo is not None:  # committed: true from now
+            _remember(self._recorded, source.id, (revision, split.memo))
         return RefreshReport(
             source.id,
             "changed" if not changes.empty else "unchanged",

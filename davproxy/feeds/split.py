@@ -23,21 +23,37 @@ import contextlib
 import gc
 import hashlib
 import re
-import sys
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from array import array
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from davproxy.feeds.blocks import Frame, segment
+from davproxy.feeds.components import (
+    OBJECT_KINDS,
+    Comp,
+    Facts,
+    add_uid,
+    components,
+    facts_of,
+)
 from davproxy.feeds.lines import (
     FeedWarning,
     Line,
     lex,
-    params,
     prop_name,
     to_utf8_bytes,
     value_of,
+)
+from davproxy.feeds.memo import (
+    FINGERPRINTED,
+    SplitMemo,
+    Tables,
+    fingerprint_of,
+    refs_of,
+    with_fingerprint,
+    without_fingerprint,
+    zone_set_of,
 )
 from davproxy.feeds.normal import (
     FeedMeta,
@@ -47,13 +63,7 @@ from davproxy.feeds.normal import (
     href_for,
 )
 
-#: Top-level components that become resources (VAVAILABILITY: RFC 7953).
-OBJECT_KINDS = frozenset({"VEVENT", "VTODO", "VJOURNAL", "VFREEBUSY", "VAVAILABILITY"})
-#: Components that can only appear at the top level: meeting one inside another component means
-#: the open one lost its END line.
-_TOP_ONLY = OBJECT_KINDS | {"VTIMEZONE", "VCALENDAR"}
 _CRLF = "\r\n"
-_HAS_TZID = re.compile(r";\s*tzid\s*=", re.IGNORECASE)  # cheap pre-check before parsing params
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,312 +109,295 @@ class FeedSplit:
         return dict(self.fingerprint_map)
 
 
-@dataclass(slots=True)
-class _Comp:
-    kind: str
-    lineno: int
-    lines: list[Line]
-    broken: str | None = None
-
-
-def _components(
-    lines: list[Line], warnings: list[FeedWarning]
-) -> tuple[list[_Comp], list[Line], bool]:
-    """Delimit top-level components; returns them, the calendar-level lines and completeness."""
-    comps: list[_Comp] = []
-    cal_lines: list[Line] = []
-    cur: _Comp | None = None
-    stack: list[str] = []  # open components inside ``cur``, outermost first
-    calendars = 0
-    open_cal = False
-
-    def drop(comp: _Comp, why: str) -> None:
-        warnings.append(FeedWarning("truncated", comp.lineno, f"{comp.kind} skipped: {why}"))
-
-    for line in lines:
-        word = line.text.partition(":")[2].strip().upper() if line.name in ("BEGIN", "END") else ""
-        if cur is not None:
-            if line.name == "BEGIN" and word in _TOP_ONLY:
-                drop(cur, f"no END:{cur.kind} before line {line.lineno}")
-                cur, stack = None, []
-            elif line.name == "END" and word == "VCALENDAR":
-                drop(cur, f"no END:{cur.kind} before END:VCALENDAR")
-                cur, stack = None, []
-            else:
-                cur.lines.append(line)
-                if line.name == "BEGIN":
-                    stack.append(word)
-                elif line.name == "END":
-                    if stack and stack[-1] == word:
-                        stack.pop()
-                    else:
-                        cur.broken = cur.broken or f"unbalanced END:{word} at line {line.lineno}"
-                        if word == cur.kind:
-                            stack = []
-                    if not stack:
-                        if cur.broken:
-                            drop(cur, cur.broken)
-                        else:
-                            comps.append(cur)
-                        cur = None
-                continue
-        # top level (possibly right after a truncated component)
-        if line.name == "BEGIN" and word == "VCALENDAR":
-            calendars += 1
-            open_cal = True
-        elif line.name == "END" and word == "VCALENDAR":
-            open_cal = False
-        elif line.name == "BEGIN":
-            cur, stack = _Comp(word, line.lineno, [line]), [word]
-        elif line.name == "END":
-            warnings.append(FeedWarning("stray-line", line.lineno, line.text))
-        elif ":" not in line.text:
-            warnings.append(FeedWarning("stray-line", line.lineno, line.text[:80]))
-        else:
-            cal_lines.append(line)
-    if cur is not None:
-        drop(cur, "end of data inside the component")
-        open_cal = True
-    return comps, cal_lines, calendars > 0 and not open_cal
-
-
-# --- splitting --------------------------------------------------------------------------------
-
-
-def _first(comp: _Comp, name: str) -> Line | None:
-    # only the component's own properties, not those of a nested VALARM
-    depth = 0
-    for line in comp.lines[1:]:
-        if line.name == "BEGIN":
-            depth += 1
-        elif line.name == "END":
-            depth -= 1
-        elif depth == 0 and line.name == name:
-            return line
-    return None
-
-
-def _tzid_refs(comps: Iterable[_Comp]) -> list[str]:
-    seen: dict[str, None] = {}
-    for comp in comps:
-        for line in comp.lines:
-            if _HAS_TZID.search(line.text) is None:
-                continue
-            for pname, pvalue in params(line.text):
-                if pname == "TZID" and pvalue:
-                    seen.setdefault(pvalue, None)
-    return list(seen)
-
-
-class _Facts(NamedTuple):
-    """What grouping needs of one top-level component: a pure function of its bytes,
-    kept in a ``SplitMemo`` by their digest (a tuple of strings, which the garbage
-    collector stops tracking: a memo of 10,000 costs it nothing)."""
-
-    kind: str
-    uid: str  # VTIMEZONE: its TZID ('' when it has none)
-    synthetic: bool
-    rid: str | None  # the RECURRENCE-ID line after its name (the override's key); None: master
-    refs: tuple[str, ...]  # TZIDs it references, in order
-
-
-# Feeds of this many bytes of components or more are split in bounded memory.
+# Feeds of this many bytes of components or more are split in bounded memory: their
+# lines are read again when a resource is built, and a resource the memo does not
+# know is fingerprinted when first asked for (at the latest as it is written), once.
 _KEEP_LINES_BELOW = 1 << 20
 
 
-@dataclass(slots=True)
-class SplitMemo:
-    """Results of earlier splits of one feed, by content: a component's facts by the
-    digest of its bytes, a resource's fingerprint by the digest of everything it is
-    made of.  Pure, so a memo is never wrong, only missing entries."""
+class _Parts:
+    """The feed's top-level components by number: where their bytes are, the digests
+    that key their records in the memo, and the lines of those that keep them."""
 
-    facts: dict[bytes, _Facts] = field(default_factory=dict)
-    fingerprints: dict[bytes, str] = field(default_factory=dict)
+    __slots__ = ("feed", "memo", "spans", "digests", "comps", "facts_of")
 
+    def __init__(self, feed: bytes, memo: SplitMemo) -> None:
+        self.feed, self.memo = feed, memo
+        self.spans = array("q")  # start and end of each in ``feed``
+        self.digests: list[bytes | None] = []  # None: read line by line
+        self.comps: dict[int, Comp] = {}
+        self.facts_of: dict[int, Facts] = {}  # those the memo holds no record of
 
-@dataclass(slots=True)
-class _Part:
-    """One top-level component of this feed: its facts, and its lines once lexed."""
+    def add(
+        self, digest: bytes | None, span: tuple[int, int], comp: Comp | None, facts: Facts | None
+    ) -> int:
+        number = len(self.digests)
+        self.digests.append(digest)
+        self.spans.extend(span)
+        if comp is not None:
+            self.comps[number] = comp
+        if facts is not None:
+            self.facts_of[number] = facts
+        return number
 
-    facts: _Facts
-    lineno: int
-    digest: bytes | None = None  # None: read by the line-based path (no memo)
-    feed: bytes = b""  # the feed its bytes are in, from ``start`` to ``end``
-    start: int = 0
-    end: int = 0
-    comp: _Comp | None = None
+    def record(self, number: int) -> bytes | None:
+        digest = self.digests[number]
+        return None if digest is None else self.memo.records.get(digest)
 
-    @property
-    def data(self) -> bytes:
-        return self.feed[self.start : self.end]
+    def facts(self, number: int) -> Facts:
+        found = self.facts_of.get(number)
+        if found is None:
+            record = self.record(number)
+            assert record is not None
+            found = self.memo.facts(record)
+        return found
 
-    def lines(self, keep: bool = False) -> list[Line]:
+    def refs(self, number: int) -> tuple[str, ...]:
+        found = self.facts_of.get(number)
+        if found is not None:
+            return found.refs
+        record = self.record(number)
+        assert record is not None
+        return self.memo.tables.refs[refs_of(record)]
+
+    def lines(self, number: int, keep: bool = False) -> list[Line]:
         """Its lines; lexed (again) if they were not kept, and kept if ``keep``."""
-        if self.comp is not None:
-            return self.comp.lines
-        comps, _, _ = _components(lex(self.data, [], self.lineno), [])
-        comp = comps[0]  # the same bytes gave one component before
-        if self.facts.synthetic:
-            _add_uid(comp, self.facts.uid)
+        comp = self.comps.get(number)
+        if comp is not None:
+            return comp.lines
+        start, end = self.spans[2 * number], self.spans[2 * number + 1]
+        comp = components(lex(self.feed[start:end], []), [])[0][0]  # one, as before
+        facts = self.facts(number)
+        if facts.synthetic:
+            add_uid(comp, facts.uid)
         if keep:
-            self.comp = comp
+            self.comps[number] = comp
         return comp.lines
 
 
-_NO_OVERRIDES: dict[str, _Part] = {}  # shared by every group without overrides: never written
-
-
 class _Group:
+    """The components of a resource of more than one (most have one: their number)."""
+
     __slots__ = ("kind", "synthetic", "master", "overrides")
 
     def __init__(self, kind: str, synthetic: bool) -> None:
         self.kind, self.synthetic = kind, synthetic
-        self.master: _Part | None = None
-        self.overrides: dict[str, _Part] = _NO_OVERRIDES  # its own dict once it has one
+        self.master: int | None = None
+        self.overrides: dict[str, int] = {}
 
-    def members(self) -> list[_Part]:
-        return ([self.master] if self.master else []) + list(self.overrides.values())
-
-    def refs(self) -> tuple[str, ...]:
-        """The TZIDs its components reference, in order."""
-        if not self.overrides and self.master is not None:
-            return self.master.facts.refs
-        return tuple(dict.fromkeys(ref for m in self.members() for ref in m.facts.refs))
+    def members(self) -> list[int]:
+        return ([] if self.master is None else [self.master]) + list(self.overrides.values())
 
 
-def _add_uid(comp: _Comp, uid: str) -> None:
-    comp.lines.insert(1, Line("UID", f"UID:{uid}", f"UID:{uid}", comp.lineno))
+class _Grouping:
+    """Components to resources by UID, and time zones by TZID, with what that reports."""
+
+    def __init__(self, parts: _Parts, warnings: list[FeedWarning]) -> None:
+        self.parts, self.warnings = parts, warnings
+        self.linenos = array("q")
+        self.zones: dict[str, int] = {}
+        self.groups: dict[str, int | _Group] = {}
+
+    def add(self, number: int, facts: Facts, lineno: int) -> None:
+        self.linenos.append(lineno)
+        warnings = self.warnings
+        if facts.kind == "VTIMEZONE":
+            if not facts.uid:
+                warnings.append(FeedWarning("no-tzid", lineno, "VTIMEZONE without TZID"))
+                return
+            if facts.uid in self.zones:
+                warnings.append(FeedWarning("duplicate-timezone", lineno, facts.uid))
+            self.zones[facts.uid] = number
+            return
+        if facts.kind not in OBJECT_KINDS:
+            warnings.append(FeedWarning("unsupported-component", lineno, facts.kind))
+            return
+        uid = facts.uid
+        found = self.groups.get(uid)
+        if found is None:
+            self.groups[uid] = number
+            return
+        if isinstance(found, int):
+            first = self.parts.facts(found)
+            group = _Group(first.kind, first.synthetic)
+            if first.rid is None:
+                group.master = found
+            else:
+                group.overrides[first.rid] = found
+            self.groups[uid] = found = group
+        if found.kind != facts.kind:
+            # RFC 4791 §4.1: one component type per resource; the first type seen keeps the UID
+            detail = f"{facts.kind} dropped, {uid} is a {found.kind}"
+            warnings.append(FeedWarning("mixed-types", lineno, detail))
+        elif facts.rid is None:
+            if found.master is not None:
+                warnings.append(FeedWarning("duplicate-master", lineno, uid))
+            found.master = number
+        else:
+            if found.overrides.pop(facts.rid, None) is not None:
+                warnings.append(FeedWarning("duplicate-override", lineno, f"{uid} {facts.rid}"))
+            found.overrides[facts.rid] = number
+
+    def first_line(self, group: int | _Group) -> int:
+        if isinstance(group, int):
+            return self.linenos[group]
+        first = group.master if group.master is not None else next(iter(group.overrides.values()))
+        return self.linenos[first]
 
 
-_shared_refs: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
-def _shared(kind: str) -> str:
-    return sys.intern(kind) if len(kind) < 40 else kind
-
-
-def _facts_of(comp: _Comp, warnings: list[FeedWarning]) -> _Facts:
-    if comp.kind == "VTIMEZONE":
-        tzline = _first(comp, "TZID")
-        tzid = value_of(tzline.text).strip() if tzline is not None else ""
-        return _Facts(comp.kind, tzid, False, None, ())
-    uid_line = _first(comp, "UID")
-    uid = value_of(uid_line.text).strip() if uid_line is not None else ""
-    synthetic = not uid
-    if synthetic:
-        # same content -> same UID on every fetch, so no delete/add churn (spec §4)
-        uid = f"{digest(canonical_form(comp.lines))[:32]}@synthetic.davproxy"
-        _add_uid(comp, uid)
-        warnings.append(FeedWarning("synthetic-uid", comp.lineno, uid))
-    rid_line = _first(comp, "RECURRENCE-ID")
-    rid = rid_line.text[len("RECURRENCE-ID") :] if rid_line is not None else None
-    refs = tuple(_tzid_refs([comp]))
-    # kept for every component in a memo: one string and one tuple for all that share them
-    if len(_shared_refs) < 4096:  # a bounded cache: any feed may name any zones
-        refs = _shared_refs.setdefault(refs, refs)
-    return _Facts(_shared(comp.kind), uid, synthetic, rid, refs)
-
-
-def _parts(
-    raw: bytes, memo: SplitMemo | None, warnings: list[FeedWarning]
-) -> tuple[list[_Part], list[Line], bool]:
-    """The feed's top-level components and calendar lines, and whether it is complete.
-
-    A regular feed is cut at the octet level and only components whose bytes the memo
-    does not know are lexed; a feed with anything irregular (a component that lost its
-    END, a line that is not UTF-8 ...) is read line by line, as a whole."""
-    data = to_utf8_bytes(raw)
-    frame = segment(data)
-    found = _octet_parts(frame, memo) if frame is not None else None
-    if found is not None:
-        warnings += found[3]
-        return found[:3]
-    comps, cal_lines, complete = _components(lex(data, warnings), warnings)
-    return [_Part(_facts_of(c, warnings), c.lineno, comp=c) for c in comps], cal_lines, complete
-
-
-def _octet_parts(
-    frame: Frame, memo: SplitMemo | None
-) -> tuple[list[_Part], list[Line], bool, list[FeedWarning]] | None:
-    said: list[FeedWarning] = []  # lexing must say nothing: else a whole read says it
-    warnings: list[FeedWarning] = []
-    calendar = [ln for first, piece in frame.calendar for ln in lex(piece, said, first)]
-    # components the octet level does not delimit (X-... ones) are among these lines
-    others, cal_lines, complete = _components(calendar, said)
-    if said:
-        return None
-    parts = [_Part(_facts_of(c, warnings), c.lineno, comp=c) for c in others]
-    known = memo.facts if memo is not None else {}
-    keep_lines = sum(b.end - b.start for b in frame.blocks) < _KEEP_LINES_BELOW
-    feed = frame.data
-    view = memoryview(feed)
-    for block in frame.blocks:
-        start, end = block.start, block.end
-        digest = hashlib.blake2b(view[start:end], digest_size=16).digest()
-        facts = known.get(digest)
-        if facts is not None:
-            parts.append(_Part(facts, block.first_line, digest, feed, start, end))
-            continue
-        comps, _, _ = _components(lex(feed[start:end], said, block.first_line), said)
-        if said or len(comps) != 1 or comps[0].kind != block.kind:
-            return None  # something a whole read reports in its own words
-        comp = comps[0]
-        facts = _facts_of(comp, warnings)
-        # a big feed's lines are read again when its resource is built (they take
-        # about fifteen times the feed's size); a small feed's are kept
-        kept = comp if keep_lines else None
-        parts.append(_Part(facts, comp.lineno, digest, feed, start, end, kept))
-    return parts, cal_lines, complete, warnings
-
-
-# The zones a set of referenced TZIDs brings (feed order), the missing TZIDs, and how
-# the signature of a resource that references them begins.
-_ZoneSet = tuple[list[_Part], tuple[str, ...], bytes | None]
+# The zones a set of referenced TZIDs brings (feed order), the missing TZIDs, how the
+# signature of a resource that references them begins, and that beginning's code.
+_ZoneSet = tuple[list[int], tuple[str, ...], bytes | None, int | None]
 
 
 class _Resources(Mapping[str, Resource]):
-    """The feed's resources: those built while fingerprinting, and the rest (known by
-    their fingerprints from the memo) built only if someone asks."""
+    """The feed's resources, built when read; each fingerprint comes from the memo when
+    it knows it, else from building the resource (and is then kept in the memo)."""
 
     def __init__(
         self,
+        parts: _Parts,
+        grouping: _Grouping,
         meta: FeedMeta,
         head: list[Line],
-        groups: dict[str, _Group],
-        zone_sets: dict[tuple[str, ...], _ZoneSet],
+        header_key: bytes,
+        keep: bool,
     ) -> None:
-        self.meta, self.head, self.groups, self.zone_sets = meta, head, groups, zone_sets
+        self.parts, self.memo, self.meta, self.head = parts, parts.memo, meta, head
+        self.groups, self.zones, self.header_key = grouping.groups, grouping.zones, header_key
+        self.keep = keep  # a small feed's lines and resources are kept as built
+        self.zone_sets: dict[tuple[str, ...], _ZoneSet] = {}
         self.built: dict[str, Resource] = {}
-        self.later: set[str] = set()
 
-    def build(self, uid: str, keep: bool = True) -> Resource:
-        """The resource of ``uid``; kept for later reads if ``keep``, else built again
-        when read (a big feed's resources are written one by one as they are built:
-        holding all their texts at once took several times the feed's size)."""
+    def refs(self, group: int | _Group) -> tuple[str, ...]:
+        """The TZIDs a resource's components reference, in order."""
+        if isinstance(group, int):
+            return self.parts.refs(group)
+        return tuple(dict.fromkeys(r for m in group.members() for r in self.parts.refs(m)))
+
+    def zone_set(self, refs: tuple[str, ...]) -> _ZoneSet:
+        found = self.zone_sets.get(refs)
+        if found is None:
+            used = [z for t, z in self.zones.items() if t in refs]  # feed order
+            missing = tuple(t for t in refs if t not in self.zones)
+            digests = [self.parts.digests[z] for z in used]
+            start = None if None in digests else b"".join([self.header_key, *digests])  # type: ignore[list-item]
+            code = None if start is None else self.memo.tables.start_code(start)
+            found = self.zone_sets[refs] = (used, missing, start, code)
+        return found
+
+    def signature(self, group: _Group) -> bytes | None:
+        """A digest of everything a resource of several components is made of."""
+        start = self.zone_set(self.refs(group))[2]
+        digests = [self.parts.digests[m] for m in group.members()]
+        if start is None or None in digests:
+            return None
+        return hashlib.blake2b(b"".join([start, *digests]), digest_size=16).digest()  # type: ignore[list-item]
+
+    def known(self, uid: str) -> bytes | None:
+        """The resource's fingerprint (raw) if the memo knows it."""
         group = self.groups[uid]
-        refs = group.refs()
-        used, missing, _ = self.zone_sets[refs]
-        resource = _resource(uid, group, self.meta, self.head, used, refs, missing)
+        if isinstance(group, int):
+            record = self.parts.record(group)
+            found = fingerprint_of(record) if record is not None else None
+            if found is not None:
+                return found
+        else:
+            signature = self.signature(group)
+            value = self.memo.groups.get(signature) if signature is not None else None
+            if value is not None:
+                return value[:32]
+        return self.memo.loose.get(uid)
+
+    def _learn(self, uid: str, group: int | _Group, raw: bytes) -> None:
+        memo = self.memo
+        if isinstance(group, int):
+            record, code = self.parts.record(group), self.zone_set(self.refs(group))[3]
+            digest = self.parts.digests[group]
+            if record is not None and code is not None and digest is not None:
+                memo.records[digest] = with_fingerprint(record, code, raw)
+                return
+        else:
+            signature = self.signature(group)
+            if signature is not None:
+                memo.groups[signature] = raw + uid.encode("utf-8", "surrogatepass")
+                return
+        memo.loose[uid] = raw
+
+    def fingerprint(self, uid: str) -> str:
+        raw = self.known(uid)
+        return raw.hex() if raw is not None else self.build(uid, self.keep).fingerprint
+
+    def build(self, uid: str, keep: bool) -> Resource:
+        """The resource of ``uid``, kept for later reads if ``keep`` (a big feed's are
+        written one by one as they are built: holding all took several times its size)."""
+        group = self.groups[uid]
+        parts = self.parts
+        if isinstance(group, int):
+            members, facts = [group], parts.facts(group)
+            kind, synthetic, master = facts.kind, facts.synthetic, facts.rid is None
+            rids: tuple[str, ...] = () if facts.rid is None else (facts.rid,)
+        else:
+            members, kind, synthetic = group.members(), group.kind, group.synthetic
+            master, rids = group.master is not None, tuple(group.overrides)
+        refs = self.refs(group)
+        used, missing, _, _ = self.zone_set(refs)
+        zone_lines = [ln for z in used for ln in parts.lines(z, keep=True)]  # a few, for many
+        member_lines = [ln for m in members for ln in parts.lines(m)]
+        meta = self.meta
+        prefix = _CRLF.join(["BEGIN:VCALENDAR", *meta.header, *(ln.raw for ln in zone_lines), ""])
+        body = _CRLF.join([*(ln.raw for ln in member_lines), ""])
+        tail = Line("END", "END:VCALENDAR", "END:VCALENDAR", 0)
+        resource = Resource(
+            uid=uid,
+            kind=kind,
+            text=prefix + body + "END:VCALENDAR" + _CRLF,
+            fingerprint=digest(canonical_form([*self.head, *zone_lines, *member_lines, tail])),
+            href=href_for(uid),
+            master=master,
+            recurrence_ids=tuple(value_of("X" + k).strip() for k in rids),
+            tzids=tuple(refs),
+            missing_tzids=missing,
+            synthetic_uid=synthetic,
+            body_start=len(prefix),
+        )
         if keep:
             self.built[uid] = resource
-            self.later.discard(uid)
-        else:
-            self.later.add(uid)
+        if self.known(uid) is None:
+            self._learn(uid, group, bytes.fromhex(resource.fingerprint))
         return resource
 
     def __getitem__(self, uid: str) -> Resource:
         found = self.built.get(uid)
-        if found is None:
-            if uid not in self.later:
-                raise KeyError(uid)
-            found = self.build(uid, keep=False)
-        return found
+        return found if found is not None else self.build(uid, keep=False)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self.groups  # (Mapping's would build the resource)
 
     def __iter__(self) -> Iterator[str]:
-        return iter([*self.built, *self.later])
+        return iter(self.groups)
 
     def __len__(self) -> int:
-        return len(self.built) + len(self.later)
+        return len(self.groups)
+
+
+class _Fingerprints(Mapping[str, str]):
+    """Every resource's fingerprint by UID, from the memo or by building the resource."""
+
+    def __init__(self, resources: _Resources) -> None:
+        self.resources = resources
+
+    def __getitem__(self, uid: str) -> str:
+        return self.resources.fingerprint(uid)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self.resources.groups  # (Mapping's would fingerprint it)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.resources.groups)
+
+    def __len__(self) -> int:
+        return len(self.resources.groups)
 
 
 _collector_lock = threading.Lock()
@@ -445,143 +438,130 @@ def split_feed(raw: bytes, memo: SplitMemo | None = None) -> FeedSplit:
     are not repeated); ``FeedSplit.memo`` is the memo for the next split.
     """
     with _collector_paused():
-        return _split(raw, memo)
+        data = to_utf8_bytes(raw)
+        frame = segment(data)
+        found = _octet_split(frame, memo) if frame is not None else None
+        return found if found is not None else _line_split(data)
 
 
-def _split(raw: bytes, memo: SplitMemo | None) -> FeedSplit:
+def _line_split(data: bytes) -> FeedSplit:
+    """A feed with anything irregular (a component that lost its END, a line that is
+    not UTF-8 ...), read line by line as a whole."""
     warnings: list[FeedWarning] = []
-    parts, cal_lines, complete = _parts(raw, memo, warnings)
+    comps, cal_lines, complete = components(lex(data, warnings), warnings)
+    parts = _Parts(data, SplitMemo())
     meta = calendar_meta(cal_lines, warnings)
+    grouping = _Grouping(parts, warnings)
+    for comp in comps:
+        facts = facts_of(comp, warnings)
+        grouping.add(parts.add(None, (0, 0), comp, facts), facts, comp.lineno)
+    return _finish(parts, grouping, meta, warnings, complete, True, {})
 
-    zones: dict[str, _Part] = {}
-    groups: dict[str, _Group] = {}
-    for part in parts:
-        facts = part.facts
-        if facts.kind == "VTIMEZONE":
-            if not facts.uid:
-                warnings.append(FeedWarning("no-tzid", part.lineno, "VTIMEZONE without TZID"))
-                continue
-            if facts.uid in zones:
-                warnings.append(FeedWarning("duplicate-timezone", part.lineno, facts.uid))
-            zones[facts.uid] = part
-            continue
-        if facts.kind not in OBJECT_KINDS:
-            warnings.append(FeedWarning("unsupported-component", part.lineno, facts.kind))
-            continue
-        uid = facts.uid
-        group = groups.get(uid)
-        if group is None:
-            group = groups[uid] = _Group(facts.kind, facts.synthetic)
-        elif group.kind != facts.kind:
-            # RFC 4791 §4.1: one component type per resource; the first type seen keeps the UID
-            warnings.append(
-                FeedWarning(
-                    "mixed-types", part.lineno, f"{facts.kind} dropped, {uid} is a {group.kind}"
-                )
-            )
-            continue
-        if facts.rid is None:
-            if group.master is not None:
-                warnings.append(FeedWarning("duplicate-master", part.lineno, uid))
-            group.master = part
-        else:
-            if group.overrides is _NO_OVERRIDES:
-                group.overrides = {}
-            if group.overrides.pop(facts.rid, None) is not None:
-                warnings.append(
-                    FeedWarning("duplicate-override", part.lineno, f"{uid} {facts.rid}")
-                )
-            group.overrides[facts.rid] = part
 
+def _octet_split(frame: Frame, old: SplitMemo | None) -> FeedSplit | None:
+    """A regular feed, cut at the octet level: only components whose bytes the memo
+    does not know are lexed.  None: something a whole read reports in its own words."""
+    said: list[FeedWarning] = []  # lexing must say nothing: else a whole read says it
+    warnings: list[FeedWarning] = []
+    calendar = [ln for first, piece in frame.calendar for ln in lex(piece, said, first)]
+    # components the octet level does not delimit (X-... ones) are among these lines
+    others, cal_lines, complete = components(calendar, said)
+    if said:
+        return None
+    fresh = old is None or old.tables.full
+    memo = SplitMemo(Tables() if old is None or fresh else old.tables)
+    known = {} if old is None or fresh else old.records
+    parts = _Parts(frame.data, memo)
+    meta = calendar_meta(cal_lines, warnings)
+    grouping = _Grouping(parts, warnings)
+    for comp in others:
+        facts = facts_of(comp, warnings)
+        grouping.add(parts.add(None, (0, 0), comp, facts), facts, comp.lineno)
+    keep = frame.size < _KEEP_LINES_BELOW
+    feed, records = frame.data, memo.records
+    view = memoryview(feed)
+    for block in frame.blocks:
+        span = start, end = block.start, block.end
+        digest = hashlib.blake2b(view[start:end], digest_size=16).digest()
+        record = records.get(digest) or known.get(digest)
+        if record is not None:
+            records[digest] = record
+            facts = memo.facts(record)
+            grouping.add(parts.add(digest, span, None, None), facts, block.first_line)
+            continue
+        comps, _, _ = components(lex(feed[start:end], said, block.first_line), said)
+        if said or len(comps) != 1 or comps[0].kind != block.kind:
+            return None
+        comp = comps[0]
+        facts = facts_of(comp, warnings)
+        record = memo.pack(facts)
+        if record is not None:
+            records[digest] = record
+        # a big feed's lines are read again when its resource is built (they take
+        # about fifteen times the feed's size); a small feed's are kept
+        kept = comp if keep or facts.kind == "VTIMEZONE" else None
+        number = parts.add(digest, span, kept, None if record is not None else facts)
+        grouping.add(number, facts, comp.lineno)
+    carried = {} if old is None or fresh else old.groups
+    return _finish(parts, grouping, meta, warnings, complete, keep, carried)
+
+
+def _finish(
+    parts: _Parts,
+    grouping: _Grouping,
+    meta: FeedMeta,
+    warnings: list[FeedWarning],
+    complete: bool,
+    keep: bool,
+    carried: Mapping[bytes, bytes],
+) -> FeedSplit:
+    """Zones for every resource, the memo made true for this feed, fingerprints."""
     # the fingerprint reads unfolded lines, as fingerprint() of the served text does
     unfolded = [re.sub(r"\r\n[ \t]", "", h) for h in ("BEGIN:VCALENDAR", *meta.header)]
     head = [Line(prop_name(h), h, h, 0) for h in unfolded]
     header_key = "\n".join(unfolded).encode("utf-8", "surrogatepass")
-    zone_sets: dict[tuple[str, ...], _ZoneSet] = {}
-    resources = _Resources(meta, head, groups, zone_sets)
-    fingerprints: dict[str, str] = {}
-    next_memo = SplitMemo({p.digest: p.facts for p in parts if p.digest is not None})
-    known = memo.fingerprints if memo is not None else {}
+    resources = _Resources(parts, grouping, meta, head, header_key, keep)
+    memo, groups = parts.memo, grouping.groups
+    memo.resources = len(groups)
     missing_seen: set[str] = set()
-    # a small feed's resources are kept as built; a big one's are built again when read
-    small = sum(p.end - p.start for p in parts) < _KEEP_LINES_BELOW
-    # what a set of referenced TZIDs brings: the zones (feed order), the missing ones, and
-    # the start of the signature of a resource that references them (few distinct sets)
-    for uid, group in groups.items():
-        refs = group.refs()
-        found = zone_sets.get(refs)
-        if found is None:
-            used = [z for t, z in zones.items() if t in refs]  # feed order, not reference order
-            missing = tuple(t for t in refs if t not in zones)
-            found = zone_sets[refs] = (used, missing, _signature_start(header_key, used))
-        used, missing, start = found
+    # a record may carry the fingerprint of the resource it alone makes with the same
+    # zones; its flag is cleared anywhere else (a record from an earlier split)
+    alone = bytearray(len(parts.digests))
+    for group in groups.values():
+        refs = resources.refs(group)
+        _, missing, _, code = resources.zone_set(refs)
         for t in missing:
             if t not in missing_seen:
                 missing_seen.add(t)
-                lineno = (group.master or next(iter(group.overrides.values()))).lineno
-                warnings.append(FeedWarning("missing-timezone", lineno, t))
-        signature = _signature(start, group)
-        fingerprint = known.get(signature) if signature is not None else None
-        if fingerprint is None:
-            fingerprint = resources.build(uid, keep=small).fingerprint
+                warnings.append(FeedWarning("missing-timezone", grouping.first_line(group), t))
+        if isinstance(group, int):
+            record = parts.record(group)
+            if record is not None and record[0] & FINGERPRINTED and zone_set_of(record) == code:
+                alone[group] = 1
         else:
-            resources.later.add(uid)
-        fingerprints[uid] = fingerprint
-        if signature is not None:
-            next_memo.fingerprints[signature] = fingerprint
+            signature = resources.signature(group)
+            value = carried.get(signature) if signature is not None else None
+            if value is not None:
+                memo.groups[signature] = value  # type: ignore[index]
+    records = memo.records
+    for number, key in enumerate(parts.digests):
+        if key is not None and not alone[number]:
+            record = records.get(key)
+            if record is not None and record[0] & FINGERPRINTED:
+                records[key] = without_fingerprint(record)
+    if keep:  # a small feed's resources are built (and kept) now, a big one's when read
+        for uid in groups:
+            resources.fingerprint(uid)
     timezones = {
-        tzid: _CRLF.join([*(ln.raw for ln in part.lines(keep=True)), ""])
-        for tzid, part in zones.items()
+        tzid: _CRLF.join([*(ln.raw for ln in parts.lines(number, keep=True)), ""])
+        for tzid, number in grouping.zones.items()
     }
-    return FeedSplit(resources, meta, tuple(warnings), timezones, complete, fingerprints, next_memo)
-
-
-def _signature_start(header: bytes, zones: list[_Part]) -> bytes | None:
-    """What the signatures of resources using ``zones`` begin with (None: not every
-    part was read at the octet level, so there is no memo for them)."""
-    digests = [z.digest for z in zones]
-    return None if None in digests else b"".join([header, *digests])  # type: ignore[list-item]
-
-
-def _signature(start: bytes | None, group: _Group) -> bytes | None:
-    """A digest of everything a resource is made of: header, zones and its components."""
-    if start is None:
-        return None
-    if not group.overrides and group.master is not None:  # most resources: one component
-        digest = group.master.digest
-        return None if digest is None else hashlib.blake2b(start + digest, digest_size=16).digest()
-    digests = [m.digest for m in group.members()]
-    if None in digests:
-        return None
-    return hashlib.blake2b(b"".join([start, *digests]), digest_size=16).digest()  # type: ignore[list-item]
-
-
-def _resource(
-    uid: str,
-    group: _Group,
-    meta: FeedMeta,
-    head: list[Line],
-    used: list[_Part],
-    refs: tuple[str, ...],
-    missing: tuple[str, ...],
-) -> Resource:
-    members = group.members()
-    zone_lines = [ln for z in used for ln in z.lines(keep=True)]  # a few, used by many
-    member_lines = [ln for m in members for ln in m.lines()]
-    prefix = _CRLF.join(["BEGIN:VCALENDAR", *meta.header, *(ln.raw for ln in zone_lines), ""])
-    body = _CRLF.join([*(ln.raw for ln in member_lines), ""])
-    text = prefix + body + "END:VCALENDAR" + _CRLF
-    tail = Line("END", "END:VCALENDAR", "END:VCALENDAR", 0)
-    return Resource(
-        uid=uid,
-        kind=group.kind,
-        text=text,
-        fingerprint=digest(canonical_form([*head, *zone_lines, *member_lines, tail])),
-        href=href_for(uid),
-        master=group.master is not None,
-        recurrence_ids=tuple(value_of("X" + k).strip() for k in group.overrides),
-        tzids=tuple(refs),
-        missing_tzids=missing,
-        synthetic_uid=group.synthetic,
-        body_start=len(prefix),
+    return FeedSplit(
+        resources,
+        meta,
+        tuple(warnings),
+        timezones,
+        complete,
+        _Fingerprints(resources),
+        memo,
     )

@@ -18,7 +18,7 @@ from dataclasses import replace
 from aiohttp import web
 from lxml import etree
 
-from davproxy.dav import davxml
+from davproxy.dav import davxml, textedit
 from davproxy.dav.davxml import CS, DAV
 from davproxy.dav.errors import NEED_PRIVILEGES, DavError
 from davproxy.dav.http import multistatus_response
@@ -94,21 +94,7 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
     to_public = base.response_hrefs or (lambda h: h)
     copy_key, owner_key = canonical(copy_path), canonical(upstream.paths.public + share.collection)
 
-    def request_hrefs(value: str) -> str:
-        """A client href (multiget, Destination) into the owner's collection.
-
-        Requests under a copy run *as the owner*: an href outside the copy (or one the
-        upstream would resolve elsewhere) would read the owner's other data, so it is
-        refused rather than passed on."""
-        path = davxml.href_path(value).partition("?")[0]
-        try:
-            path = canonical(resolve_path(path))  # '//' collapsed, '..' refused
-        except PathRejected as exc:
-            raise DavError(400, None, f"href not accepted: {exc}") from None
-        below = within(path, copy_key)
-        if below is None:
-            raise DavError(403, NEED_PRIVILEGES, "hrefs must stay inside the shared copy")
-        return to_upstream(owner_key + below)
+    request_hrefs = copy_request_hrefs(copy_key, owner_key, to_upstream)
 
     def response_hrefs(value: str) -> str:
         return copy.href_to_public(to_public(value), upstream.origin, origin)
@@ -121,7 +107,64 @@ async def serve(ctx: Context, sharing: Sharing, share: Share, below: str) -> web
         edit_xml=edit_xml,
         dav_tokens=SHARING_TOKENS if method == "OPTIONS" else (),
     )
+    if method == "REPORT" and request_body:
+        mapped = await _body_on_text(ctx, request_body, request_hrefs, (copy_path, copy_key))
+        if mapped is not None:
+            spec = replace(spec, body=mapped, body_mapped=True)
     return await _forward(ctx, sharing, share, below, spec)
+
+
+def copy_request_hrefs(
+    copy_key: str, owner_key: str, to_upstream: Callable[[str], str]
+) -> Callable[[str], str]:
+    """How a client href under a copy (multiget, Destination; both keys canonical)
+    becomes the owner's, as the upstream knows it."""
+
+    def request_hrefs(value: str) -> str:
+        """Requests under a copy run *as the owner*: an href outside the copy (or one
+        the upstream would resolve elsewhere) would read the owner's other data, so it
+        is refused rather than passed on."""
+        path = davxml.href_path(value).partition("?")[0]
+        try:
+            path = canonical(resolve_path(path))  # '//' collapsed, '..' refused
+        except PathRejected as exc:
+            raise DavError(400, None, f"href not accepted: {exc}") from None
+        below = within(path, copy_key)
+        if below is None:
+            raise DavError(403, NEED_PRIVILEGES, "hrefs must stay inside the shared copy")
+        return to_upstream(owner_key + below)
+
+    return request_hrefs
+
+
+_PROBE = "0.A_z~-9"  # one of each kind of character a plain member name may hold
+
+
+async def _body_on_text(
+    ctx: Context, body: bytes, mapper: Callable[[str], str], spellings: tuple[str, ...]
+) -> bytes | None:
+    """A REPORT body whose every href is the copy's path (as davproxy spells it) and a
+    plain member name, mapped on its text (dav/textedit.py: the hrefs' prefix replaced,
+    nothing else touched) instead of parsed, mapped href by href and written again;
+    None when it is anything else (then the tree is mapped, as before).  ``mapper``
+    maps such an href to its prefix's mapping followed by the same name, which is
+    checked here on a probe (and in tests/unit/test_textedit_request.py on any)."""
+    try:
+        root = await ctx.xml()
+    except davxml.XmlError:
+        return None  # the XML gate refuses it
+    for old in dict.fromkeys(spellings):
+        try:
+            new = mapper(old + _PROBE)
+        except DavError:
+            continue
+        if not old.endswith("/") or not new.endswith(_PROBE):
+            continue
+        try:
+            return textedit.map_prefix(root, body, old, new[: -len(_PROBE)])
+        except textedit.Unsupported:
+            continue
+    return None
 
 
 async def _forward(

@@ -103,6 +103,7 @@ class Forward:
     # (dav/textedit.py); raises textedit.Unsupported outside its subset: then edit_tree
     edit_text: Callable[[etree._Element, bytes], bytes] | None = None
     body: bytes | None = None  # a request body the route has already read
+    body_mapped: bool = False  # ... with its hrefs mapped already (request_hrefs)
     strict_bodies: bool = False  # a body whose hrefs cannot be mapped is refused (400)
     dav_tokens: tuple[str, ...] = ()  # feature tokens added to the DAV header
     #: headers to add, chosen from the upstream's status and headers (Link on .ics exports)
@@ -227,7 +228,7 @@ async def forward(
     elif data is None and request.content_length == 0 and "Content-Length" in request.headers:
         headers["Content-Length"] = "0"
     if isinstance(data, bytes):
-        if spec.request_hrefs is not None and _maps_body(request, spec):
+        if spec.request_hrefs is not None and _maps_body(request, spec) and not spec.body_mapped:
             data = _map_body(data, spec.request_hrefs, spec.strict_bodies)
         headers["Content-Length"] = str(len(data))
 
