@@ -34,11 +34,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from aiohttp import web, web_app, web_server
+from aiohttp import hdrs, web, web_app, web_server
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import HttpVersion11
 from aiohttp.http_writer import StreamWriter
+from multidict import istr
 from yarl import URL
 
 from davproxy.dav.errors import DavError, PlainError
@@ -69,6 +70,9 @@ _HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([!-~](?:[ \t!-~]*[
 _HANDED = frozenset(
     {"content-length", "transfer-encoding", "expect", "upgrade", "destination", "te"}
 )
+# aiohttp's parsers (C and Python) spell every header name they know as ``hdrs`` does
+# ("ETag" becomes "Etag"); so does the lane, in both directions, as aiohttp's path would.
+CANONICAL = {str(v).lower(): str(v) for v in vars(hdrs).values() if isinstance(v, istr)}
 MAX_HEAD = 8190  # aiohttp's limit for a request line; heads past it are aiohttp's
 KEEPALIVE = 75.0  # aiohttp's keep-alive timeout: idle connections are closed after it
 
@@ -129,6 +133,7 @@ class FastLane:
             name = match.group(1).decode()
             value = (match.group(2) or b"").decode()
             lower = name.lower()
+            name = CANONICAL.get(lower, name)
             if lower in _HANDED or lower.startswith("proxy-"):
                 return None
             if lower == "connection" and value.lower() != "keep-alive":
@@ -261,7 +266,7 @@ class FastLane:
 
     async def _relay(self, edge: Edge, plan: Plan, exchange: _Exchange) -> tuple[int, float]:
         upstream = plan.upstream
-        await upstream.acquire_slot("GET", exchange.upstream_url)
+        await upstream.acquire_slot("GET", plan.upstream_path)
         answer: lean.Answer | None = None
         try:
             started = time.perf_counter()
@@ -297,7 +302,7 @@ class FastLane:
             if name.lower() == "connection":
                 drop.update(t.strip().lower() for t in value.split(",") if t.strip())
         headers = [
-            (name, value)
+            (CANONICAL.get(lower, name), value)
             for name, value in answer.headers
             if (lower := name.lower()) not in drop and not lower.startswith("proxy-")
         ]
@@ -308,8 +313,10 @@ class FastLane:
         length = answer.content_length
         if has_body and length is not None and length <= SMALL_ANSWER:
             try:
-                async with asyncio.timeout(plan.upstream.read_timeout):
-                    body = await answer.read()
+                body = answer.received()  # mostly there with the head: no timer needed
+                if body is None:
+                    async with asyncio.timeout(plan.upstream.read_timeout):
+                        body = await answer.read()
             except (lean.BrokenAnswer, TimeoutError) as exc:
                 log.warning("upstream at %s broke off its answer: %s", plan.upstream.origin, exc)
                 raise PlainError(502, "Upstream broke off its answer") from exc

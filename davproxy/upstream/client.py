@@ -168,7 +168,7 @@ class Upstream:
         caller to handle (the response is already under way by then).
         """
         url = self.url_for(upstream_raw_path)
-        await self.acquire_slot(method, url)
+        await self.acquire_slot(method, upstream_raw_path)
         started = time.perf_counter()
         try:
             async with self._send(method, url, headers, data) as response:
@@ -178,7 +178,7 @@ class Upstream:
         finally:
             self._slots.release()
 
-    async def acquire_slot(self, method: str, url: URL) -> None:
+    async def acquire_slot(self, method: str, upstream_raw_path: str) -> None:
         """One of the ``max_connections`` request slots (504 after the read timeout);
         whoever takes one gives it back with ``release_slot``."""
         if not self._slots.locked():
@@ -192,7 +192,7 @@ class Upstream:
                 "upstream %s: %s %s waited %.1f s for a free connection",
                 self.name,
                 method,
-                url.path,
+                self.url_for(upstream_raw_path).path,
                 self._read_timeout,
             )
             raise UpstreamError(

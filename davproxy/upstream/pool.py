@@ -75,6 +75,16 @@ class Answer:
         """The next piece of the body, b"" at its end; BrokenAnswer if cut off."""
         return await self._conn.next_chunk()
 
+    def received(self) -> bytes | None:
+        """The whole body if it has arrived already, else None (then ``read``)."""
+        conn = self._conn
+        if conn._mode != "done" or conn._error is not None:
+            return None
+        body = b"".join(conn._chunks)
+        conn._chunks.clear()
+        conn._queued = 0
+        return body
+
     async def read(self) -> bytes:
         parts: list[bytes] = []
         while True:
