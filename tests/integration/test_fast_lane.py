@@ -41,10 +41,8 @@ async def _exchange(port: int, request: bytes) -> bytes:
     return re.sub(rb"\r\nDate: [^\r]*", b"\r\nDate: -", head + body)
 
 
-@pytest.fixture
-async def servers(tmp_path: Path) -> AsyncIterator[tuple[int, TestServer]]:
-    upstream = TestServer(echo_app(), host="127.0.0.1")
-    await upstream.start_server()
+async def _proxy(tmp_path: Path, upstream: TestServer) -> TestServer:
+    """davproxy in proxy-auth mode in front of ``upstream``, on a loopback port."""
     main, _ = write_config(
         tmp_path,
         upstream_url=f"http://127.0.0.1:{upstream.port}/",
@@ -55,6 +53,14 @@ async def servers(tmp_path: Path) -> AsyncIterator[tuple[int, TestServer]]:
     )
     proxy = TestServer(create_app(config_mod.load(main)), host="127.0.0.1")
     await proxy.start_server()
+    return proxy
+
+
+@pytest.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[tuple[int, TestServer]]:
+    upstream = TestServer(echo_app(), host="127.0.0.1")
+    await upstream.start_server()
+    proxy = await _proxy(tmp_path, upstream)
     yield proxy.port or 0, proxy
     await proxy.close()
     await upstream.close()
@@ -110,16 +116,7 @@ async def test_answer_of_an_upstream_without_content_type(tmp_path: Path) -> Non
     app.router.add_get("/{tail:.*}", bare)
     upstream = TestServer(app, host="127.0.0.1")
     await upstream.start_server()
-    main, _ = write_config(
-        tmp_path,
-        upstream_url=f"http://127.0.0.1:{upstream.port}/",
-        kind="generic",
-        mode="proxy-auth",
-        htpasswd=write_htpasswd(tmp_path / "users.htpasswd"),
-        mapping_extra=LAYOUT,
-    )
-    proxy = TestServer(create_app(config_mod.load(main)), host="127.0.0.1")
-    await proxy.start_server()
+    proxy = await _proxy(tmp_path, upstream)
     try:
         await _exchange(proxy.port or 0, _get("/alice/warm"))
         fast = await _exchange(proxy.port or 0, _get("/alice/b"))
