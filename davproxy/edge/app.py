@@ -17,7 +17,7 @@ from davproxy import config as config_mod
 from davproxy.config import Config
 from davproxy.dav import davxml
 from davproxy.dav.errors import DavError, PlainError
-from davproxy.edge import parser
+from davproxy.edge import fastlane, parser
 from davproxy.edge.guard import FORM_LOGIN, GUARD, LoginGuard
 from davproxy.edge.logs import log_access
 from davproxy.edge.monitoring import Metrics, Monitor, WorkerSlot
@@ -36,6 +36,7 @@ from davproxy.upstream.site import USER, Limits
 log = logging.getLogger("davproxy.app")
 
 parser.install()  # the C request parser, tolerant of extension methods
+fastlane.install()  # plain passthrough GETs answered without aiohttp's request machinery
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -202,6 +203,10 @@ def create_app(config: Config, slot: WorkerSlot | None = None) -> web.Applicatio
         )
         app[ROUTER].monitor = Monitor(store, metrics, config.monitoring)
         app[LEASES] = leases
+        lane = fastlane.FastLane(
+            app[ROUTER], app[GUARD], metrics, config.server.forwarded_allow_ips
+        )
+        app[fastlane.FAST_LANE] = lane
         parts.refresher.on_report = metrics.observe_refresh
         app[REFRESHER] = parts.refresher
         scheduler = asyncio.create_task(
@@ -214,6 +219,7 @@ def create_app(config: Config, slot: WorkerSlot | None = None) -> web.Applicatio
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            lane.close()
             await parts.fetcher.close()
             parts.feeds.close()
             await session.close()

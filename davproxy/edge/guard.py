@@ -112,6 +112,11 @@ class LoginGuard:
                 record.next_slot = min(later, now + wait + self.ceiling)
         return max(0.0, wait)
 
+    @property
+    def quiet(self) -> bool:
+        """No failure is remembered: ``admit`` lets every attempt in at once."""
+        return not self.enabled or not self._records
+
     def failed(self, address: str, user: str) -> None:
         """A 401 to credentials from ``address`` claiming ``user``."""
         if not self.enabled:

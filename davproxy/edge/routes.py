@@ -331,23 +331,9 @@ async def classify(ctx: Context, site: Site) -> Facts:
     user = await ctx.claimed_user()
     if user is None:
         return Facts(Place.ANONYMOUS)
-    access = site.sharing.access
-    if access.reserved(ctx.rest):
-        return Facts(Place.RESERVED, user)
-    if access.withdrawn(user, ctx.rest):
-        return Facts(Place.WITHDRAWN, user)
-    found = site.sharing.mount_for(user, ctx.rest)
-    if found is not None:
-        return Facts(Place.COPY, user, share=found[0], below=found[1])
-    ended = site.sharing.store.ended_copy(site.upstream.name, user, canonical(ctx.rest))
-    if ended is not None:
-        return Facts(Place.ENDED, user, below=ended)  # below: where the copy was
-    subscribed = site.subscriptions.mounted(user, ctx.rest)
-    if subscribed is not None:
-        return Facts(Place.SUBSCRIPTION, user, subscription=subscribed[0], below=subscribed[1])
-    if _foreign_space(ctx, site, user):
-        return Facts(Place.FOREIGN, user)
-    facts = Facts(Place.UPSTREAM, user)
+    facts = place_of(site, user, ctx.rest, ctx.destination)
+    if facts.place is not Place.UPSTREAM:
+        return facts
     request = ctx.request
     if request.method in _CREATORS and request.body_exists:
         facts.wanted_subscription = site.subscriptions.wants_subscription(await ctx.body())
@@ -363,15 +349,38 @@ async def classify(ctx: Context, site: Site) -> Facts:
     return facts
 
 
-def _foreign_space(ctx: Context, site: Site, user: str) -> bool:
+def place_of(site: Site, user: str, rest: str, destination: str | None) -> Facts:
+    """Where a known user's request path lies, as far as the path, the Destination and
+    the store tell (no body read): every request of a user is placed here, the edge's
+    fast lane (``edge/fastlane.py``) included."""
+    access = site.sharing.access
+    if access.reserved(rest):
+        return Facts(Place.RESERVED, user)
+    if access.withdrawn(user, rest):
+        return Facts(Place.WITHDRAWN, user)
+    found = site.sharing.mount_for(user, rest)
+    if found is not None:
+        return Facts(Place.COPY, user, share=found[0], below=found[1])
+    ended = site.sharing.store.ended_copy(site.upstream.name, user, canonical(rest))
+    if ended is not None:
+        return Facts(Place.ENDED, user, below=ended)  # below: where the copy was
+    subscribed = site.subscriptions.mounted(user, rest)
+    if subscribed is not None:
+        return Facts(Place.SUBSCRIPTION, user, subscription=subscribed[0], below=subscribed[1])
+    if _foreign_space(site, user, rest, destination):
+        return Facts(Place.FOREIGN, user)
+    return Facts(Place.UPSTREAM, user)
+
+
+def _foreign_space(site: Site, user: str, rest: str, destination: str | None) -> bool:
     """Whether the request reaches into another user's space (``[access] foreign_homes``):
     its path, or the Destination of a MOVE/COPY."""
     upstream = site.upstream
     if upstream.config.access.foreign_homes != "refuse":
         return False
-    rests = [ctx.rest]
-    if ctx.destination is not None:
-        destination = davxml.href_path(ctx.destination).partition("?")[0]
+    rests = [rest]
+    if destination is not None:
+        destination = davxml.href_path(destination).partition("?")[0]
         rests.append(upstream.rest_of(destination) or "")
     owners = {upstream.home_owner(rest) for rest in rests}
     return bool(owners - {None, user})

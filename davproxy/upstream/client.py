@@ -168,20 +168,7 @@ class Upstream:
         caller to handle (the response is already under way by then).
         """
         url = self.url_for(upstream_raw_path)
-        try:
-            async with asyncio.timeout(self._read_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            log.warning(
-                "upstream %s: %s %s waited %.1f s for a free connection",
-                self.name,
-                method,
-                url.path,
-                self._read_timeout,
-            )
-            raise UpstreamError(
-                504, f"Upstream {self.name} is saturated (gateway timeout)"
-            ) from None
+        await self.acquire_slot(method, upstream_raw_path)
         started = time.perf_counter()
         try:
             async with self._send(method, url, headers, data) as response:
@@ -190,6 +177,30 @@ class Upstream:
                 yield response
         finally:
             self._slots.release()
+
+    async def acquire_slot(self, method: str, upstream_raw_path: str) -> None:
+        """One of the ``max_connections`` request slots (504 after the read timeout);
+        whoever takes one gives it back with ``release_slot``."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: taken without waiting
+            return
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            log.warning(
+                "upstream %s: %s %s waited %.1f s for a free connection",
+                self.name,
+                method,
+                self.url_for(upstream_raw_path).path,
+                self._read_timeout,
+            )
+            raise UpstreamError(
+                504, f"Upstream {self.name} is saturated (gateway timeout)"
+            ) from None
+
+    def release_slot(self) -> None:
+        self._slots.release()
 
     async def ping(self) -> int:
         """Any HTTP answer to OPTIONS on the base path means the upstream is up."""
@@ -215,16 +226,31 @@ class Upstream:
                 timeout=self.timeout,
             )
         except aiohttp.ConnectionTimeoutError:
+            raise self.failure("connect-timeout", method, url) from None
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise self.failure("timeout", method, url) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise self.failure("unreachable", method, url, exc.strerror) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self.failure("broken", method, url, exc) from None
+        try:
+            yield response
+        finally:
+            response.release()
+
+    def failure(self, kind: str, method: str, url: URL, detail: object = None) -> UpstreamError:
+        """What a client is told (and the log says) when a request to the upstream
+        fails before its answer's head: ``connect-timeout``, ``timeout`` (no answer
+        within the read timeout), ``unreachable`` (refused), ``broken`` (not HTTP)."""
+        if kind == "connect-timeout":
             log.error(
                 "upstream %s: no connection to %s within %.1f s",
                 self.name,
                 self.origin,
                 self.timeout.connect or 0,
             )
-            raise UpstreamError(
-                502, f"Upstream {self.name} is unreachable (connection timed out)"
-            ) from None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+            return UpstreamError(502, f"Upstream {self.name} is unreachable (connection timed out)")
+        if kind == "timeout":
             log.warning(
                 "upstream %s did not answer %s %s within %.1f s",
                 self.name,
@@ -232,23 +258,16 @@ class Upstream:
                 url.path,
                 self._read_timeout,
             )
-            raise UpstreamError(
+            return UpstreamError(
                 504, f"Upstream {self.name} did not answer in time (gateway timeout)"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            log.error("upstream %s unreachable at %s: %s", self.name, self.origin, exc.strerror)
-            raise UpstreamError(
-                502, f"Upstream {self.name} is unreachable (connection failed)"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            log.error("upstream %s failed on %s %s: %s", self.name, method, url.path, exc)
-            raise UpstreamError(
-                502, f"Upstream {self.name} answered with an invalid or broken response"
-            ) from None
-        try:
-            yield response
-        finally:
-            response.release()
+            )
+        if kind == "unreachable":
+            log.error("upstream %s unreachable at %s: %s", self.name, self.origin, detail)
+            return UpstreamError(502, f"Upstream {self.name} is unreachable (connection failed)")
+        log.error("upstream %s failed on %s %s: %s", self.name, method, url.path, detail)
+        return UpstreamError(
+            502, f"Upstream {self.name} answered with an invalid or broken response"
+        )
 
     async def probe_credentials(self, user: str, authorization: str) -> bool:
         """PROPFIND Depth 0 on the user's principal with the client's own credentials.

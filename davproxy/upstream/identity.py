@@ -300,6 +300,10 @@ class Authenticator:
             self._generation = self.htpasswd.generation
             self.cache.clear()
 
+    def look_due(self) -> bool:
+        """Whether ``verify`` would look at the htpasswd file first (``notice_changes``)."""
+        return self.htpasswd is not None and self.proxy_auth and time.monotonic() >= self._next_look
+
     async def verify(self, credentials: Credentials) -> bool:
         await self.notice_changes()
         cached = self.cache.get(credentials)
