@@ -147,6 +147,10 @@ async def exclusive(
             return False, None
         lease = leases.claim(name, seconds)
         if lease is not None:
+            # the holder we waited for may have finished between the look and the claim
+            if done_since is not None and leases.done_since(name, done_since):
+                leases.release(lease, completed=False)  # keeps its run's record
+                return False, None
             break
         if not wait:
             return False, None

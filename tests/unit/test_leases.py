@@ -136,3 +136,37 @@ async def _never() -> None:
 
 async def _value() -> int:
     return 7
+
+
+async def test_a_run_finished_between_look_and_claim_is_not_repeated(
+    two: tuple[Store, Store],
+) -> None:
+    """The holder finishes just after the waiter looked and just before it claims: the
+    waiter, now holding the lease, sees the finished run and does not do it again."""
+    clock = Clock()
+    a, b = Leases(two[0], clock), Leases(two[1], clock)
+    since = clock.now
+    held = a.claim("startup", 60)
+    assert held is not None
+    looks = 0
+    real_done_since = b.done_since
+
+    def done_since(name: str, when: float) -> bool:
+        nonlocal looks
+        looks += 1
+        if looks == 1:  # the look before the claim: a is still at work ...
+            answer = real_done_since(name, when)
+            a.release(held)  # ... and finishes right after it
+            return answer
+        return real_done_since(name, when)
+
+    b.done_since = done_since  # type: ignore[method-assign]
+    ran = []
+
+    async def work() -> bool:
+        ran.append(1)
+        return True
+
+    done, _ = await exclusive(b, "startup", work, wait=True, done_since=since, poll=0.01)
+    assert (done, ran) == (False, [])
+    assert not b.held_elsewhere("startup")  # given back for whoever comes next
