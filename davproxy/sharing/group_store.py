@@ -48,21 +48,29 @@ class GroupStore:
     # -- the applied directory -------------------------------------------------------
 
     def groups(self) -> dict[str, GroupRecord]:
-        rows = self.store.execute(
-            "SELECT id, display_name, emails, members, expanded FROM directory_groups"
-            " WHERE upstream = ? ORDER BY id",
-            (self.name,),
-        )
-        return {
-            row[0]: GroupRecord(
-                row[0],
-                row[1],
-                tuple(json.loads(row[2])),
-                tuple(json.loads(row[3])),
-                frozenset(json.loads(row[4])),
+        """The applied directory (remembered: principal searches and listings ask)."""
+
+        def read() -> tuple[tuple[str, GroupRecord], ...]:
+            rows = self.store.execute(
+                "SELECT id, display_name, emails, members, expanded FROM directory_groups"
+                " WHERE upstream = ? ORDER BY id",
+                (self.name,),
             )
-            for row in rows
-        }
+            return tuple(
+                (
+                    row[0],
+                    GroupRecord(
+                        row[0],
+                        row[1],
+                        tuple(json.loads(row[2])),
+                        tuple(json.loads(row[3])),
+                        frozenset(json.loads(row[4])),
+                    ),
+                )
+                for row in rows
+            )
+
+        return dict(self.store.remembered(("directory_groups", self.name), read))
 
     def put_group(self, group: GroupRecord) -> None:
         self.store.execute(

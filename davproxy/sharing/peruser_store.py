@@ -38,8 +38,11 @@ class PerUserStore:
         self.store = store
 
     def revision(self) -> int:
-        row = self.store.execute("SELECT value FROM counters WHERE name = 'peruser'").fetchone()
-        return int(row[0]) if row else 0
+        def read() -> int:
+            row = self.store.execute("SELECT value FROM counters WHERE name = 'peruser'").fetchone()
+            return int(row[0]) if row else 0
+
+        return self.store.remembered(("peruser_revision",), read)
 
     def entry(self, share: Share, href: str) -> Entry | None:
         row = self.store.execute(
@@ -69,10 +72,13 @@ class PerUserStore:
         return [r[0] for r in rows]
 
     def newest(self, share: Share) -> int:
-        row = self.store.execute(
-            "SELECT MAX(revision) FROM peruser_data WHERE share_id = ?", (share.id,)
-        ).fetchone()
-        return int(row[0] or 0)
+        def read() -> int:
+            row = self.store.execute(
+                "SELECT MAX(revision) FROM peruser_data WHERE share_id = ?", (share.id,)
+            ).fetchone()
+            return int(row[0] or 0)
+
+        return self.store.remembered(("peruser_newest", share.id), read)
 
     def put(self, share: Share, href: str, uid: str, personal: dict[str, str]) -> int:
         """Keep the sharee's entries for ``href``; their new revision (the old one when

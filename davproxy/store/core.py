@@ -513,10 +513,15 @@ class Store(NotificationRows):
     # -- per-sharee properties ------------------------------------------------------------
 
     def instance_props(self, share_id: int) -> dict[str, str]:
-        rows = self.execute(
-            "SELECT name, value FROM instance_props WHERE share_id = ?", (share_id,)
-        )
-        return dict(rows.fetchall())
+        """A sharee's own properties of a copy (remembered: every listing shows them)."""
+
+        def read() -> tuple[tuple[str, str], ...]:
+            rows = self.execute(
+                "SELECT name, value FROM instance_props WHERE share_id = ?", (share_id,)
+            )
+            return tuple((r[0], r[1]) for r in rows)
+
+        return dict(self.remembered(("instance_props", share_id), read))
 
     def set_instance_prop(self, share_id: int, name: str, value: str | None) -> None:
         if value is None:

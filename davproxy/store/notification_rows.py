@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from davproxy.store.engines import Cursor, Params
 from davproxy.store.records import Notification
+
+T = TypeVar("T")
 
 _NOTIFICATION_COLUMNS = "id, upstream, user, name, type, body, etag, revision, created, deleted"
 
@@ -19,6 +23,9 @@ class NotificationRows:
         raise NotImplementedError
 
     def _next_revision(self) -> int:
+        raise NotImplementedError
+
+    def remembered(self, key: tuple[object, ...], compute: Callable[[], T]) -> T:
         raise NotImplementedError
 
     def _notifications(self, where: str, params: tuple[object, ...]) -> list[Notification]:
@@ -94,11 +101,15 @@ class NotificationRows:
 
     def notification_revision(self, upstream: str, user: str) -> int:
         """The newest revision in a user's collection (0 when it never had anything)."""
-        row = self.execute(
-            "SELECT MAX(revision) FROM notifications WHERE upstream = ? AND user = ?",
-            (upstream, user),
-        ).fetchone()
-        return int(row[0] or 0)
+
+        def read() -> int:
+            row = self.execute(
+                "SELECT MAX(revision) FROM notifications WHERE upstream = ? AND user = ?",
+                (upstream, user),
+            ).fetchone()
+            return int(row[0] or 0)
+
+        return self.remembered(("notification_revision", upstream, user), read)
 
     def notification_changes(
         self,
