@@ -82,6 +82,9 @@ def start_fleet(
 ) -> ServerProcess:
     """davproxy with ``workers`` processes; returns once every worker answers."""
     text = re.sub(r"workers = \d+", f"workers = {workers}", main.read_text())
+    # ports chosen now: a range picked minutes earlier may have gone to outgoing
+    # connections (they take ports from the same ephemeral range) in the meantime
+    text = re.sub(r"worker_port = \d+", f"worker_port = {monitor}", text)
     main.write_text(text)
     code = (
         "import sys; from davproxy import config; from davproxy.edge import logs, workers;"
@@ -151,6 +154,7 @@ def passthrough(folder: Path, stack: ExitStack, seconds: float) -> None:
     print(f"{'workers':<28} {'req/s':>8} {'vs 1':>6}  requests per worker")
     base = 0.0
     for workers, reuse in ((1, False), (2, False), (4, False), (2, True), (4, True)):
+        monitor = free_ports(4)
         with start_fleet(main, port, workers, monitor, reuse) as fleet:
             url = f"http://127.0.0.1:{port}/alice/file.txt"
             wrk(url, 1)  # warm-up: connections, the verdict cache
@@ -221,6 +225,7 @@ def listing(folder: Path, stack: ExitStack, seconds: float) -> None:
     print(f"{'workers':<28} {'req/s':>8} {'vs 1':>6}  davproxy CPU/request")
     base = 0.0
     for workers in (1, 2, 4):
+        monitor = free_ports(4)
         with start_fleet(main, port, workers, monitor) as fleet:
             url = f"http://127.0.0.1:{port}/bob/"
             wrk(url, 2, script, BOB, 4)
