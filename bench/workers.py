@@ -25,7 +25,6 @@ import asyncio
 import base64
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,13 @@ for entry in (REPO, REPO / "bench"):
 import aiohttp  # noqa: E402
 from speed import AUTH, ensure_tools, nginx, wait_port  # noqa: E402
 
-from davproxy.ops.embedded import ServerProcess, _spawn, free_port, start_radicale  # noqa: E402
+from davproxy.ops.embedded import (  # noqa: E402
+    ServerProcess,
+    _spawn,
+    free_port,
+    free_ports,
+    start_radicale,
+)
 from davproxy.upstream.identity import hash_password  # noqa: E402
 from tests.feed_origin import Origin, calendar, event  # noqa: E402
 from tests.helpers import basic, write_config, write_htpasswd  # noqa: E402
@@ -54,19 +59,6 @@ LISTING = (
 COPIES = 20
 SUBSCRIBERS = 100
 BOB = "Basic " + base64.b64encode(b"bob:bob-pw").decode()
-
-
-def free_ports(count: int) -> int:
-    """The first of ``count`` free ports in a row (the workers' monitoring ports)."""
-    while True:
-        first = free_port()
-        try:
-            for port in range(first + 1, first + count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
 
 
 def subscribe_body(url: str) -> str:

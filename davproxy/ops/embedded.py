@@ -27,6 +27,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` ports in a row that are free now (``[monitoring]
+    worker_port`` gives worker i the port P + i - 1)."""
+    for _ in range(100):
+        first = free_port(host)
+        try:
+            for port in range(first + 1, first + count):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        return first
+    raise EmbeddedError(f"no {count} free ports in a row on {host}")
+
+
 def port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):

@@ -5,7 +5,6 @@ the `davproxy` user and database, the Radicale of examples/radicale-proxy-auth."
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import uuid
 from contextlib import ExitStack
@@ -14,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from davproxy.ops.embedded import free_port, start_davproxy
+from davproxy.ops.embedded import free_port, free_ports, start_davproxy
 from tests import pg
 from tests.helpers import Endpoint, raw_session
 
@@ -23,19 +22,6 @@ from .test_examples import EXAMPLES, DemoClient, copy_example, start_upstream
 from .test_sharing import SHARING, absent, accept_latest, event, propfind, share_body
 
 PASSWORD = "change-me-store-password"
-
-
-def _two_free_ports() -> int:
-    """A port P with P + 1 free too (worker_port gives worker i the port P + i - 1)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 def _database() -> str:
@@ -58,7 +44,7 @@ async def test_two_hosts_one_postgresql(tmp_path: Path, monkeypatch: pytest.Monk
     url = _database()
     hosts = []
     for letter in "ab":
-        port, monitoring = free_port(), _two_free_ports()
+        port, monitoring = free_port(), free_ports(2)
         folder = copy_example(
             "postgresql-fleet", tmp_path / letter,
             {

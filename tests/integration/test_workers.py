@@ -26,7 +26,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from davproxy.ops.embedded import ServerProcess, free_port, start_davproxy, start_radicale
+from davproxy.ops.embedded import (
+    ServerProcess,
+    free_port,
+    free_ports,
+    start_davproxy,
+    start_radicale,
+)
 from tests.feed_origin import Origin, calendar, event
 from tests.helpers import USERS, Endpoint, basic, fetch, write_config, write_htpasswd
 
@@ -100,7 +106,7 @@ def _pair(url: str, upstream: ServerProcess, proxy: ServerProcess) -> Pair:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     folder = tmp_path_factory.mktemp("workers")
-    worker_port = _two_free_ports()
+    worker_port = free_ports(2)
     origin = Origin()
     with (
         origin.running(),
@@ -134,18 +140,6 @@ SYNC = (
     '<D:sync-collection xmlns:D="DAV:"><D:sync-token>{}</D:sync-token><D:sync-level>1'
     "</D:sync-level><D:prop><D:getetag/></D:prop></D:sync-collection>"
 )
-
-
-def _two_free_ports() -> int:
-    """A port that is free, and the next one too (the workers' monitoring ports)."""
-    while True:
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
 
 
 def spreading() -> aiohttp.ClientSession:
