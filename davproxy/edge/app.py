@@ -223,7 +223,7 @@ def create_app(config: Config, slot: WorkerSlot | None = None) -> web.Applicatio
             await parts.fetcher.close()
             parts.feeds.close()
             await session.close()
-            store.close()
+            await store.aclose()
 
     app.cleanup_ctx.append(lifecycle)
 

@@ -7,7 +7,7 @@ places under an upstream that needs no href mapping, not a collection (those car
 subscription links), a user whose credentials have a remembered verdict (proxy-auth)
 or are sent for the upstream to judge (upstream-basic), and a path that is the user's
 own space (``routes.place_of``: the same checks and store lookups every request gets,
-after the same ``notice_changes``).  Such a request is sent with the lean client
+after the same ``changes_noticed``).  Such a request is sent with the lean client
 (``upstream/pool.py``) and its answer written straight to the socket, with the same
 access line, metrics and login bookkeeping as ``app.error_middleware``.
 
@@ -32,7 +32,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import hdrs, web, web_app, web_server
 from aiohttp.base_protocol import BaseProtocol
@@ -60,6 +60,9 @@ from davproxy.upstream.proxy import (
     _in_networks,
     keep_upstream_headers,
 )
+
+if TYPE_CHECKING:
+    from davproxy.edge.sites import Site
 
 log = logging.getLogger("davproxy.app")
 
@@ -92,6 +95,8 @@ class Plan:
     client: str
     password: str | None  # for the login guard (None: it does not count)
     started: float
+    site: Site  # for the place check made again once the store's clock is read
+    rest: str
 
 
 class FastLane:
@@ -175,8 +180,7 @@ class FastLane:
         if auth.proxy_auth and not look and auth.cache.get(credentials) is not True:
             return None  # to be checked (or refused): aiohttp's
         user = credentials.user
-        try:
-            site.sharing.store.notice_changes()
+        try:  # on what the store said last; checked again when its clock is read (serve)
             if place_of(site, user, rest, None).place is not Place.UPSTREAM:
                 return None
         except StoreError:
@@ -216,6 +220,8 @@ class FastLane:
             peer,
             credentials.password if self.guard.enabled else None,
             time.perf_counter(),
+            site,
+            rest,
         )
 
     # -- answering -----------------------------------------------------------------------
@@ -231,6 +237,13 @@ class FastLane:
                 return False
             if plan.look.cache.get(plan.credentials) is not True:
                 return False
+        try:  # every commit made before this request arrived applies to it, so the
+            # place is checked again once the clock is read, whoever noticed a change
+            await plan.site.sharing.store.changes_noticed()
+            if place_of(plan.site, plan.user, plan.rest, None).place is not Place.UPSTREAM:
+                return False
+        except StoreError:
+            return False  # aiohttp's path answers 503
         exchange = _Exchange(edge, plan)
         status, upstream_seconds = 500, None
         try:

@@ -461,7 +461,7 @@ class Router:
             request[ROUTE] = "outside"
             raise PlainError(404, "No upstream is mapped at this path")
         site, rest = found
-        site.sharing.store.notice_changes()  # another process's commit applies from now on
+        await site.sharing.store.changes_noticed()  # another process's commit applies now
         ctx = Context(request, site.upstream, site.auth, self.limits, path, sep + query, rest)
         ctx.destination = destination
         request[ROUTE] = "passthrough"  # until a route is chosen

@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from davproxy.store.clock import ChangeClock
 from davproxy.store.engines import (
     Cursor,
     Engine,
     Params,
+    PostgresEngine,
     StoreConflict,
     StoreError,
     open_engine,
@@ -64,6 +66,10 @@ class Store(NotificationRows):
         # lookups made on every request, kept until the database changes (remembered)
         self._remembered: dict[tuple[object, ...], object] = {}
         self._remembered_at = -1  # the engine's local_writes when they were made
+        self._clock: ChangeClock | None = None
+        self._clock_seen = -1
+        if isinstance(engine, PostgresEngine):
+            self._clock = ChangeClock(engine.url, engine.password, engine.location)
 
     @classmethod
     def open(cls, location: str | Path, password: str | None = None) -> Store:
@@ -187,6 +193,12 @@ class Store(NotificationRows):
     def close(self) -> None:
         self.engine.close()
 
+    async def aclose(self) -> None:
+        """Close, the change clock's connection included (from the event loop)."""
+        if self._clock is not None:
+            await self._clock.close()
+        self.close()
+
     # -- transactions ---------------------------------------------------------------
 
     @contextmanager
@@ -236,6 +248,21 @@ class Store(NotificationRows):
         """Forget what is remembered if another connection has committed since."""
         if self.engine.others_wrote():
             self._remembered.clear()
+
+    async def changes_noticed(self) -> bool:
+        """``notice_changes`` for a request on the event loop; True if anything changed.
+
+        On PostgreSQL the clock is read on a connection of its own without stopping the
+        loop, one read shared by the requests that arrived before it was sent
+        (store/clock.py); SQLite's check is a local read, made at once."""
+        if self._clock is None:
+            changed = self.engine.others_wrote()
+        else:
+            version = await self._clock.read()
+            changed, self._clock_seen = version != self._clock_seen, version
+        if changed:
+            self._remembered.clear()
+        return changed
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
         """One SQL statement (SQLite's dialect, as engines.py describes), for the store

@@ -270,7 +270,7 @@ class PostgresEngine:
                 **extra,
             )
         except psycopg.Error as exc:
-            raise StoreError(f"cannot open store {self.location}: {_first_line(exc)}") from None
+            raise StoreError(f"cannot open store {self.location}: {first_line(exc)}") from None
         conn.prepare_threshold = 2  # statements repeated on every request: server-side plans
         return conn
 
@@ -295,7 +295,7 @@ class PostgresEngine:
             args = None if params is None else _bools_as_ints(params)
             return self.conn.execute(sql, args)  # type: ignore[no-any-return]
         except errors.IntegrityError as exc:
-            raise StoreConflict(_first_line(exc)) from exc
+            raise StoreConflict(first_line(exc)) from exc
         except self._psycopg.OperationalError as exc:
             # the server restarted or the connection broke: reconnect, and retry a
             # statement that was not inside a transaction (it cannot have half-applied)
@@ -307,12 +307,12 @@ class PostgresEngine:
                 except StoreError:
                     pass
                 else:
-                    log.warning("store %s: reconnected after: %s", self.location, _first_line(exc))
+                    log.warning("store %s: reconnected after: %s", self.location, first_line(exc))
                     if retry and not was_in_transaction:
                         return self._run(sql, params, retry=False)
-            raise StoreError(_first_line(exc)) from exc
+            raise StoreError(first_line(exc)) from exc
         except self._psycopg.Error as exc:
-            raise StoreError(_first_line(exc)) from exc
+            raise StoreError(first_line(exc)) from exc
 
     def script(self, sql: str) -> None:
         self._run(sql, None)
@@ -380,5 +380,5 @@ def _reads(sql: str) -> bool:
     return head == "SELECT" or head.startswith(("PRAGMA", "SHOW"))
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

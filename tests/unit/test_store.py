@@ -1,5 +1,6 @@
 """The store on both engines: SQLite (a file) and PostgreSQL (a throwaway cluster)."""
 
+import asyncio
 import sqlite3
 import threading
 from pathlib import Path
@@ -282,3 +283,30 @@ def test_a_database_user_without_rights_is_told_which_store() -> None:
         admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     with pytest.raises(StoreError, match=f"store postgresql://visitor_{name}@.* is not a usable"):
         Store.open(url.replace("postgres@", f"visitor_{name}@"))
+
+
+async def test_the_change_clock_is_read_after_each_request_arrives() -> None:
+    """PostgreSQL's clock is read off the event loop, one read shared by the requests
+    waiting for it; a request never settles for a read sent before it arrived (a
+    commit made meanwhile, a revocation elsewhere, would be missed)."""
+    url = pg.fresh_url()
+    server, other = Store.open(url), Store.open(url)
+    assert server._clock is not None
+    server._clock.QUERY = "SELECT version, pg_sleep(0.3) FROM store_clock"  # a slow read
+    with other.transaction():
+        share, _ = other.share_upsert(NEW)
+        other.share_set_status(share, "accepted", "bob/cal/", expect="noresponse")
+    await server.changes_noticed()
+    assert [s.mount for s in server.mounts_of("u", "bob")] == ["bob/cal/"]
+
+    early = asyncio.ensure_future(server.changes_noticed())  # its read is on its way ...
+    await asyncio.sleep(0.1)
+    with other.transaction():  # ... when another process revokes
+        other.share_delete(share.id)
+    late = await asyncio.gather(*(server.changes_noticed() for _ in range(20)))
+    assert late.count(True) == 1  # one of them dropped what was remembered, for all
+    assert server.mounts_of("u", "bob") == ()  # nobody after the revocation is served
+    assert await early is False
+    assert server._clock.reads == 3  # 1 + the early one + one shared by the 20
+    await server.aclose()
+    other.close()
