@@ -55,6 +55,7 @@ from davproxy.access.acl_document import (
     refusal,
 )
 from davproxy.access.foreign import ForeignShare
+from davproxy.access.settling import apply_each
 from davproxy.dav.davxml import DAV
 from davproxy.dav.errors import DavError, PlainError
 from davproxy.store import Store
@@ -397,16 +398,7 @@ class AclBackend:
         return self.needs_full or bool(self._dirty)
 
     async def settle(self) -> None:
-        failed = []
-        for owner in sorted(self._dirty):
-            try:
-                await self.apply(owner)
-            except PlainError:
-                failed.append(owner)
-        if failed:
-            raise PlainError(
-                502, f"Upstream {self.upstream.name} still refuses: {', '.join(failed)}"
-            )
+        await apply_each(self.apply, set(self._dirty), self.upstream.name)
 
 
 def _words(privileges: Iterable[str]) -> str:

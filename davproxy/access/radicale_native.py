@@ -36,6 +36,7 @@ from davproxy.access.radicale_api import (
     Reconciled,
     flag,
 )
+from davproxy.access.settling import apply_each
 from davproxy.dav.errors import PlainError
 from davproxy.dav.paths import canonical
 from davproxy.store import Store
@@ -325,13 +326,4 @@ class RadicaleNative:
     async def settle(self) -> None:
         """Apply again the owners something is owed for (short of a whole reconciliation)."""
         owners = set(self._dirty) | {o for o, _, _ in self.store.removals(self.upstream.name)}
-        failed = []
-        for owner in sorted(owners):
-            try:
-                await self.apply(owner)
-            except PlainError:
-                failed.append(owner)
-        if failed:
-            raise PlainError(
-                502, f"Upstream {self.upstream.name} still refuses: {', '.join(failed)}"
-            )
+        await apply_each(self.apply, owners, self.upstream.name)
