@@ -521,30 +521,40 @@ def event_at(uid: str, start: str, personal: str) -> str:
     )
 
 
+async def race_owner_and_sharee(
+    alice: Client, bobs: list[Client], owner_cal: str, bob_cal: str
+) -> tuple[list[int], list[int]]:
+    """8 PUTs of one recurring event by bob (through ``bobs`` in turn), each with his
+    reminder, racing 8 by alice with hers: (bob's statuses, alice's)."""
+    import asyncio
+
+    uid = f"race-{uuid.uuid4().hex[:6]}"
+    assert (await alice("PUT", owner_cal + "r.ics", recurring(uid, "v0"), **CAL)).status == 201
+
+    async def owner_writes(n: int) -> int:
+        body = recurring(uid, f"alice {n}", alarm("alice", "-PT5M"))
+        return (await alice("PUT", owner_cal + "r.ics", body, **CAL)).status
+
+    async def sharee_writes(n: int) -> int:
+        body = recurring(uid, f"bob {n}", alarm("bob", "-PT10M"))
+        return (await bobs[n % len(bobs)]("PUT", bob_cal + "r.ics", body, **CAL)).status
+
+    sharee = asyncio.gather(*(sharee_writes(n) for n in range(8)))
+    owner = asyncio.gather(*(owner_writes(n) for n in range(8)))
+    statuses, owners = await asyncio.gather(sharee, owner)
+    return list(statuses), list(owners)
+
+
 async def test_concurrent_writers_without_preconditions_all_succeed(sharing_pair: Pair) -> None:
     """A sharee's PUT is davproxy's read, merge and conditional write: when the owner
     writes the same object in between, davproxy merges again instead of answering 412
     to a client that set no condition (the soak's load test found that 412)."""
-    import asyncio
 
     pair = sharing_pair
     async with raw_session() as session:
         alice, bob, carol = (Client(session, pair, u) for u in ("alice", "bob", "carol"))
         owner_cal, bob_cal, _ = await share_three(pair, alice, bob, carol)
-        uid = f"race-{uuid.uuid4().hex[:6]}"
-        assert (await alice("PUT", owner_cal + "r.ics", recurring(uid, "v0"), **CAL)).status == 201
-
-        async def owner_writes(n: int) -> int:
-            body = recurring(uid, f"alice {n}", alarm("alice", "-PT5M"))
-            return (await alice("PUT", owner_cal + "r.ics", body, **CAL)).status
-
-        async def sharee_writes(n: int) -> int:
-            body = recurring(uid, f"bob {n}", alarm("bob", "-PT10M"))
-            return (await bob("PUT", bob_cal + "r.ics", body, **CAL)).status
-
-        sharee = asyncio.gather(*(sharee_writes(n) for n in range(8)))
-        owner = asyncio.gather(*(owner_writes(n) for n in range(8)))
-        statuses, owners = await asyncio.gather(sharee, owner)
+        statuses, owners = await race_owner_and_sharee(alice, [bob], owner_cal, bob_cal)
         # davproxy's merges of bob's writes all land, never a 412 or 503 of davproxy's
         # own; Xandikos itself refuses concurrent writes to one collection (423, or 500),
         # to the owner's writes and davproxy's alike (Radicale queues them)

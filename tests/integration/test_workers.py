@@ -37,7 +37,7 @@ from tests.feed_origin import Origin, calendar, event
 from tests.helpers import USERS, Endpoint, basic, fetch, write_config, write_htpasswd
 
 from .conftest import TRUSTED, Pair
-from .test_peruser import CAL, alarm, alarms, recurring, share_three
+from .test_peruser import alarms, race_owner_and_sharee, share_three
 from .test_sharing import (
     NS,
     SHARING,
@@ -290,21 +290,7 @@ async def test_a_sharee_writing_through_two_processes_is_merged_not_refused(
         alice, carol = (Client(session, fleet.fleet, u) for u in ("alice", "carol"))
         bobs = [Client(session, pair, "bob") for pair in (fleet.fleet, fleet.single)]
         owner_cal, bob_cal, _ = await share_three(fleet.fleet, alice, bobs[0], carol)
-        uid = f"race-{uuid.uuid4().hex[:6]}"
-        assert (await alice("PUT", owner_cal + "r.ics", recurring(uid, "v0"), **CAL)).status == 201
-
-        async def owner_writes(n: int) -> int:
-            body = recurring(uid, f"alice {n}", alarm("alice", "-PT5M"))
-            return (await alice("PUT", owner_cal + "r.ics", body, **CAL)).status
-
-        async def sharee_writes(n: int) -> int:
-            body = recurring(uid, f"bob {n}", alarm("bob", "-PT10M"))
-            return (await bobs[n % 2]("PUT", bob_cal + "r.ics", body, **CAL)).status
-
-        statuses, owners = await asyncio.gather(
-            asyncio.gather(*(sharee_writes(n) for n in range(8))),
-            asyncio.gather(*(owner_writes(n) for n in range(8))),
-        )
+        statuses, owners = await race_owner_and_sharee(alice, bobs, owner_cal, bob_cal)
         assert all(200 <= s < 300 for s in (*statuses, *owners)), (statuses, owners)
         for bob in bobs:
             got = await bob("GET", bob_cal + "r.ics")
